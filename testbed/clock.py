@@ -1,0 +1,19 @@
+"""The one clock of testbed.
+
+Every timestamp in the project is ``now_ns()`` (``time.perf_counter_ns``): monotonic, integer
+nanoseconds, comparable only within one process.  Tests replace it with a scripted clock by
+passing ``clock=`` where a component accepts one; nothing else reads the time.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+Clock = Callable[[], int]
+
+now_ns: Clock = time.perf_counter_ns
+
+
+def ns_to_ms(ns: int | float) -> float:
+    return ns / 1e6

@@ -1,0 +1,67 @@
+"""Frozen, validated configuration shared by the CLI, the library and the saved reports.
+
+Validation is pure (no I/O, no environment writes): an unknown value raises
+:class:`testbed.errors.ConfigError` naming the field, the value and what is allowed.  Whether an
+engine supports a device/precision is the engine's declared :class:`Capabilities`, checked when
+the engine is created (:func:`testbed.engines.registry.create_engine`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from testbed.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+DEVICES = ("cpu", "cuda")
+OVERFLOW_POLICIES = ("truncate", "refuse")
+
+DEFAULT_TRANSLATION_MODEL = "marian-en-de"
+DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """One serving configuration: which model on which engine, at which precision, where.
+
+    ``threads=None`` keeps the runtime's default; ``max_input_tokens=None`` uses the model's own
+    limit.  ``on_overflow`` decides what happens to an input longer than that limit:
+    ``truncate`` (default: keep the first tokens and attach a visible warning to the result)
+    or ``refuse`` (raise :class:`testbed.errors.InputError`).
+    """
+
+    model: str = DEFAULT_TRANSLATION_MODEL
+    engine: str = "torch"
+    precision: str = "fp32"
+    device: str = "cpu"
+    threads: int | None = None
+    max_new_tokens: int = 128
+    max_input_tokens: int | None = None
+    on_overflow: str = "truncate"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ConfigError("model", self.model, "a registry name, a local directory or a hub id")
+        if self.precision not in PRECISIONS:
+            raise ConfigError("precision", self.precision, ", ".join(PRECISIONS))
+        if self.device not in DEVICES:
+            raise ConfigError("device", self.device, ", ".join(DEVICES))
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ConfigError("threads", self.threads, "a positive integer, or unset for the runtime default")
+        if not isinstance(self.max_new_tokens, int) or not 1 <= self.max_new_tokens <= 4096:
+            raise ConfigError("max_new_tokens", self.max_new_tokens, "an integer in [1, 4096]")
+        if self.max_input_tokens is not None and (
+            not isinstance(self.max_input_tokens, int) or self.max_input_tokens < 1
+        ):
+            raise ConfigError("max_input_tokens", self.max_input_tokens, "a positive integer or unset")
+        if self.on_overflow not in OVERFLOW_POLICIES:
+            raise ConfigError("on_overflow", self.on_overflow, ", ".join(OVERFLOW_POLICIES))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def label(self) -> str:
+        threads = f"/t{self.threads}" if self.threads else ""
+        return f"{self.engine}/{self.precision}/{self.device}{threads}"
