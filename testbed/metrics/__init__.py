@@ -1,0 +1,1 @@
+"""Request records and the pure functions that summarise them (METRICS.md)."""
