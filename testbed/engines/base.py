@@ -1,0 +1,357 @@
+"""The engine interface and the one streaming adapter that timestamps tokens.
+
+An engine implements four hooks and declares its :class:`Capabilities`:
+
+* ``_load()``: load tokenizer and weights for ``self.config`` (``self.model_info`` says the task
+  and architecture);
+* ``_decode(prepared)``: a generator that runs greedy decoding for one request and yields
+  ``ENCODER_DONE`` once (seq2seq only, right after the encoder pass) and then each generated
+  token id as soon as it is chosen, EOS included.  Closing the generator stops decoding;
+* ``_generate_batch(prepared_list)``: the same decoding for several requests at once, returning
+  the generated token ids of each (EOS included when produced);
+* ``_close()``: free resources.
+
+Everything else lives here, once: tokenisation and input-length policy (:meth:`prepare`),
+incremental detokenisation, and the **only engine-side timestamps**
+(:class:`Stream`, via ``self.clock``, which is :func:`testbed.clock.now_ns` unless a test passes
+a scripted clock).  Callers ask ``engine.capabilities``; they never compare engine names.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from testbed.clock import Clock, now_ns
+from testbed.config import EngineConfig
+from testbed.errors import ConfigError, InputError
+from testbed.metrics.records import RequestRecord
+from testbed.registry import ModelInfo, resolve_model
+
+ENCODER_DONE = object()
+"""Sentinel a seq2seq engine yields from ``_decode`` when its encoder pass has finished."""
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    devices: tuple[str, ...]
+    precisions: tuple[str, ...]
+    streaming: bool = True
+    batching: bool = True
+    architectures: tuple[str, ...] = ("seq2seq", "causal")
+    # precisions that need a given device, e.g. {"fp16": ("cuda",)}
+    precision_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def check(self, engine: str, config: EngineConfig) -> None:
+        if config.device not in self.devices:
+            raise ConfigError("device", config.device, ", ".join(self.devices), f"(engine {engine})")
+        if config.precision not in self.precisions:
+            raise ConfigError("precision", config.precision, ", ".join(self.precisions), f"(engine {engine})")
+        need = self.precision_devices.get(config.precision)
+        if need and config.device not in need:
+            raise ConfigError(
+                "precision", config.precision, f"on {config.device}: "
+                + ", ".join(p for p in self.precisions if config.device in self.precision_devices.get(p, self.devices)),
+                f"{config.precision} on engine {engine} needs device {' or '.join(need)}",
+            )
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One request: ``text`` (a source sentence or a raw prompt) or chat ``messages``."""
+
+    text: str | None = None
+    messages: tuple[dict[str, str], ...] | None = None
+    max_new_tokens: int | None = None
+    request_id: str = ""
+
+    @classmethod
+    def of(cls, x: str | GenerationRequest | Sequence[dict[str, str]], **kw: Any) -> GenerationRequest:
+        if isinstance(x, GenerationRequest):
+            return x
+        if isinstance(x, str):
+            return cls(text=x, **kw)
+        return cls(messages=tuple(x), **kw)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A tokenised request, ready for ``_decode`` / ``_generate_batch``."""
+
+    request: GenerationRequest
+    input_ids: list[int]
+    max_new_tokens: int
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_id: int
+    text: str
+    t_ns: int
+
+
+@dataclass
+class Generation:
+    token_ids: list[int]
+    text: str
+    n_in: int
+    finish_reason: str
+    warnings: tuple[str, ...] = ()
+
+
+class Detokenizer:
+    """Incremental detokenisation: the text piece each new token adds (vLLM's offsets method).
+
+    Decoding a short window (not the whole sequence) keeps per-token cost flat; a piece that ends
+    in an incomplete UTF-8 character (U+FFFD) is held back until the next token completes it.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.prefix_offset = 0
+        self.read_offset = 0
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+    def add(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
+        full = self._decode(self.ids[self.prefix_offset :])
+        if len(full) > len(prefix) and not full.endswith("\ufffd"):
+            self.prefix_offset = self.read_offset
+            self.read_offset = len(self.ids)
+            return full[len(prefix) :]
+        return ""
+
+
+class Stream:
+    """The token stream of one request: iterate it for :class:`TokenEvent`; then read the totals.
+
+    This is the one place where engine-side token times are taken.  ``start_ns`` is when the
+    stream was created (before tokenisation), ``encoder_done_ns`` when the encoder finished
+    (seq2seq), each event's ``t_ns`` when its token id was chosen, ``end_ns`` when decoding
+    stopped.  :meth:`close` stops decoding early (finish_reason ``cancelled``).
+    """
+
+    def __init__(self, engine: Engine, request: GenerationRequest, clock: Clock) -> None:
+        self._clock = clock
+        self.start_ns = clock()
+        self.request = request
+        self.request_id = request.request_id or uuid.uuid4().hex[:12]
+        self.engine = engine
+        self.encoder_done_ns: int | None = None
+        self.end_ns: int | None = None
+        self.events: list[TokenEvent] = []
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self._detok = Detokenizer(engine.tokenizer)
+        self.prepared = engine.prepare(request)
+        self._gen = engine._decode(self.prepared)
+
+    @property
+    def n_in(self) -> int:
+        return len(self.prepared.input_ids)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.prepared.warnings
+
+    @property
+    def token_ids(self) -> list[int]:
+        return [e.token_id for e in self.events]
+
+    @property
+    def text(self) -> str:
+        return self.engine.decode(self.token_ids)
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        eos = self.engine.eos_token_ids
+        try:
+            for item in self._gen:
+                t = self._clock()
+                if item is ENCODER_DONE:
+                    self.encoder_done_ns = t
+                    continue
+                tid = int(item)  # type: ignore[call-overload]
+                ev = TokenEvent(tid, self._detok.add(tid), t)
+                self.events.append(ev)
+                yield ev
+                if tid in eos:
+                    self.finish_reason = "eos"
+            if self.finish_reason is None:
+                self.finish_reason = "length"
+        except GeneratorExit:
+            self.finish_reason = self.finish_reason or "cancelled"
+            raise
+        except Exception as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.finish_reason = "error"
+            raise
+        finally:
+            self._gen.close()
+            if self.end_ns is None:
+                self.end_ns = self._clock()
+
+    def close(self) -> None:
+        """Stop decoding now (a consumer that goes away)."""
+        self._gen.close()
+        if self.finish_reason is None:
+            self.finish_reason = "cancelled"
+        if self.end_ns is None:
+            self.end_ns = self._clock()
+
+    def run(self) -> Stream:
+        """Consume the whole stream; returns self for chaining."""
+        for _ in self:
+            pass
+        return self
+
+    def record(self, warmup: bool = False) -> RequestRecord:
+        """The engine-side record: scheduled = sent = stream start; one chunk per token."""
+        rec = RequestRecord(
+            request_id=self.request_id, schedule_ns=self.start_ns, send_ns=self.start_ns,
+            chunk_ns=[e.t_ns for e in self.events], chunk_tokens=[1] * len(self.events),
+            done_ns=self.end_ns, n_in=self.n_in, n_out=len(self.events), warmup=warmup,
+            encoder_done_ns=self.encoder_done_ns, output=self.text, finish_reason=self.finish_reason,
+        )
+        if self.warnings:
+            rec.extra["warnings"] = list(self.warnings)
+        if self.error is not None:
+            rec.fail(self.error, self.end_ns)
+        elif not self.events:
+            rec.fail("no tokens generated", self.end_ns)
+        return rec
+
+
+class Engine(ABC):
+    """Base class of every engine.  Subclasses set ``name`` and ``capabilities``."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    def __init__(self, config: EngineConfig, clock: Clock = now_ns) -> None:
+        self.capabilities.check(self.name, config)
+        self.config = config
+        self.clock = clock
+        self.model_info: ModelInfo = self._resolve_model(config.model)
+        if self.model_info.architecture not in self.capabilities.architectures:
+            raise ConfigError(
+                "model", config.model, f"architectures {', '.join(self.capabilities.architectures)}",
+                f"(engine {self.name} does not run {self.model_info.architecture} models)",
+            )
+        self.tokenizer: Any = None
+        self.eos_token_ids: frozenset[int] = frozenset()
+        self.model_max_input: int = 512
+        self.load_ns: int | None = None
+        self._loaded = False
+
+    # ----------------------------------------------------------------- lifecycle
+    def load(self) -> Engine:
+        if not self._loaded:
+            t0 = self.clock()
+            self._load()
+            self.load_ns = self.clock() - t0
+            self._loaded = True
+        return self
+
+    def close(self) -> None:
+        if self._loaded:
+            self._close()
+            self._loaded = False
+
+    def __enter__(self) -> Engine:
+        return self.load()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- requests
+    @property
+    def is_chat(self) -> bool:
+        return self.model_info.task == "chat"
+
+    def encode_input(self, request: GenerationRequest) -> list[int]:
+        """Token ids of the request's input (chat template for chat models)."""
+        if request.messages is not None:
+            if not self.is_chat:
+                raise InputError("chat messages were sent to a translation model; send text instead")
+            msgs = list(request.messages)
+            if not msgs or not any((m.get("content") or "").strip() for m in msgs):
+                raise InputError("empty chat: at least one message with non-empty content is needed")
+            ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+            return [int(i) for i in ids]
+        text = request.text
+        if text is None or not text.strip():
+            raise InputError("empty input: give a non-empty sentence or prompt")
+        if self.is_chat:
+            return self.encode_input(GenerationRequest(messages=({"role": "user", "content": text},)))
+        return [int(i) for i in self.tokenizer(text)["input_ids"]]
+
+    def prepare(self, request: GenerationRequest) -> Prepared:
+        self.load()
+        ids = self.encode_input(request)
+        limit = self.config.max_input_tokens or self.model_max_input
+        warnings: tuple[str, ...] = ()
+        if len(ids) > limit:
+            if self.config.on_overflow == "refuse":
+                raise InputError(
+                    f"input is {len(ids)} tokens; this model accepts at most {limit} "
+                    "(shorten it, or use on_overflow='truncate')"
+                )
+            keep_tail = self.model_info.architecture == "seq2seq"  # keep the final EOS
+            ids = ids[: limit - 1] + ids[-1:] if keep_tail else ids[-limit:]
+            warnings = (f"input truncated to {limit} of its {len(self.encode_input(request))} tokens",)
+        max_new = request.max_new_tokens or self.config.max_new_tokens
+        if max_new < 1:
+            raise InputError(f"max_new_tokens={max_new}: must be >= 1")
+        return Prepared(request, ids, max_new, warnings)
+
+    def stream(self, request: str | GenerationRequest | Sequence[dict[str, str]]) -> Stream:
+        """Start one request; iterate the returned :class:`Stream` for timed token events."""
+        return Stream(self, GenerationRequest.of(request), self.clock)
+
+    def generate(self, requests: Sequence[str | GenerationRequest]) -> list[Generation]:
+        """Decode several requests as one batch (greedy; same output as :meth:`stream`)."""
+        prepared = [self.prepare(GenerationRequest.of(r)) for r in requests]
+        if not prepared:
+            return []
+        outs = self._generate_batch(prepared)
+        gens = []
+        for p, ids in zip(prepared, outs):
+            reason = "eos" if ids and ids[-1] in self.eos_token_ids else "length"
+            gens.append(Generation(list(ids), self.decode(ids), len(p.input_ids), reason, p.warnings))
+        return gens
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+
+    def describe(self) -> dict[str, Any]:
+        """What a result row needs to reproduce this engine (the engine-side signature)."""
+        return {
+            "engine": self.name, **self.config.to_dict(), "model_name": self.model_info.name,
+            "model_source": self.model_info.source, "architecture": self.model_info.architecture,
+        }
+
+    # ----------------------------------------------------------------- engine hooks
+    def _resolve_model(self, model: str) -> ModelInfo:
+        return resolve_model(model)
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _decode(self, prepared: Prepared) -> Iterator[object]: ...
+
+    @abstractmethod
+    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]: ...
+
+    def _close(self) -> None:
+        return None

@@ -1,0 +1,63 @@
+"""Engine registry: name -> "module:Class", imported lazily.
+
+Adding an engine touches its own folder and one line here.  ``import testbed`` imports no
+runtime; an unknown name lists the known ones; a missing runtime names the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+
+from testbed.clock import Clock, now_ns
+from testbed.config import EngineConfig
+from testbed.engines.base import Engine
+from testbed.errors import ConfigError, MissingExtraError
+
+
+@dataclass(frozen=True)
+class EngineEntry:
+    target: str  # "module:Class"
+    extra: str | None  # the pip extra that installs its runtime (None: default install)
+    module: str  # the runtime module whose absence means the extra is missing
+    description: str
+
+
+ENGINES: dict[str, EngineEntry] = {
+    "torch": EngineEntry("testbed.engines.torch.engine:TorchEngine", None, "torch",
+                         "PyTorch eager, KV cache; fp32, bf16, fp16 (CUDA), dynamic int8 (CPU)"),
+    "fake": EngineEntry("testbed.engines.fake.engine:FakeEngine", None, "testbed",
+                        "no model: echoes the input's words (tests, and the floor of each path)"),
+}
+
+
+def engine_names() -> list[str]:
+    return list(ENGINES)
+
+
+def engine_class(name: str) -> type[Engine]:
+    entry = ENGINES.get(name)
+    if entry is None:
+        raise ConfigError("engine", name, ", ".join(ENGINES))
+    if importlib.util.find_spec(entry.module) is None:
+        raise MissingExtraError(f"engine {name!r}", entry.extra or "default", entry.module)
+    mod_name, cls_name = entry.target.split(":")
+    cls = getattr(importlib.import_module(mod_name), cls_name)
+    return cls  # type: ignore[no-any-return]
+
+
+def is_available(name: str) -> tuple[bool, str]:
+    """(available, reason) without importing the runtime: for UIs and sweeps."""
+    entry = ENGINES.get(name)
+    if entry is None:
+        return False, f"unknown engine; known: {', '.join(ENGINES)}"
+    if importlib.util.find_spec(entry.module) is None:
+        return False, f"needs pip install 'testbed[{entry.extra}]'"
+    return True, ""
+
+
+def create_engine(config: EngineConfig, clock: Clock = now_ns, load: bool = True) -> Engine:
+    """Validate ``config`` against the engine's capabilities, build it, and (by default) load it."""
+    engine = engine_class(config.engine)(config, clock=clock)
+    return engine.load() if load else engine

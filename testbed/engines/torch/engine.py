@@ -1,0 +1,209 @@
+"""PyTorch eager engine: the reference every other engine is compared with.
+
+Greedy decoding with a KV cache, written out as a plain loop (one forward per token) rather
+than ``generate()``, so that each token id is available the moment it is chosen and the loop
+costs no more than serving needs.  Precisions: fp32; bf16 (CPU and CUDA); fp16 (CUDA only);
+int8 = dynamic int8 quantisation of every ``nn.Linear`` (CPU only).
+
+For seq2seq models the encoder runs once (then ``ENCODER_DONE`` is yielded), and the decoder
+reuses its cross-attention keys/values from the cache.  Marian never emits its pad token (the
+decoder start token), as in Hugging Face ``generate()``, so the pad logit is masked.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+from testbed.engines.base import ENCODER_DONE, Capabilities, Engine, Prepared
+from testbed.errors import ConfigError
+
+
+class TorchEngine(Engine):
+    name = "torch"
+    capabilities = Capabilities(
+        devices=("cpu", "cuda"),
+        precisions=("fp32", "bf16", "fp16", "int8"),
+        streaming=True,
+        batching=True,
+        precision_devices={"fp16": ("cuda",), "int8": ("cpu",)},
+    )
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        cfg = self.config
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "device", "cuda", "cpu",
+                f"CUDA was asked for but torch.cuda.is_available() is False (torch {torch.__version__}); "
+                "use --device cpu, or install a CUDA build of torch on a machine with a GPU",
+            )
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        path = self.model_info.local_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        auto = AutoModelForSeq2SeqLM if self.model_info.architecture == "seq2seq" else AutoModelForCausalLM
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
+        model = auto.from_pretrained(path, dtype=dtype)
+        model.eval()
+        if cfg.precision == "int8":
+            from torch.ao.quantization import quantize_dynamic
+
+            model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        self.device = torch.device(cfg.device)
+        self.model: Any = model.to(self.device)
+        mcfg = model.config
+        gen = getattr(model, "generation_config", None)
+        eos: set[int] = set()
+        for src in (mcfg.eos_token_id, getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(src, int):
+                eos.add(src)
+            elif isinstance(src, (list, tuple)):
+                eos.update(int(x) for x in src)
+        self.eos_token_ids = frozenset(eos)
+        self.pad_id = mcfg.pad_token_id if mcfg.pad_token_id is not None else self.tokenizer.pad_token_id
+        max_pos = int(getattr(mcfg, "max_position_embeddings", 512) or 512)
+        if self.model_info.architecture == "seq2seq":
+            self.start_id = int(mcfg.decoder_start_token_id if mcfg.decoder_start_token_id is not None else self.pad_id)
+            # Marian-style models start decoding with pad and never emit it (as generate() does)
+            self.banned = [self.pad_id] if self.pad_id is not None and self.pad_id == self.start_id else []
+            self.model_max_input = max_pos
+        else:
+            self.banned = []
+            self.model_max_input = max(16, max_pos - cfg.max_new_tokens)
+        self._torch = torch
+        # transformers 5.x renamed the cache argument from past_key_values to cache
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+
+    def _close(self) -> None:
+        self.model = None
+        if self.config.device == "cuda":
+            self._torch.cuda.empty_cache()
+
+    # ------------------------------------------------------------------ helpers
+    def _pick(self, logits: Any) -> Any:
+        """Greedy choice over the last position's logits (banned ids masked)."""
+        if self.banned:
+            logits[:, self.banned] = float("-inf")
+        return logits.argmax(-1)
+
+    # ------------------------------------------------------------------ one request
+    def _decode(self, prepared: Prepared) -> Iterator[object]:
+        torch = self._torch
+        ids = torch.tensor([prepared.input_ids], device=self.device)
+        eos = self.eos_token_ids
+        if self.model_info.architecture == "seq2seq":
+            from transformers import DynamicCache, EncoderDecoderCache
+
+            with torch.inference_mode():
+                mask = torch.ones_like(ids)
+                enc = self.model.get_encoder()(input_ids=ids, attention_mask=mask)
+            yield ENCODER_DONE
+            # the caches are updated in place by each forward
+            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            step_in = torch.tensor([[self.start_id]], device=self.device)
+            for _ in range(prepared.max_new_tokens):
+                with torch.inference_mode():
+                    out = self.model(
+                        encoder_outputs=enc, attention_mask=mask, decoder_input_ids=step_in,
+                        **{self._cache_kw: cache}, use_cache=True,
+                    )
+                    nxt = self._pick(out.logits[:, -1, :].float())
+                tid = int(nxt.item())
+                yield tid
+                if tid in eos:
+                    return
+                step_in = nxt.view(1, 1)
+        else:
+            from transformers import DynamicCache
+
+            cache = DynamicCache()
+            step_in = ids
+            for _ in range(prepared.max_new_tokens):
+                with torch.inference_mode():
+                    out = self.model(input_ids=step_in, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
+                    nxt = self._pick(out.logits[:, -1, :].float())
+                tid = int(nxt.item())
+                yield tid
+                if tid in eos:
+                    return
+                step_in = nxt.view(1, 1)
+
+    # ------------------------------------------------------------------ a batch
+    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
+        torch = self._torch
+        n = len(prepared)
+        max_new = max(p.max_new_tokens for p in prepared)
+        limits = [p.max_new_tokens for p in prepared]
+        lengths = [len(p.input_ids) for p in prepared]
+        width = max(lengths)
+        pad = self.pad_id if self.pad_id is not None else 0
+        eos = self.eos_token_ids
+        outs: list[list[int]] = [[] for _ in range(n)]
+        done = [False] * n
+        with torch.inference_mode():
+            if self.model_info.architecture == "seq2seq":
+                from transformers import DynamicCache, EncoderDecoderCache
+
+                ids = torch.full((n, width), pad, dtype=torch.long)
+                mask = torch.zeros((n, width), dtype=torch.long)
+                for i, p in enumerate(prepared):  # right padding for the encoder
+                    ids[i, : lengths[i]] = torch.tensor(p.input_ids)
+                    mask[i, : lengths[i]] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                enc = self.model.get_encoder()(input_ids=ids, attention_mask=mask)
+                cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
+                step_in = torch.full((n, 1), self.start_id, dtype=torch.long, device=self.device)
+                for _ in range(max_new):
+                    out = self.model(
+                        encoder_outputs=enc, attention_mask=mask, decoder_input_ids=step_in,
+                        **{self._cache_kw: cache}, use_cache=True,
+                    )
+                    nxt = self._pick(out.logits[:, -1, :].float())
+                    if self._collect(nxt.tolist(), outs, done, limits, eos):
+                        break
+                    step_in = nxt.view(n, 1)
+            else:
+                from transformers import DynamicCache
+
+                ids = torch.full((n, width), pad, dtype=torch.long)
+                mask = torch.zeros((n, width), dtype=torch.long)
+                for i, p in enumerate(prepared):  # left padding for a decoder-only model
+                    ids[i, width - lengths[i] :] = torch.tensor(p.input_ids)
+                    mask[i, width - lengths[i] :] = 1
+                ids, mask = ids.to(self.device), mask.to(self.device)
+                pos = (mask.cumsum(-1) - 1).clamp(min=0)
+                cache = DynamicCache()
+                step_in = ids
+                for _ in range(max_new):
+                    out = self.model(
+                        input_ids=step_in, attention_mask=mask, position_ids=pos,
+                        **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1,
+                    )
+                    nxt = self._pick(out.logits[:, -1, :].float())
+                    if self._collect(nxt.tolist(), outs, done, limits, eos):
+                        break
+                    step_in = nxt.view(n, 1)
+                    mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=self.device)], dim=1)
+                    pos = pos[:, -1:] + 1
+        return outs
+
+    @staticmethod
+    def _collect(
+        picked: list[int], outs: list[list[int]], done: list[bool], limits: list[int], eos: frozenset[int]
+    ) -> bool:
+        """Append each unfinished sequence's token; True when every sequence has finished."""
+        for i, tid in enumerate(picked):
+            if done[i]:
+                continue
+            outs[i].append(int(tid))
+            if tid in eos or len(outs[i]) >= limits[i]:
+                done[i] = True
+        return all(done)
