@@ -1,0 +1,1 @@
+"""Load generation: scenarios that issue requests and collect :class:`RequestRecord` s."""
