@@ -65,7 +65,7 @@ def _engine(args: argparse.Namespace, default_new: int = 128) -> Any:
 
         req = GenerationRequest(text="Hello.", max_new_tokens=4)
         rec = engine.stream(req).run().record(warmup=True)
-        print(f"(model load {engine.load_ns / 1e6:.0f} ms; warm-up request {S.fmt(S.e2e_ms(rec), '.0f')} ms, "
+        print(f"(model load {(engine.load_ns or 0) / 1e6:.0f} ms; warm-up request {S.fmt(S.e2e_ms(rec), '.0f')} ms, "
               "excluded)", file=sys.stderr)
     return engine
 
@@ -222,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="SingleStream in-process: warm-up, then the dataset one request at a time; "
                                    "prints TTFT / TPOT / E2E percentiles and BLEU / chrF against the references.")
     b.add_argument("--scenario", default="singlestream", help="singlestream (default)")
-    b.add_argument("--dataset", default=None, help="test | dev | chat | a .tsv/.txt/.jsonl path (default: test, chat for the chat model)")
+    b.add_argument("--dataset", default=None,
+                   help="test | dev | chat | a .tsv/.txt/.jsonl path (default: test; chat for the chat model)")
     b.add_argument("--num-requests", type=int, default=None, help="first N examples (default: all)")
     b.add_argument("--warmup", type=int, default=5, help="warm-up requests, run and excluded (default 5)")
     b.add_argument("--out", default=None, help="directory for records.jsonl and summary.json")

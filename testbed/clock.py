@@ -8,7 +8,7 @@ passing ``clock=`` where a component accepts one; nothing else reads the time.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 Clock = Callable[[], int]
 

@@ -179,7 +179,9 @@ def length_stats(values: list[int]) -> dict[str, float]:
 
 
 def stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    words = lambda s: len(s.split())
+    def words(s: str) -> int:
+        return len(s.split())
+
     return {
         "context_turns": dict(sorted(Counter(len(r["messages"]) for r in rows).items())),
         "last_user_turn_words": length_stats([words(r["messages"][-1]["content"]) for r in rows]),

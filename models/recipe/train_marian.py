@@ -250,8 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             if step % 50 == 0:
                 el = time.monotonic() - t0
                 print(f"step {step} ep {state['epoch']} loss {loss.item():.3f} lr {lr:.2e} "
-                      f"elapsed {el / 60:.1f} min tgt-tok/s {tokens_seen / max(el - state.get('elapsed_s0', 0), 1):.0f}",
-                      flush=True)
+                      f"elapsed {el / 60:.1f} min tgt-tokens this run {tokens_seen}", flush=True)
             now = time.monotonic()
             if now >= next_save or now >= budget_end:
                 state["elapsed_s"] = now - t0

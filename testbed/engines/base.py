@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -152,7 +152,7 @@ class Stream:
         self.error: str | None = None
         self._detok = Detokenizer(engine.tokenizer)
         self.prepared = engine.prepare(request)
-        self._gen = engine._decode(self.prepared)
+        self._gen: Generator[object, None, None] = engine._decode(self.prepared)
 
     @property
     def n_in(self) -> int:
@@ -348,7 +348,7 @@ class Engine(ABC):
     def _load(self) -> None: ...
 
     @abstractmethod
-    def _decode(self, prepared: Prepared) -> Iterator[object]: ...
+    def _decode(self, prepared: Prepared) -> Generator[object, None, None]: ...
 
     @abstractmethod
     def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]: ...

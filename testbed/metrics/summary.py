@@ -259,7 +259,7 @@ class SLO:
             v = getattr(self, f.name)
             if v is None:
                 continue
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and float(v) > 0
             if not ok:
                 raise ConfigError(f"slo.{f.name}", v, _SLO_ALLOWED_VALUE)
 

@@ -8,7 +8,7 @@ whitespace vocabulary that grows as it sees words.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from testbed.engines.base import ENCODER_DONE, Capabilities, Engine, Prepared
@@ -62,7 +62,7 @@ class FakeEngine(Engine):
         words = [i for i in prepared.input_ids if i != EOS_ID]
         return (words + [EOS_ID])[: prepared.max_new_tokens]
 
-    def _decode(self, prepared: Prepared) -> Iterator[object]:
+    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
         if self.model_info.architecture == "seq2seq":
             yield ENCODER_DONE
         yield from self._echo(prepared)

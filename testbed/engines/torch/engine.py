@@ -13,7 +13,7 @@ decoder start token), as in Hugging Face ``generate()``, so the pad logit is mas
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 
 from testbed.engines.base import ENCODER_DONE, Capabilities, Engine, Prepared
@@ -50,7 +50,7 @@ class TorchEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         auto = AutoModelForSeq2SeqLM if self.model_info.architecture == "seq2seq" else AutoModelForCausalLM
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
-        model = auto.from_pretrained(path, dtype=dtype)
+        model: Any = auto.from_pretrained(path, dtype=dtype)
         model.eval()
         if cfg.precision == "int8":
             from torch.ao.quantization import quantize_dynamic
@@ -95,7 +95,7 @@ class TorchEngine(Engine):
         return logits.argmax(-1)
 
     # ------------------------------------------------------------------ one request
-    def _decode(self, prepared: Prepared) -> Iterator[object]:
+    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
         torch = self._torch
         ids = torch.tensor([prepared.input_ids], device=self.device)
         eos = self.eos_token_ids
@@ -124,11 +124,11 @@ class TorchEngine(Engine):
         else:
             from transformers import DynamicCache
 
-            cache = DynamicCache()
+            dcache = DynamicCache()
             step_in = ids
             for _ in range(prepared.max_new_tokens):
                 with torch.inference_mode():
-                    out = self.model(input_ids=step_in, **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1)
+                    out = self.model(input_ids=step_in, **{self._cache_kw: dcache}, use_cache=True, logits_to_keep=1)
                     nxt = self._pick(out.logits[:, -1, :].float())
                 tid = int(nxt.item())
                 yield tid
