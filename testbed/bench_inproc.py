@@ -80,6 +80,13 @@ def run_bench(
         write_text_atomic(out_dir / "records.jsonl", "".join(r.to_json() + "\n" for r in records))
         write_json_atomic(out_dir / "summary.json", result)
         write_text_atomic(out_dir / "summary.md", md + "\n")
+        from testbed.report.plots import latency_cdf
+
+        plot = latency_cdf(records, out_dir / "latency_cdf.png",
+                           title=f"{engine.model_info.name} {config.label()} singlestream, {dataset}")
+        result["plot"] = str(plot) if plot else None
+        if plot:
+            md += f"\n\nLatency CDF: {plot}"
     result["markdown"] = md
     result["records"] = records
     return result

@@ -49,6 +49,25 @@ class ModelInfo:
         raise ModelNotFoundError(f"model {self.name!r} has no location")
 
 
+def content_hash(path: Path, length: int = 12) -> str:
+    """sha256 over a checkpoint's config and weight files (names and bytes), shortened.
+
+    This is the ``@hash`` of ``model@hash`` in result signatures: two runs with the same hash ran
+    the same weights.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file() and (
+        p.suffix in (".safetensors", ".bin", ".gguf") or p.name in ("config.json", "generation_config.json")))
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:length]
+
+
 def _embedded_dir(name: str) -> Path:
     return Path(str(resources.files("testbed.models").joinpath(name)))
 

@@ -29,7 +29,7 @@ from testbed.clock import Clock, now_ns
 from testbed.config import EngineConfig
 from testbed.errors import ConfigError, InputError
 from testbed.metrics.records import RequestRecord
-from testbed.registry import ModelInfo, resolve_model
+from testbed.registry import ModelInfo, content_hash, resolve_model
 
 ENCODER_DONE = object()
 """Sentinel a seq2seq engine yields from ``_decode`` when its encoder pass has finished."""
@@ -335,9 +335,12 @@ class Engine(ABC):
 
     def describe(self) -> dict[str, Any]:
         """What a result row needs to reproduce this engine (the engine-side signature)."""
+        info = self.model_info
+        path = info.path if info.path is not None else (info.local_path() if self._loaded else None)
         return {
-            "engine": self.name, **self.config.to_dict(), "model_name": self.model_info.name,
-            "model_source": self.model_info.source, "architecture": self.model_info.architecture,
+            "engine": self.name, **self.config.to_dict(), "model_name": info.name,
+            "model_hash": content_hash(path) if path is not None and path.is_dir() else None,
+            "model_source": info.source, "architecture": info.architecture,
         }
 
     # ----------------------------------------------------------------- engine hooks
