@@ -3,7 +3,8 @@
 1. a joint SentencePiece unigram vocabulary (default 8k) on the training English and German;
 2. a small ``MarianMTModel`` (d_model 256, 3+3 layers by default, tied embeddings);
 3. token-bucketed batches, AdamW, inverse-square-root schedule with warm-up, label smoothing;
-4. a time budget (``--minutes``): checkpoints every ``--save-every`` minutes (written atomically,
+4. a time budget (``--minutes``), optionally ending with a linear decay of the learning rate to
+   zero over its last ``--anneal-minutes``; checkpoints every ``--save-every`` minutes (written atomically,
    so the run can be stopped at any time and the newest checkpoint used), greedy dev BLEU at
    each checkpoint, the best-by-dev weights kept in ``--out/best``;
 5. ``--export DIR``: the best checkpoint saved with ``save_pretrained`` (fp16 safetensors
@@ -188,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=800)
     ap.add_argument("--minutes", type=float, default=90.0)
     ap.add_argument("--save-every", type=float, default=8.0, help="minutes")
+    ap.add_argument("--anneal-minutes", type=float, default=0.0,
+                    help="decay the learning rate linearly to 0 over the last N minutes of the budget")
     ap.add_argument("--dev-n", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
@@ -236,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         for ids in batches(data, args.max_tokens, rng):
             step = state["step"] + 1
             lr = args.lr * min(step / args.warmup, math.sqrt(args.warmup / step))
+            remaining = budget_end - time.monotonic()
+            if args.anneal_minutes and remaining < args.anneal_minutes * 60:
+                lr *= max(remaining, 0.0) / (args.anneal_minutes * 60)
             for g in opt.param_groups:
                 g["lr"] = lr
             input_ids, attn, dec_in, labels = collate(data, ids, pad, start)
