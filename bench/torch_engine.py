@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         acc = {"bleu": float("nan"), "chrf": float("nan")}
         if all(x is not None for x in refs):
             acc = score([r.output or "" for r in recs], [str(x) for x in refs])
-        print(f"| torch {label} | {e2e:.2f} | {e2e / base:.2f} | {ttft:.2f} | {tpot:.2f} | {failed} | "
+        print(f"| {label} | {e2e:.2f} | {e2e / base:.2f} | {ttft:.2f} | {tpot:.2f} | {failed} | "
               f"{acc['bleu']:.2f} | {acc['chrf']:.2f} |")
     return 0
 
