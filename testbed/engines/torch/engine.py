@@ -13,7 +13,7 @@ decoder start token), as in Hugging Face ``generate()``, so the pad logit is mas
 from __future__ import annotations
 
 import inspect
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 
 from testbed.engines.base import ENCODER_DONE, Capabilities, Engine, Prepared
@@ -94,105 +94,85 @@ class TorchEngine(Engine):
             logits[:, self.banned] = float("-inf")
         return logits.argmax(-1)
 
-    # ------------------------------------------------------------------ one request
-    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
+    # ------------------------------------------------------------------ decoding
+    def _start(self, ids: Any, mask: Any) -> tuple[Callable[[Any], Any], Any]:
+        """Begin greedy decoding of a (padded) batch: returns ``step`` and the first step input.
+
+        For seq2seq the encoder runs here, once; for a decoder-only model the prompt is the
+        first step's input (prefill).  ``step(inp)`` runs one forward with the KV cache (updated
+        in place) and returns the next token id of each row.  Call under inference mode.
+        """
+        from transformers import DynamicCache, EncoderDecoderCache
+
         torch = self._torch
-        ids = torch.tensor([prepared.input_ids], device=self.device)
-        eos = self.eos_token_ids
+        n = ids.shape[0]
+        kw = self._cache_kw
         if self.model_info.architecture == "seq2seq":
-            from transformers import DynamicCache, EncoderDecoderCache
+            enc = self.model.get_encoder()(input_ids=ids, attention_mask=mask)
+            cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
-            with torch.inference_mode():
-                mask = torch.ones_like(ids)
-                enc = self.model.get_encoder()(input_ids=ids, attention_mask=mask)
-            yield ENCODER_DONE
-            # the caches are updated in place by each forward
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            step_in = torch.tensor([[self.start_id]], device=self.device)
-            for _ in range(prepared.max_new_tokens):
-                with torch.inference_mode():
-                    out = self.model(
-                        encoder_outputs=enc, attention_mask=mask, decoder_input_ids=step_in,
-                        **{self._cache_kw: cache}, use_cache=True,
-                    )
-                    nxt = self._pick(out.logits[:, -1, :].float())
-                tid = int(nxt.item())
-                yield tid
-                if tid in eos:
-                    return
-                step_in = nxt.view(1, 1)
-        else:
-            from transformers import DynamicCache
+            def seq2seq_step(inp: Any) -> Any:
+                out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=inp,
+                                 **{kw: cache}, use_cache=True)
+                return self._pick(out.logits[:, -1, :].float())
 
-            dcache = DynamicCache()
-            step_in = ids
-            for _ in range(prepared.max_new_tokens):
-                with torch.inference_mode():
-                    out = self.model(input_ids=step_in, **{self._cache_kw: dcache}, use_cache=True, logits_to_keep=1)
-                    nxt = self._pick(out.logits[:, -1, :].float())
-                tid = int(nxt.item())
-                yield tid
-                if tid in eos:
-                    return
-                step_in = nxt.view(1, 1)
+            return seq2seq_step, torch.full((n, 1), self.start_id, dtype=torch.long, device=self.device)
 
-    # ------------------------------------------------------------------ a batch
-    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
+        cache = DynamicCache()
+        state = {"mask": mask, "pos": (mask.cumsum(-1) - 1).clamp(min=0)}  # left padding aware
+        one = torch.ones((n, 1), dtype=mask.dtype, device=self.device)
+
+        def causal_step(inp: Any) -> Any:
+            out = self.model(input_ids=inp, attention_mask=state["mask"], position_ids=state["pos"],
+                             **{kw: cache}, use_cache=True, logits_to_keep=1)
+            state["mask"] = torch.cat([state["mask"], one], dim=1)
+            state["pos"] = state["pos"][:, -1:] + 1
+            return self._pick(out.logits[:, -1, :].float())
+
+        return causal_step, ids
+
+    def _pad(self, prepared: list[Prepared]) -> tuple[Any, Any]:
+        """Input ids and attention mask: right padding for an encoder, left for a decoder-only model."""
         torch = self._torch
-        n = len(prepared)
-        max_new = max(p.max_new_tokens for p in prepared)
-        limits = [p.max_new_tokens for p in prepared]
         lengths = [len(p.input_ids) for p in prepared]
         width = max(lengths)
-        pad = self.pad_id if self.pad_id is not None else 0
+        left = self.model_info.architecture != "seq2seq"
+        ids = torch.full((len(prepared), width), self.pad_id if self.pad_id is not None else 0, dtype=torch.long)
+        mask = torch.zeros((len(prepared), width), dtype=torch.long)
+        for i, p in enumerate(prepared):
+            cols = slice(width - lengths[i], width) if left else slice(0, lengths[i])
+            ids[i, cols] = torch.tensor(p.input_ids)
+            mask[i, cols] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
+        torch = self._torch
         eos = self.eos_token_ids
+        with torch.inference_mode():
+            step, inp = self._start(*self._pad([prepared]))
+        if self.model_info.architecture == "seq2seq":
+            yield ENCODER_DONE
+        for _ in range(prepared.max_new_tokens):
+            with torch.inference_mode():
+                nxt = step(inp)
+            tid = int(nxt.item())
+            yield tid
+            if tid in eos:
+                return
+            inp = nxt.view(1, 1)
+
+    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
+        n = len(prepared)
+        limits = [p.max_new_tokens for p in prepared]
         outs: list[list[int]] = [[] for _ in range(n)]
         done = [False] * n
-        with torch.inference_mode():
-            if self.model_info.architecture == "seq2seq":
-                from transformers import DynamicCache, EncoderDecoderCache
-
-                ids = torch.full((n, width), pad, dtype=torch.long)
-                mask = torch.zeros((n, width), dtype=torch.long)
-                for i, p in enumerate(prepared):  # right padding for the encoder
-                    ids[i, : lengths[i]] = torch.tensor(p.input_ids)
-                    mask[i, : lengths[i]] = 1
-                ids, mask = ids.to(self.device), mask.to(self.device)
-                enc = self.model.get_encoder()(input_ids=ids, attention_mask=mask)
-                cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
-                step_in = torch.full((n, 1), self.start_id, dtype=torch.long, device=self.device)
-                for _ in range(max_new):
-                    out = self.model(
-                        encoder_outputs=enc, attention_mask=mask, decoder_input_ids=step_in,
-                        **{self._cache_kw: cache}, use_cache=True,
-                    )
-                    nxt = self._pick(out.logits[:, -1, :].float())
-                    if self._collect(nxt.tolist(), outs, done, limits, eos):
-                        break
-                    step_in = nxt.view(n, 1)
-            else:
-                from transformers import DynamicCache
-
-                ids = torch.full((n, width), pad, dtype=torch.long)
-                mask = torch.zeros((n, width), dtype=torch.long)
-                for i, p in enumerate(prepared):  # left padding for a decoder-only model
-                    ids[i, width - lengths[i] :] = torch.tensor(p.input_ids)
-                    mask[i, width - lengths[i] :] = 1
-                ids, mask = ids.to(self.device), mask.to(self.device)
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                cache = DynamicCache()
-                step_in = ids
-                for _ in range(max_new):
-                    out = self.model(
-                        input_ids=step_in, attention_mask=mask, position_ids=pos,
-                        **{self._cache_kw: cache}, use_cache=True, logits_to_keep=1,
-                    )
-                    nxt = self._pick(out.logits[:, -1, :].float())
-                    if self._collect(nxt.tolist(), outs, done, limits, eos):
-                        break
-                    step_in = nxt.view(n, 1)
-                    mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=self.device)], dim=1)
-                    pos = pos[:, -1:] + 1
+        with self._torch.inference_mode():
+            step, inp = self._start(*self._pad(prepared))
+            for _ in range(max(limits)):
+                nxt = step(inp)
+                if self._collect(nxt.tolist(), outs, done, limits, self.eos_token_ids):
+                    break
+                inp = nxt.view(n, 1)
         return outs
 
     @staticmethod
