@@ -300,15 +300,17 @@ class Engine(ABC):
         ids = self.encode_input(request)
         limit = self.config.max_input_tokens or self.model_max_input
         warnings: tuple[str, ...] = ()
-        if len(ids) > limit:
+        n_orig = len(ids)
+        if n_orig > limit:
             if self.config.on_overflow == "refuse":
                 raise InputError(
-                    f"input is {len(ids)} tokens; this model accepts at most {limit} "
+                    f"input is {n_orig} tokens; this model accepts at most {limit} "
                     "(shorten it, or use on_overflow='truncate')"
                 )
-            keep_tail = self.model_info.architecture == "seq2seq"  # keep the final EOS
+            # seq2seq: keep the head and the final EOS; decoder-only: keep the most recent tokens
+            keep_tail = self.model_info.architecture == "seq2seq"
             ids = ids[: limit - 1] + ids[-1:] if keep_tail else ids[-limit:]
-            warnings = (f"input truncated to {limit} of its {len(self.encode_input(request))} tokens",)
+            warnings = (f"input truncated to {limit} of its {n_orig} tokens",)
         max_new = request.max_new_tokens or self.config.max_new_tokens
         if max_new < 1:
             raise InputError(f"max_new_tokens={max_new}: must be >= 1")
