@@ -13,7 +13,6 @@ configuration's (torch fp32 at the default thread count), and BLEU / chrF on the
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
@@ -73,16 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     print("| config | median E2E ms | ratio to first | median TTFT ms | median TPOT ms | failed | BLEU | chrF |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, recs in records.items():
-        e2e = statistics.median(v for v in map(S.e2e_ms, recs) if v is not None)
-        ttft = statistics.median(v for v in map(S.ttft_ms, recs) if v is not None)
-        tpots = [v for v in map(S.tpot_ms, recs) if v is not None]
-        tpot = statistics.median(tpots) if tpots else float("nan")
+        e2e, ttft, tpot = (S.percentiles(map(fn, recs), ps=(50,))["p50"] for fn in (S.e2e_ms, S.ttft_ms, S.tpot_ms))
+        if e2e is None:
+            print(f"| {label} | all requests failed | | | | {len(recs)} | | |")
+            continue
         failed = sum(1 for r in recs if not r.ok)
         base = base or e2e
         acc = {"bleu": float("nan"), "chrf": float("nan")}
         if all(x is not None for x in refs):
             acc = score([r.output or "" for r in recs], [str(x) for x in refs])
-        print(f"| {label} | {e2e:.2f} | {e2e / base:.2f} | {ttft:.2f} | {tpot:.2f} | {failed} | "
+        print(f"| {label} | {e2e:.2f} | {e2e / base:.2f} | {S.fmt(ttft)} | {S.fmt(tpot)} | {failed} | "
               f"{acc['bleu']:.2f} | {acc['chrf']:.2f} |")
     return 0
 
