@@ -37,6 +37,7 @@ def _engine_args(p: argparse.ArgumentParser, default_model: str, warmup_flag: bo
     g.add_argument("--engine", default="torch", help="engine name (see `testbed engines`; default: torch)")
     g.add_argument("--precision", default="fp32", help=f"one of {', '.join(PRECISIONS)} (default: fp32)")
     g.add_argument("--device", default="cpu", help=f"one of {', '.join(DEVICES)} (default: cpu)")
+    g.add_argument("--pruning", default="none", help="none (default), unstructured:S or structured:F")
     g.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime default)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="generated tokens at most (default 128, chat 256)")
     if warmup_flag:
@@ -50,6 +51,7 @@ def _config(args: argparse.Namespace, default_new: int = 128) -> EngineConfig:
     return EngineConfig(
         model=args.model, engine=args.engine, precision=args.precision, device=args.device,
         threads=args.threads, max_new_tokens=args.max_new_tokens or default_new, on_overflow=args.on_overflow,
+        pruning=args.pruning,
     )
 
 

@@ -17,6 +17,25 @@ from testbed.errors import ConfigError
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 DEVICES = ("cpu", "cuda")
 OVERFLOW_POLICIES = ("truncate", "refuse")
+PRUNING_KINDS = ("unstructured", "structured")
+PRUNING_HELP = (
+    "none; unstructured:S (global magnitude pruning, fraction S of the Linear weights zeroed, 0<S<1); "
+    "structured:F (fraction F of FFN neurons removed by importance, matrices shrink, 0<F<1)"
+)
+
+
+def parse_pruning(spec: str) -> tuple[str, float] | None:
+    """``"none"`` -> None; ``"unstructured:0.5"`` -> ("unstructured", 0.5).  Bad specs raise ConfigError."""
+    if spec == "none":
+        return None
+    kind, _, frac = str(spec).partition(":")
+    try:
+        f = float(frac)
+    except ValueError:
+        f = -1.0
+    if kind not in PRUNING_KINDS or not 0.0 < f < 1.0:
+        raise ConfigError("pruning", spec, PRUNING_HELP)
+    return kind, f
 
 DEFAULT_TRANSLATION_MODEL = "marian-en-de"
 DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
@@ -40,6 +59,7 @@ class EngineConfig:
     max_new_tokens: int = 128
     max_input_tokens: int | None = None
     on_overflow: str = "truncate"
+    pruning: str = "none"
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -58,10 +78,12 @@ class EngineConfig:
             raise ConfigError("max_input_tokens", self.max_input_tokens, "a positive integer or unset")
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise ConfigError("on_overflow", self.on_overflow, ", ".join(OVERFLOW_POLICIES))
+        parse_pruning(self.pruning)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def label(self) -> str:
         threads = f"/t{self.threads}" if self.threads else ""
-        return f"{self.engine}/{self.precision}/{self.device}{threads}"
+        pruned = f"/{self.pruning}" if self.pruning != "none" else ""
+        return f"{self.engine}/{self.precision}{pruned}/{self.device}{threads}"

@@ -45,8 +45,12 @@ class Capabilities:
     architectures: tuple[str, ...] = ("seq2seq", "causal")
     # precisions that need a given device, e.g. {"fp16": ("cuda",)}
     precision_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # whether the engine can run a pruned model (EngineConfig.pruning other than "none")
+    pruning: bool = False
 
     def check(self, engine: str, config: EngineConfig) -> None:
+        if config.pruning != "none" and not self.pruning:
+            raise ConfigError("pruning", config.pruning, "none", f"(engine {engine} does not run pruned models)")
         if config.device not in self.devices:
             raise ConfigError("device", config.device, ", ".join(self.devices), f"(engine {engine})")
         if config.precision not in self.precisions:

@@ -138,3 +138,20 @@ def test_detokenizer_holds_back_incomplete_characters():
     d = Detokenizer(_SpmLikeTokenizer())
     assert d.add(1) == "Hallo"
     assert d.add(6) == ""  # U+FFFD: an incomplete UTF-8 sequence is not emitted
+
+
+def test_pruning_spec_is_validated_and_engines_without_pruning_refuse_it():
+    import pytest
+
+    from testbed.config import EngineConfig, parse_pruning
+    from testbed.engines.registry import create_engine
+    from testbed.errors import ConfigError
+
+    assert parse_pruning("none") is None
+    assert parse_pruning("structured:0.25") == ("structured", 0.25)
+    for bad in ("magnitude:0.5", "unstructured:1.5", "structured:", "structured:x"):
+        with pytest.raises(ConfigError, match="pruning"):
+            EngineConfig(pruning=bad)
+    assert EngineConfig(pruning="unstructured:0.5").label() == "torch/fp32/unstructured:0.5/cpu"
+    with pytest.raises(ConfigError, match="does not run pruned models"):
+        create_engine(EngineConfig(model="fake-en-de", engine="fake", pruning="unstructured:0.5"))
