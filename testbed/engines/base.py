@@ -17,7 +17,8 @@ An engine implements four hooks and declares its :class:`Capabilities`:
 
 Everything else lives here, once: tokenisation and input-length policy (:meth:`prepare`),
 incremental detokenisation, and the **only engine-side timestamps**
-(:class:`Stream` and its batch counterpart :class:`BatchStream`, via ``self.clock``, which is :func:`testbed.clock.now_ns` unless a test passes
+(:class:`Stream` and its batch counterpart :class:`BatchStream`,
+via ``self.clock``, which is :func:`testbed.clock.now_ns` unless a test passes
 a scripted clock).  Callers ask ``engine.capabilities``; they never compare engine names.
 """
 
@@ -284,7 +285,8 @@ class BatchStream:
                     for i in self.live:
                         self.rows[i].encoder_done_ns = t
                     continue
-                for i, item in enumerate(step):  # type: ignore[call-overload]
+                items: list[Any] = step  # type: ignore[assignment]
+                for i, item in enumerate(items):
                     if item is None or i not in self.live:
                         continue
                     row = self.rows[i]

@@ -36,7 +36,7 @@ from starlette.routing import Route
 
 from testbed.clock import now_ns
 from testbed.engines.base import Engine
-from testbed.serve.batcher import BatchConfig, Batcher, Busy, Job
+from testbed.serve.batcher import BatchConfig, Batcher, Busy, Job, LoopMailbox
 from testbed.serve.metrics import ServerMetrics
 from testbed.serve.protocol import ApiError, ParsedRequest, parse_body
 
@@ -58,6 +58,7 @@ class Server:
         self.max_tokens_limit = engine.config.max_new_tokens
         self.metrics = ServerMetrics()
         self.started = time.time()
+        self._mailbox: LoopMailbox | None = None
         self.app = Starlette(routes=[
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
@@ -125,10 +126,10 @@ class Server:
             if chat and not self.engine.is_chat:
                 raise ApiError(400, f"{self.model_name!r} is a translation model: POST /v1/completions with a "
                                     "'prompt' (the source sentence) instead of /v1/chat/completions", param="messages")
-            loop = asyncio.get_running_loop()
-            put = queue.put_nowait
+            if self._mailbox is None:
+                self._mailbox = LoopMailbox(asyncio.get_running_loop())
             try:
-                job = self.batcher.submit(parsed.request, lambda m: loop.call_soon_threadsafe(put, m), arrival)
+                job = self.batcher.submit(parsed.request, self._mailbox.sink(queue.put_nowait), arrival)
             except Busy as b:
                 self.metrics.rejected["queue_full" if b.status == 429 else "shutting_down"] += 1
                 raise ApiError(b.status, str(b), kind="rate_limit_error" if b.status == 429 else "unavailable",

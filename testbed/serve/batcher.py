@@ -74,6 +74,40 @@ class BatchConfig:
         return f"batch<={self.max_batch_size}/wait{self.max_wait_ms:g}ms/queue{self.max_queue}"
 
 
+class LoopMailbox:
+    """Thread-safe, coalescing delivery of worker messages into an asyncio loop.
+
+    ``post(put, msg)`` may be called from any thread; the loop is woken once per burst (one
+    ``call_soon_threadsafe`` however many tokens a decoding step produced), then each message
+    goes to its ``put`` (an ``asyncio.Queue.put_nowait``) in order.
+    """
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self._pending: deque[tuple[Callable[[Message], None], Message]] = deque()
+        self._lock = threading.Lock()
+        self._scheduled = False
+
+    def post(self, put: Callable[[Message], None], msg: Message) -> None:
+        with self._lock:
+            self._pending.append((put, msg))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self.loop.call_soon_threadsafe(self._drain)
+
+    def sink(self, put: Callable[[Message], None]) -> Sink:
+        return lambda msg: self.post(put, msg)
+
+    def _drain(self) -> None:
+        with self._lock:
+            items = list(self._pending)
+            self._pending.clear()
+            self._scheduled = False
+        for put, msg in items:
+            put(msg)
+
+
 class Busy(Exception):
     """The admission queue is full (or the batcher is stopping): refuse the request now."""
 

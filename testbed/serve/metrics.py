@@ -60,7 +60,8 @@ class ServerMetrics:
         for reason, n in sorted(self.rejected.items()):
             lines.append(f'testbed_rejections_total{{reason="{reason}"}} {n}')
         lines += ["# HELP testbed_requests_cancelled_total Requests whose client went away mid-generation.",
-                  "# TYPE testbed_requests_cancelled_total counter", f"testbed_requests_cancelled_total {self.cancelled}",
+                  "# TYPE testbed_requests_cancelled_total counter",
+                  f"testbed_requests_cancelled_total {self.cancelled}",
                   "# HELP testbed_output_tokens_total Generated tokens sent (counted from token ids).",
                   "# TYPE testbed_output_tokens_total counter", f"testbed_output_tokens_total {self.output_tokens}"]
         for name, (fn, help_) in extra_counters.items():

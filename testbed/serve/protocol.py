@@ -96,20 +96,20 @@ def parse_body(body: Any, *, chat: bool, served_model: str, max_tokens_limit: in
         if not prompt.strip():
             raise ApiError(400, "empty prompt: send a non-empty string", param="prompt")
         text, messages = prompt, None
-    key = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
-    max_tokens = body.get(key)
+    tkey = "max_completion_tokens" if chat and body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(tkey)
     if max_tokens is not None and (
         not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or not 1 <= max_tokens <= max_tokens_limit
     ):
-        raise _bad(key, max_tokens, f"an integer in [1, {max_tokens_limit}] (this server's limit; "
+        raise _bad(tkey, max_tokens, f"an integer in [1, {max_tokens_limit}] (this server's limit; "
                                     "start it with a larger --max-new-tokens to allow more)")
     n = body.get("n", 1)
     if n != 1:
         raise _bad("n", n, "1 (one choice per request)")
-    for k in ("temperature", "top_p"):
-        v = body.get(k)
+    for name in ("temperature", "top_p"):
+        v = body.get(name)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            raise _bad(k, v, "a number")
+            raise _bad(name, v, "a number")
     if (body.get("temperature") or 0) > 0 and body.get("top_p", 1) != 0:
         warnings.append("sampling parameters ignored: decoding is greedy")
     stream = _bool(body, "stream")

@@ -165,7 +165,8 @@ class TorchEngine(Engine):
         outs: list[list[int]] = [[] for _ in prepared]
         for step in self._decode_batch(prepared):
             if step is not ENCODER_DONE:
-                for i, tid in enumerate(step):  # type: ignore[call-overload]
+                row_ids: list[int | None] = step  # type: ignore[assignment]
+                for i, tid in enumerate(row_ids):
                     if tid is not None:
                         outs[i].append(tid)
         return outs
