@@ -157,7 +157,8 @@ def find_peak(make_target: TargetFactory, examples: Sequence[Example], spec: Loa
 
     Starts at ``start_rate`` (default: half the rate one request at a time sustains, measured by
     the warm-up), doubles while runs pass, then bisects ``bisect_steps`` times between the last
-    passing and the first failing rate.  Every trial uses the same seed and size; the peak run's
+    passing and the first failing rate.  ``spec`` gives the size, warm-up and seed (each trial
+    is ``spec`` with scenario ``server`` at its rate), the same for every trial; the peak run's
     files go to ``out_dir`` and every trial's summary to ``find_peak.json``.
     """
     if slo.is_empty:

@@ -39,6 +39,15 @@ def add_load_args(b: argparse.ArgumentParser) -> None:
     g.add_argument("--max-queue", type=int, default=1024, help="inproc target: admission queue bound")
 
 
+def _describe(engine: Any) -> dict[str, Any]:
+    from testbed.errors import ModelNotFoundError
+
+    try:
+        return dict(engine.describe())
+    except ModelNotFoundError:  # a model-free engine (fake, null) has no checkpoint to hash
+        return {"engine": engine.name, **engine.config.to_dict(), "model_name": engine.model_info.name}
+
+
 def wants_load(args: argparse.Namespace) -> bool:
     """True unless this is the classic in-process SingleStream job (no --url, no --target, no peak search)."""
     return bool(args.url or args.target or args.find_peak or args.scenario != "singlestream")
@@ -59,7 +68,8 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
     if target == "inproc" and args.url:
         raise TestbedError("--target inproc runs the engine in this process: drop --url")
     slo = SLO.parse(args.slo)
-    spec = LoadSpec(scenario=args.scenario if not args.find_peak else "server", num_requests=args.num_requests,
+    # --find-peak: the spec gives size, warm-up and seed; each trial sets scenario=server and its rate
+    spec = LoadSpec(scenario=args.scenario if not args.find_peak else "singlestream", num_requests=args.num_requests,
                     duration_s=args.duration, rate=args.rate if not args.find_peak else None,
                     concurrency=args.concurrency, warmup=args.warmup, seed=args.seed)
     examples = load_dataset(args.dataset or default_dataset)
@@ -90,7 +100,7 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
         def make() -> Any:
             return InprocTarget(engine, batch, max_tokens=max_tokens)
 
-        describe = {**engine.describe(), "target": f"inproc {config.label()} {batch.label()}"}
+        describe = {**_describe(engine), "target": f"inproc {config.label()} {batch.label()}"}
     out = Path(args.out) if args.out else None
     try:
         if args.find_peak:

@@ -216,7 +216,7 @@ class InprocTarget(Target):
         self.batcher.stop()
 
     def describe(self) -> dict[str, Any]:
-        return {"target": "inproc", **self.engine.describe(), "batching": self.batcher.config.label()}
+        return {"target": self.label}
 
     async def send(self, ex: Example, rec: RequestRecord) -> None:
         from testbed.serve.batcher import Busy, LoopMailbox

@@ -63,8 +63,8 @@ class BatchConfig:
             raise ConfigError("max_batch_size", self.max_batch_size, "an integer in [1, 1024]")
         if not isinstance(self.max_wait_ms, (int, float)) or not 0 <= self.max_wait_ms <= 10_000:
             raise ConfigError("max_wait_ms", self.max_wait_ms, "a number of milliseconds in [0, 10000]")
-        if not isinstance(self.max_queue, int) or not 0 <= self.max_queue <= 1_000_000:
-            raise ConfigError("max_queue", self.max_queue, "an integer in [0, 1000000] (0: no waiting at all)")
+        if not isinstance(self.max_queue, int) or not 1 <= self.max_queue <= 1_000_000:
+            raise ConfigError("max_queue", self.max_queue, "an integer in [1, 1000000]")
         if not isinstance(self.timeout_s, (int, float)) or not 0 < self.timeout_s <= 86_400:
             raise ConfigError("timeout_s", self.timeout_s, "a number of seconds in (0, 86400]")
         if not isinstance(self.retry_after_s, int) or not 1 <= self.retry_after_s <= 3600:
