@@ -245,3 +245,28 @@ def test_dynamic_batching_forms_batches():
             assert len(outs) == 8 and all(o["usage"]["completion_tokens"] == 4 for o in outs)
             assert max(o["timing"]["batch_size"] for o in outs) > 1
             assert metric(c.get("/metrics").text, "testbed_batches_total") < 8
+
+
+def test_cli_bench_url_server_scenario(server, tmp_path, capsys):
+    from testbed.cli import main
+
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps({"text": f"s{i} a b c d e", "reference": f"s{i} a b c d e"}) + "\n" for i in range(30)))
+    rc = main(["bench", "--url", server.url, "--scenario", "server", "--rate", "200", "--dataset", str(data),
+               "--num-requests", "30", "--warmup", "2", "--seed", "5", "--out", str(tmp_path / "run"),
+               "--no-progress", "--return-timing"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| completed / failed (rejected) | 30 / 0 (0) |" in out and "200 (seed 5)" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["accuracy"]["bleu"] == pytest.approx(100.0)  # the echo engine returns the source
+    assert summary["signature"]["target"] == f"http {server.url}"
+    rec = json.loads((tmp_path / "run" / "records.jsonl").read_text().splitlines()[-1])
+    assert rec["n_out"] == len(rec["extra"]["server_timing"]["token_ns"]) == 7
+
+
+def test_serve_command_is_registered():
+    from testbed.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--engine", "null", "--port", "0", "--max-batch-size", "4"])
+    assert args.func.__name__ == "cmd_serve" and args.on_overflow == "refuse" and args.host == "127.0.0.1"
