@@ -24,6 +24,8 @@ quick start:
   testbed chat                                   # SmolLM2-135M-Instruct, streaming
   testbed models                                 # the embedded models
   testbed bench --scenario singlestream          # TTFT/TPOT/E2E percentiles + BLEU on the test set
+  testbed serve --max-batch-size 8 &             # OpenAI-compatible server on 127.0.0.1:8000
+  testbed bench --url http://127.0.0.1:8000 --scenario server --rate 20 --num-requests 200
 
 metrics (ms): TTFT = first token - scheduled start; TPOT = (last - first) / (tokens - 1);
 E2E = last token - scheduled start.  Percentiles: numpy linear method.
@@ -177,16 +179,24 @@ def cmd_engines(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from testbed.bench_inproc import run_bench
+    from testbed.client.cli import cmd_load, wants_load
 
-    if args.scenario != "singlestream":
-        raise TestbedError(f"--scenario {args.scenario!r}: this build runs singlestream in-process")
     default_ds = "chat" if args.model == DEFAULT_CHAT_MODEL else "test"
+    if wants_load(args):
+        print(cmd_load(args, _config(args, default_new=128), default_ds)["markdown"])
+        return 0
     result = run_bench(
         _config(args, default_new=128), dataset=args.dataset or default_ds, num_requests=args.num_requests,
         warmup=args.warmup, out_dir=Path(args.out) if args.out else None, progress=not args.no_progress,
     )
     print(result["markdown"])
     return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from testbed.serve.cli import cmd_serve as run_serve
+
+    return run_serve(args, _engine(args))
 
 
 # ---------------------------------------------------------------------- parser
@@ -223,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="run a scenario in-process and report latency percentiles + accuracy",
                        description="SingleStream in-process: warm-up, then the dataset one request at a time; "
                                    "prints TTFT / TPOT / E2E percentiles and BLEU / chrF against the references.")
-    b.add_argument("--scenario", default="singlestream", help="singlestream (default)")
+    b.add_argument("--scenario", default="singlestream",
+                   help="singlestream (default), server (Poisson --rate), offline (all at once), concurrency (N users)")
     b.add_argument("--dataset", default=None,
                    help="test | dev | chat | a .tsv/.txt/.jsonl path (default: test; chat for the chat model)")
     b.add_argument("--num-requests", type=int, default=None, help="first N examples (default: all)")
@@ -231,7 +242,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="directory for records.jsonl and summary.json")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     _engine_args(b, DEFAULT_TRANSLATION_MODEL, warmup_flag=False)
+    from testbed.client.cli import add_load_args
+
+    add_load_args(b)
     b.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (streaming, dynamic batching, admission control)",
+                       description="Serve one model: POST /v1/completions and /v1/chat/completions (stream or not), "
+                                   "GET /health and /metrics. Bound to 127.0.0.1 unless --host says otherwise.")
+    _engine_args(s, DEFAULT_TRANSLATION_MODEL, warmup_flag=False)
+    from testbed.serve.cli import add_serve_args
+
+    add_serve_args(s)
+    s.set_defaults(func=cmd_serve)
     return p
 
 

@@ -9,11 +9,16 @@ An engine implements four hooks and declares its :class:`Capabilities`:
   token id as soon as it is chosen, EOS included.  Closing the generator stops decoding;
 * ``_generate_batch(prepared_list)``: the same decoding for several requests at once, returning
   the generated token ids of each (EOS included when produced);
+* ``_decode_batch(prepared_list)`` (optional): step-wise batched decoding for a server's dynamic
+  batches: yields ``ENCODER_DONE`` once (seq2seq), then per decoding step one list with an entry
+  per row (the token id chosen, or ``None`` for a row that has finished).  The default runs the
+  rows' ``_decode`` generators in lockstep (correct streaming, no batching speed-up);
 * ``_close()``: free resources.
 
 Everything else lives here, once: tokenisation and input-length policy (:meth:`prepare`),
 incremental detokenisation, and the **only engine-side timestamps**
-(:class:`Stream`, via ``self.clock``, which is :func:`testbed.clock.now_ns` unless a test passes
+(:class:`Stream` and its batch counterpart :class:`BatchStream`,
+via ``self.clock``, which is :func:`testbed.clock.now_ns` unless a test passes
 a scripted clock).  Callers ask ``engine.capabilities``; they never compare engine names.
 """
 
@@ -144,9 +149,12 @@ class Stream:
     stopped.  :meth:`close` stops decoding early (finish_reason ``cancelled``).
     """
 
-    def __init__(self, engine: Engine, request: GenerationRequest, clock: Clock) -> None:
+    def __init__(
+        self, engine: Engine, request: GenerationRequest, clock: Clock, prepared: Prepared | None = None,
+        start_ns: int | None = None,
+    ) -> None:
         self._clock = clock
-        self.start_ns = clock()
+        self.start_ns = clock() if start_ns is None else start_ns
         self.request = request
         self.request_id = request.request_id or uuid.uuid4().hex[:12]
         self.engine = engine
@@ -156,8 +164,8 @@ class Stream:
         self.finish_reason: str | None = None
         self.error: str | None = None
         self._detok = Detokenizer(engine.tokenizer)
-        self.prepared = engine.prepare(request)
-        self._gen: Generator[object, None, None] = engine._decode(self.prepared)
+        self.prepared = engine.prepare(request) if prepared is None else prepared
+        self._gen: Generator[object, None, None] | None = None  # created on first iteration
 
     @property
     def n_in(self) -> int:
@@ -175,20 +183,24 @@ class Stream:
     def text(self) -> str:
         return self.engine.decode(self.token_ids)
 
+    def _accept(self, tid: int, t: int) -> TokenEvent:
+        """Record token ``tid`` chosen at ``t`` (shared by :meth:`__iter__` and :class:`BatchStream`)."""
+        ev = TokenEvent(tid, self._detok.add(tid), t)
+        self.events.append(ev)
+        if tid in self.engine.eos_token_ids:
+            self.finish_reason = "eos"
+        return ev
+
     def __iter__(self) -> Iterator[TokenEvent]:
-        eos = self.engine.eos_token_ids
+        if self._gen is None:
+            self._gen = self.engine._decode(self.prepared)
         try:
             for item in self._gen:
                 t = self._clock()
                 if item is ENCODER_DONE:
                     self.encoder_done_ns = t
                     continue
-                tid = int(item)  # type: ignore[call-overload]
-                ev = TokenEvent(tid, self._detok.add(tid), t)
-                self.events.append(ev)
-                yield ev
-                if tid in eos:
-                    self.finish_reason = "eos"
+                yield self._accept(int(item), t)  # type: ignore[call-overload]
             if self.finish_reason is None:
                 self.finish_reason = "length"
         except GeneratorExit:
@@ -205,7 +217,8 @@ class Stream:
 
     def close(self) -> None:
         """Stop decoding now (a consumer that goes away)."""
-        self._gen.close()
+        if self._gen is not None:
+            self._gen.close()
         if self.finish_reason is None:
             self.finish_reason = "cancelled"
         if self.end_ns is None:
@@ -232,6 +245,87 @@ class Stream:
         elif not self.events:
             rec.fail(NO_TOKENS_ERROR, self.end_ns)
         return rec
+
+
+class BatchStream:
+    """Several prepared requests decoded as one batch: the batch counterpart of :class:`Stream`.
+
+    Each row is a :class:`Stream` (built from its :class:`Prepared`, never started on its own), so
+    a row's :meth:`Stream.record`, text and finish reason work as for a single request.  Iterate
+    the batch for ``(row, TokenEvent)`` pairs; the rows' token times are taken here, once per
+    decoding step (every row's token of one step shares the step's timestamp, which is when its
+    id was chosen).  A row finishes on EOS or at its ``max_new_tokens``; :meth:`cancel` drops a
+    row (finish_reason ``cancelled``) and decoding stops as soon as no row is left.
+    """
+
+    def __init__(self, engine: Engine, rows: Sequence[Stream], clock: Clock) -> None:
+        self.engine = engine
+        self._clock = clock
+        self.rows = list(rows)
+        self.start_ns = clock()
+        self.end_ns: int | None = None
+        self.live = set(range(len(self.rows)))
+        self._gen: Generator[object, None, None] | None = None
+
+    def _finish(self, i: int, reason: str, t: int) -> None:
+        row = self.rows[i]
+        if row.finish_reason is None or reason == "error":
+            row.finish_reason = reason
+        if row.end_ns is None:
+            row.end_ns = t
+        self.live.discard(i)
+
+    def __iter__(self) -> Iterator[tuple[int, TokenEvent]]:
+        if self._gen is None:
+            self._gen = self.engine._decode_batch([r.prepared for r in self.rows])
+        try:
+            for step in self._gen:
+                t = self._clock()
+                if step is ENCODER_DONE:
+                    for i in self.live:
+                        self.rows[i].encoder_done_ns = t
+                    continue
+                items: list[Any] = step  # type: ignore[assignment]
+                for i, item in enumerate(items):
+                    if item is None or i not in self.live:
+                        continue
+                    row = self.rows[i]
+                    yield i, row._accept(int(item), t)
+                    if row.finish_reason == "eos":
+                        self._finish(i, "eos", t)
+                    elif len(row.events) >= row.prepared.max_new_tokens:
+                        self._finish(i, "length", t)
+                if not self.live:
+                    break
+            t = self._clock()
+            for i in list(self.live):
+                self._finish(i, "length", t)
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            t = self._clock()
+            for i in list(self.live):
+                self.rows[i].error = f"{type(exc).__name__}: {exc}"
+                self._finish(i, "error", t)
+            raise
+        finally:
+            self.close()
+
+    def cancel(self, i: int) -> None:
+        """The consumer of row ``i`` went away: stop reporting it (and decoding, once no row is left)."""
+        if i in self.live:
+            self._finish(i, "cancelled", self._clock())
+        if not self.live:
+            self.close()
+
+    def close(self) -> None:
+        if self._gen is not None:
+            self._gen.close()
+        t = self._clock()
+        for i in list(self.live):
+            self._finish(i, "cancelled", t)
+        if self.end_ns is None:
+            self.end_ns = t
 
 
 class Engine(ABC):
@@ -325,6 +419,16 @@ class Engine(ABC):
         """Start one request; iterate the returned :class:`Stream` for timed token events."""
         return Stream(self, GenerationRequest.of(request), self.clock)
 
+    def stream_batch(self, prepared: Sequence[Prepared], start_ns: Sequence[int] | None = None) -> BatchStream:
+        """Decode already prepared requests as one batch; iterate for ``(row, TokenEvent)``.
+
+        ``start_ns[i]`` is when row i's request arrived (its stream start), default now.
+        """
+        t = self.clock()
+        rows = [Stream(self, p.request, self.clock, prepared=p, start_ns=start_ns[i] if start_ns else t)
+                for i, p in enumerate(prepared)]
+        return BatchStream(self, rows, self.clock)
+
     def generate(self, requests: Sequence[str | GenerationRequest]) -> list[Generation]:
         """Decode several requests as one batch (greedy; same output as :meth:`stream`)."""
         prepared = [self.prepare(GenerationRequest.of(r)) for r in requests]
@@ -362,6 +466,35 @@ class Engine(ABC):
 
     @abstractmethod
     def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]: ...
+
+    def _decode_batch(self, prepared: list[Prepared]) -> Generator[object, None, None]:
+        """Step-wise batched decoding (see the module docstring).  Default: the rows' ``_decode``
+        generators in lockstep, one token of each per step (streams correctly; no speed-up)."""
+        gens: list[Generator[object, None, None] | None] = [self._decode(p) for p in prepared]
+        encoder_pending = self.model_info.architecture == "seq2seq"
+        try:
+            while any(g is not None for g in gens):
+                step: list[object] = []
+                for i, g in enumerate(gens):
+                    item: object = None
+                    if g is not None:
+                        try:
+                            item = next(g)
+                            if item is ENCODER_DONE:
+                                item = next(g)
+                        except StopIteration:
+                            gens[i] = None
+                            item = None
+                    step.append(item)
+                if encoder_pending:  # the encoder passes ran inside the first step's next() calls
+                    encoder_pending = False
+                    yield ENCODER_DONE
+                if any(x is not None for x in step):
+                    yield step
+        finally:
+            for g in gens:
+                if g is not None:
+                    g.close()
 
     def _close(self) -> None:
         return None

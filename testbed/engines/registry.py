@@ -29,6 +29,8 @@ ENGINES: dict[str, EngineEntry] = {
                          "PyTorch eager, KV cache; fp32, bf16, fp16 (CUDA), dynamic int8 (CPU)"),
     "fake": EngineEntry("testbed.engines.fake.engine:FakeEngine", None, "testbed",
                         "no model: echoes the input's words (tests, and the floor of each path)"),
+    "null": EngineEntry("testbed.engines.fake.engine:NullEngine", None, "testbed",
+                        "no model, no work: exactly max_new_tokens tokens per request (calibrates a path's floor)"),
 }
 
 

@@ -69,3 +69,27 @@ class FakeEngine(Engine):
 
     def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
         return [self._echo(p) for p in prepared]
+
+
+class NullEngine(FakeEngine):
+    """The floor of a measurement path: always emits exactly ``max_new_tokens`` tokens, no work.
+
+    The tokens cycle through the input's words (so the text is readable and deterministic) and
+    EOS is never produced, so every request costs the same number of tokens whatever its input:
+    what remains of a measured latency is the path (scheduling, transport, parsing) alone.
+    """
+
+    name = "null"
+
+    def _emit(self, prepared: Prepared) -> list[int]:
+        words = [i for i in prepared.input_ids if i != EOS_ID] or [EOS_ID]
+        n = prepared.max_new_tokens
+        return (words * (n // len(words) + 1))[:n]
+
+    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
+        if self.model_info.architecture == "seq2seq":
+            yield ENCODER_DONE
+        yield from self._emit(prepared)
+
+    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
+        return [self._emit(p) for p in prepared]

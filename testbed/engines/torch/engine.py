@@ -162,18 +162,35 @@ class TorchEngine(Engine):
             inp = nxt.view(1, 1)
 
     def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
+        outs: list[list[int]] = [[] for _ in prepared]
+        for step in self._decode_batch(prepared):
+            if step is not ENCODER_DONE:
+                row_ids: list[int | None] = step  # type: ignore[assignment]
+                for i, tid in enumerate(row_ids):
+                    if tid is not None:
+                        outs[i].append(tid)
+        return outs
+
+    def _decode_batch(self, prepared: list[Prepared]) -> Generator[object, None, None]:
+        """Greedy decoding of a padded batch, one list per step (None for finished rows)."""
         n = len(prepared)
         limits = [p.max_new_tokens for p in prepared]
         outs: list[list[int]] = [[] for _ in range(n)]
         done = [False] * n
         with self._torch.inference_mode():
             step, inp = self._start(*self._pad(prepared))
-            for _ in range(max(limits)):
+        if self.model_info.architecture == "seq2seq":
+            yield ENCODER_DONE
+        for _ in range(max(limits)):
+            with self._torch.inference_mode():
                 nxt = step(inp)
-                if self._collect(nxt.tolist(), outs, done, limits, self.eos_token_ids):
-                    break
-                inp = nxt.view(n, 1)
-        return outs
+            picked = nxt.tolist()
+            live = [not d for d in done]
+            finished = self._collect(picked, outs, done, limits, self.eos_token_ids)
+            yield [int(t) if ok else None for t, ok in zip(picked, live)]
+            if finished:
+                return
+            inp = nxt.view(n, 1)
 
     @staticmethod
     def _collect(

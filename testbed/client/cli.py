@@ -1,0 +1,112 @@
+"""``testbed bench`` beyond in-process SingleStream: ``--url`` (any OpenAI-compatible server) or
+``--target inproc``, the four scenarios, ``--find-peak``.  Thin: builds the objects, calls the library."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from testbed.client.loadgen import SCENARIOS
+
+
+def add_load_args(b: argparse.ArgumentParser) -> None:
+    g = b.add_argument_group("load (--url / --target inproc; scenarios server, offline, concurrency)")
+    g.add_argument("--url", default=None,
+                   help="an OpenAI-compatible server (testbed serve, vLLM, TGI, Triton's frontend), "
+                        "e.g. http://127.0.0.1:8000")
+    g.add_argument("--target", default=None, choices=["http", "inproc"],
+                   help="http (with --url) or inproc: the same scenarios on the engine, through the server's "
+                        "batcher without HTTP (default: http with --url; inproc otherwise)")
+    g.add_argument("--rate", type=float, default=None, help="server scenario: Poisson arrivals per second")
+    g.add_argument("--concurrency", type=int, default=1, help="concurrency scenario: closed-loop users (default 1)")
+    g.add_argument("--duration", type=float, default=None, help="seconds of load instead of --num-requests")
+    g.add_argument("--slo", default="", help="bounds in ms, e.g. ttft=200,tpot=50,e2e=2000 (goodput, tail claims)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
+    g.add_argument("--find-peak", action="store_true",
+                   help="search the highest Poisson rate meeting --slo (doubling, then bisecting)")
+    g.add_argument("--peak-trials", type=int, default=8, help="--find-peak: doubling/halving trials at most")
+    g.add_argument("--peak-steps", type=int, default=4, help="--find-peak: bisection steps (default 4)")
+    g.add_argument("--api", default="auto", choices=["auto", "completions", "chat"],
+                   help="endpoint: chat for message datasets, completions for text (auto, default)")
+    g.add_argument("--served-model", default=None,
+                   help="the model name to send (default: --model); a vLLM/TGI server's own model id")
+    g.add_argument("--http-client", default="aiohttp", choices=["aiohttp", "httpx"])
+    g.add_argument("--return-timing", action="store_true",
+                   help="ask a testbed server for its engine-side timestamps (kept in each record's extra)")
+    g.add_argument("--max-batch-size", type=int, default=1, help="inproc target: dynamic batch size at most")
+    g.add_argument("--max-wait-ms", type=float, default=2.0, help="inproc target: batch fill wait (ms)")
+    g.add_argument("--max-queue", type=int, default=1024, help="inproc target: admission queue bound")
+
+
+def _describe(engine: Any) -> dict[str, Any]:
+    from testbed.errors import ModelNotFoundError
+
+    try:
+        return dict(engine.describe())
+    except ModelNotFoundError:  # a model-free engine (fake, null) has no checkpoint to hash
+        return {"engine": engine.name, **engine.config.to_dict(), "model_name": engine.model_info.name}
+
+
+def wants_load(args: argparse.Namespace) -> bool:
+    """True unless this is the classic in-process SingleStream job (no --url, no --target, no peak search)."""
+    return bool(args.url or args.target or args.find_peak or args.scenario != "singlestream")
+
+
+def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dict[str, Any]:
+    from testbed.client.bench import find_peak, load_bench
+    from testbed.client.loadgen import LoadSpec
+    from testbed.datasets import load_dataset
+    from testbed.errors import TestbedError
+    from testbed.metrics.summary import SLO
+
+    if args.scenario not in SCENARIOS:
+        raise TestbedError(f"--scenario {args.scenario!r}: give one of {', '.join(SCENARIOS)}")
+    target = args.target or ("http" if args.url else "inproc")
+    if target == "http" and not args.url:
+        raise TestbedError("--target http needs --url (e.g. --url http://127.0.0.1:8000)")
+    if target == "inproc" and args.url:
+        raise TestbedError("--target inproc runs the engine in this process: drop --url")
+    slo = SLO.parse(args.slo)
+    # --find-peak: the spec gives size, warm-up and seed; each trial sets scenario=server and its rate
+    spec = LoadSpec(scenario=args.scenario if not args.find_peak else "singlestream", num_requests=args.num_requests,
+                    duration_s=args.duration, rate=args.rate if not args.find_peak else None,
+                    concurrency=args.concurrency, warmup=args.warmup, seed=args.seed)
+    examples = load_dataset(args.dataset or default_dataset)
+    if args.num_requests and args.num_requests < len(examples) and not args.duration:
+        examples = examples[: args.num_requests]
+    max_tokens = args.max_new_tokens
+    if target == "http":
+        from testbed.client.targets import HttpTarget
+
+        model = args.served_model or args.model
+
+        def make() -> Any:
+            return HttpTarget(args.url, model, api=args.api, max_tokens=max_tokens,
+                              return_timing=args.return_timing, client=args.http_client)
+
+        describe: dict[str, Any] = {"target": f"http {args.url}", "served_model": model,
+                                    "http_client": args.http_client, "max_tokens": max_tokens}
+        engine = None
+    else:
+        from testbed.client.targets import InprocTarget
+        from testbed.engines.registry import create_engine
+        from testbed.serve.batcher import BatchConfig
+
+        batch = BatchConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                            max_queue=args.max_queue)
+        engine = create_engine(config)
+
+        def make() -> Any:
+            return InprocTarget(engine, batch, max_tokens=max_tokens)
+
+        describe = {**_describe(engine), "target": f"inproc {config.label()} {batch.label()}"}
+    out = Path(args.out) if args.out else None
+    try:
+        if args.find_peak:
+            return find_peak(make, examples, spec, slo, describe, out, progress=not args.no_progress,
+                             start_rate=args.rate, max_trials=args.peak_trials, bisect_steps=args.peak_steps)
+        return load_bench(make, examples, spec, slo, describe, out, progress=not args.no_progress)
+    finally:
+        if engine is not None:
+            engine.close()

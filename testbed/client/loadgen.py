@@ -1,0 +1,238 @@
+"""The load generator: MLPerf scenarios over a :class:`~testbed.client.targets.Target`, on asyncio.
+
+When each request i is *scheduled* (``s_i``, METRICS.md):
+
+* ``singlestream``: one at a time; ``s_i`` = the moment the previous one finished;
+* ``concurrency``: N closed-loop users; each user's ``s_i`` = its previous request's end;
+* ``offline``: the whole set at once: every ``s_i`` = the start of the run;
+* ``server``: Poisson arrivals at ``rate`` req/s from a seeded generator
+  (:func:`poisson_offsets_ns`): ``s_i = s_{i-1} + Exp(rate)``; no cap on outstanding requests.
+
+Latency is measured from ``s_i``; the actual send ``a_i`` is taken by the target, so the
+dispatch delay ``a_i - s_i`` shows when the generator itself falls behind.  For ``server`` the
+arrivals are fired by a timer thread (``time.sleep`` to each ``s_i``, then a thread-safe call
+into the loop): an asyncio timer alone wakes up to 1 ms late (epoll's millisecond timeout).
+Warm-up requests run first, one at a time, flagged ``warmup`` and excluded by the summaries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from testbed.clock import now_ns
+from testbed.datasets import Example
+from testbed.errors import ConfigError
+from testbed.metrics.records import RequestRecord
+
+SCENARIOS = ("singlestream", "server", "offline", "concurrency")
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """One load: scenario, size (``num_requests`` or ``duration_s``), ``rate`` / ``concurrency``, seed."""
+
+    scenario: str = "singlestream"
+    num_requests: int | None = None
+    duration_s: float | None = None
+    rate: float | None = None
+    concurrency: int = 1
+    warmup: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.scenario not in SCENARIOS:
+            raise ConfigError("scenario", self.scenario, ", ".join(SCENARIOS))
+        if self.scenario == "server" and (self.rate is None or not self.rate > 0):
+            raise ConfigError("rate", self.rate, "a positive number of requests per second",
+                              "the server scenario needs --rate (or --find-peak)")
+        if self.rate is not None and not 0 < self.rate <= 1e6:
+            raise ConfigError("rate", self.rate, "a number of requests per second in (0, 1e6]")
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise ConfigError("concurrency", self.concurrency, "a positive integer")
+        if self.num_requests is not None and (not isinstance(self.num_requests, int) or self.num_requests < 1):
+            raise ConfigError("num_requests", self.num_requests, "a positive integer")
+        if self.duration_s is not None and not self.duration_s > 0:
+            raise ConfigError("duration", self.duration_s, "a positive number of seconds")
+        if self.scenario == "offline" and self.num_requests is None and self.duration_s is not None:
+            raise ConfigError("duration", self.duration_s, "unset for offline (it sends a fixed set at once)",
+                              "use --num-requests")
+        if not isinstance(self.warmup, int) or self.warmup < 0:
+            raise ConfigError("warmup", self.warmup, "a non-negative integer")
+
+    def describe(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, "num_requests": self.num_requests, "duration_s": self.duration_s,
+                "rate": self.rate, "concurrency": self.concurrency, "warmup": self.warmup, "seed": self.seed}
+
+
+def poisson_offsets_ns(rate: float, seed: int, n: int | None = None, duration_s: float | None = None) -> list[int]:
+    """Arrival offsets (ns from the start) of a Poisson process at ``rate`` req/s.
+
+    ``n`` arrivals, or every arrival before ``duration_s``; the same seed gives the same list.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if n is not None:
+        return [int(x) for x in np.cumsum(rng.exponential(1e9 / rate, n))]
+    assert duration_s is not None
+    out: list[int] = []
+    t = 0.0
+    limit = duration_s * 1e9
+    while True:
+        for g in rng.exponential(1e9 / rate, 1024):
+            t += g
+            if t > limit:
+                return out
+            out.append(int(t))
+
+
+class _Ticker(threading.Thread):
+    """Fires ``fire(i)`` on the loop at absolute ``perf_counter_ns`` times ``due[i]``."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, due: Sequence[int], fire: Callable[[int], None]) -> None:
+        super().__init__(name="loadgen-ticker", daemon=True)
+        self.loop, self.due, self.fire = loop, due, fire
+        self.stopped = False
+
+    def run(self) -> None:
+        for i, t in enumerate(self.due):
+            while True:
+                if self.stopped:
+                    return
+                wait = (t - now_ns()) / 1e9
+                if wait <= 0:
+                    break
+                time.sleep(min(wait, 0.05))
+            self.loop.call_soon_threadsafe(self.fire, i)
+
+
+async def run_load(target: Any, examples: Sequence[Example], spec: LoadSpec,
+                   progress: Progress | None = None) -> list[RequestRecord]:
+    """Run ``spec`` against a started ``target``; returns every record (warm-up ones first)."""
+    records: list[RequestRecord] = []
+    m = len(examples)
+
+    def new(k: int, s: int, warm: bool = False) -> tuple[Example, RequestRecord]:
+        ex = examples[k % m]
+        rid = f"{'w' if warm else ''}{k}:{ex.id}"
+        return ex, RequestRecord(request_id=rid, schedule_ns=s, send_ns=s, warmup=warm)
+
+    for k in range(spec.warmup):
+        ex, rec = new(k, now_ns(), warm=True)
+        await target.send(ex, rec)
+        records.append(rec)
+
+    n = spec.num_requests
+    end_ns = now_ns() + int(spec.duration_s * 1e9) if spec.duration_s is not None else None
+    if n is None and end_ns is None:
+        n = m
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done)
+
+    def more(k: int) -> bool:
+        return (n is None or k < n) and (end_ns is None or now_ns() < end_ns)
+
+    live: list[RequestRecord] = []
+    if spec.scenario == "singlestream":
+        k = 0
+        while more(k):
+            ex, rec = new(k, now_ns())
+            await target.send(ex, rec)
+            live.append(rec)
+            tick()
+            k += 1
+    elif spec.scenario == "concurrency":
+        counter = iter(range(10**12))
+
+        async def user() -> None:
+            while True:
+                k = next(counter)
+                if not more(k):
+                    return
+                ex, rec = new(k, now_ns())
+                await target.send(ex, rec)
+                live.append(rec)
+                tick()
+
+        await asyncio.gather(*(user() for _ in range(spec.concurrency)))
+    elif spec.scenario == "offline":
+        t0 = now_ns()
+        pairs = [new(k, t0) for k in range(n or m)]
+
+        async def send_one(ex: Example, rec: RequestRecord) -> None:
+            await target.send(ex, rec)
+            tick()
+
+        await asyncio.gather(*(send_one(ex, rec) for ex, rec in pairs))
+        live = [rec for _, rec in pairs]
+    else:  # server: Poisson arrivals fired by a timer thread
+        assert spec.rate is not None
+        offsets = poisson_offsets_ns(spec.rate, spec.seed, n=n, duration_s=None if n else spec.duration_s)
+        t0 = now_ns() + 20_000_000  # 20 ms to start the ticker
+        due = [t0 + o for o in offsets]
+        pairs = [new(k, d) for k, d in enumerate(due)]
+        loop = asyncio.get_running_loop()
+        finished = loop.create_future()
+        remaining = len(pairs)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(i: int) -> None:
+            nonlocal remaining
+            ex, rec = pairs[i]
+            await target.send(ex, rec)
+            tick()
+            remaining -= 1
+            if remaining == 0 and not finished.done():
+                finished.set_result(None)
+
+        def fire(i: int) -> None:
+            task = loop.create_task(one(i))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        ticker = _Ticker(loop, due, fire)
+        switch = sys.getswitchinterval()
+        # the ticker must get the GIL at once when its sleep ends, not after up to 5 ms
+        sys.setswitchinterval(1e-4)
+        try:
+            if pairs:
+                ticker.start()
+                await finished
+        finally:
+            ticker.stopped = True
+            sys.setswitchinterval(switch)
+        live = [rec for _, rec in pairs]
+    return records + live
+
+
+def run(target: Any, examples: Sequence[Example], spec: LoadSpec, progress: Progress | None = None
+        ) -> list[RequestRecord]:
+    """Synchronous wrapper: start the target, run, close it (uvloop when installed)."""
+
+    async def main() -> list[RequestRecord]:
+        await target.start()
+        try:
+            return await run_load(target, examples, spec, progress)
+        finally:
+            await target.close()
+
+    try:
+        import uvloop
+
+        factory: Any = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main())

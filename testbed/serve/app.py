@@ -1,0 +1,263 @@
+"""The HTTP server: an OpenAI-compatible ASGI app (Starlette) around one :class:`Batcher`.
+
+Endpoints:
+
+* ``POST /v1/completions`` (``prompt``) and ``POST /v1/chat/completions`` (``messages``), with
+  ``stream: true`` (server-sent events, **one event per generated token**, the token's id in
+  ``choices[0].token_ids``; then a chunk with the ``finish_reason``, a chunk with ``usage``
+  counted from token ids, and ``data: [DONE]``) or without (one JSON answer with ``usage``);
+  ``"return_timing": true`` (an extension) adds the engine-side timestamps of the request
+  (``timing``: arrival, batch start, encoder end, every token, end; ``perf_counter_ns``);
+* ``GET /health`` (model, queue depth, running rows), ``GET /v1/models``, ``GET /metrics``
+  (Prometheus text: requests, rejections, cancellations, queue depth, TTFT / E2E histograms).
+
+Errors are JSON (``{"error": {"message", "type", "param", "code"}}``) naming what was wrong
+and what is accepted: 400 (malformed JSON, wrong types, empty or over-long prompt, bad
+``max_tokens``), 404 (unknown model), 413 (body over 1 MiB), 429 + ``Retry-After`` (admission
+queue full, decided at once), 503 (shutting down), 504 (per-request deadline).  A client
+that disconnects cancels its generation.  The loop never runs the model: the batcher's worker
+thread does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from testbed.clock import now_ns
+from testbed.engines.base import Engine
+from testbed.serve.batcher import BatchConfig, Batcher, Busy, Job, LoopMailbox
+from testbed.serve.metrics import ServerMetrics
+from testbed.serve.protocol import ApiError, ParsedRequest, parse_body
+
+MAX_BODY_BYTES = 1 << 20
+FINISH = {"eos": "stop", "length": "length", "cancelled": "abort", "error": "error"}
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+class Server:
+    """One engine behind the OpenAI-compatible endpoints; :attr:`app` is the ASGI app."""
+
+    def __init__(self, engine: Engine, batch: BatchConfig | None = None, model_name: str | None = None) -> None:
+        self.engine = engine.load()
+        self.batcher = Batcher(engine, batch)
+        self.model_name = model_name or engine.config.model
+        self.max_tokens_limit = engine.config.max_new_tokens
+        self.metrics = ServerMetrics()
+        self.started = time.time()
+        self._mailbox: LoopMailbox | None = None
+        self.app = Starlette(routes=[
+            Route("/v1/completions", self.completions, methods=["POST"]),
+            Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/metrics", self.prometheus, methods=["GET"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+        ], lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        yield
+        self.close()
+
+    def close(self) -> None:
+        self.batcher.stop()
+
+    # ------------------------------------------------------------------ small endpoints
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "model": self.model_name, "engine": self.engine.config.label(),
+                             "batching": self.batcher.config.label(), "queue_depth": self.batcher.queue_depth,
+                             "running": self.batcher.running})
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "created": int(self.started), "owned_by": "testbed",
+             "task": self.engine.model_info.task, "max_tokens_limit": self.max_tokens_limit}]})
+
+    async def prometheus(self, request: Request) -> Response:
+        b = self.batcher
+        text = self.metrics.render(
+            gauges={"testbed_queue_depth": (b.queue_depth, "Requests admitted and waiting for a batch."),
+                    "testbed_running_requests": (b.running, "Requests being decoded now."),
+                    "testbed_max_queue": (b.config.max_queue, "Admission bound: waiting requests past it get 429."),
+                    "testbed_max_batch_size": (b.config.max_batch_size, "Dynamic batching: rows per batch at most.")},
+            extra_counters={"testbed_batches_total": (lambda: b.batches, "Batches decoded."),
+                            "testbed_batch_rows_total": (lambda: b.batch_rows, "Requests decoded in batches."),
+                            "testbed_deadline_exceeded_total": (lambda: b.expired, "Requests past their deadline.")},
+        )
+        return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
+
+    # ------------------------------------------------------------------ generation
+    async def completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        return await self._generate(request, chat=True)
+
+    def _error(self, endpoint: str, e: ApiError) -> Response:
+        self.metrics.requests[(endpoint, e.status)] += 1
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+
+    async def _generate(self, request: Request, chat: bool) -> Response:
+        arrival = now_ns()
+        endpoint = "chat" if chat else "completions"
+        queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        try:
+            raw = await request.body()
+            if len(raw) > MAX_BODY_BYTES:
+                raise ApiError(413, f"request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
+            try:
+                body = json.loads(raw)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON object") from None
+            parsed = parse_body(body, chat=chat, served_model=self.model_name, max_tokens_limit=self.max_tokens_limit)
+            if chat and not self.engine.is_chat:
+                raise ApiError(400, f"{self.model_name!r} is a translation model: POST /v1/completions with a "
+                                    "'prompt' (the source sentence) instead of /v1/chat/completions", param="messages")
+            if self._mailbox is None:
+                self._mailbox = LoopMailbox(asyncio.get_running_loop())
+            try:
+                job = self.batcher.submit(parsed.request, self._mailbox.sink(queue.put_nowait), arrival)
+            except Busy as b:
+                self.metrics.rejected["queue_full" if b.status == 429 else "shutting_down"] += 1
+                raise ApiError(b.status, str(b), kind="rate_limit_error" if b.status == 429 else "unavailable",
+                               headers={"Retry-After": str(b.retry_after_s)}) from None
+            try:
+                first = await queue.get()
+            except asyncio.CancelledError:
+                job.cancel()
+                raise
+            if first[0] == "error":
+                raise ApiError(first[1], first[2], kind="server_error" if first[1] >= 500 else "invalid_request_error")
+        except ApiError as e:
+            return self._error(endpoint, e)
+        n_in, warnings = first[1], list(first[2]) + list(parsed.warnings)
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}"
+        if parsed.stream:
+            return StreamingResponse(self._sse(job, queue, parsed, rid, n_in, warnings, endpoint),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await self._collect(request, job, queue, parsed, rid, n_in, warnings, endpoint)
+
+    def _observe(self, timing: dict[str, Any], n_out: int) -> None:
+        m = self.metrics
+        m.output_tokens += n_out
+        toks = timing["token_ns"]
+        if toks:
+            m.ttft.observe((toks[0] - timing["arrival_ns"]) / 1e9)
+            m.e2e.observe((toks[-1] - timing["arrival_ns"]) / 1e9)
+        m.queue_wait.observe((timing["batch_start_ns"] - timing["arrival_ns"]) / 1e9)
+
+    @staticmethod
+    def _usage(n_in: int, n_out: int) -> dict[str, int]:
+        return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+
+    async def _collect(self, request: Request, job: Job, queue: asyncio.Queue[tuple[Any, ...]], p: ParsedRequest,
+                       rid: str, n_in: int, warnings: list[str], endpoint: str) -> Response:
+        # a non-streaming client that goes away is noticed by waiting on receive()
+        watcher = asyncio.ensure_future(request.receive())
+        pieces: list[str] = []
+        ids: list[int] = []
+        try:
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    if watcher.result().get("type") == "http.disconnect":
+                        job.cancel()
+                        self.metrics.cancelled += 1
+                        return Response(status_code=499)
+                    watcher = asyncio.ensure_future(request.receive())
+                    continue
+                msg = getter.result()
+                if msg[0] == "token":
+                    ids.append(msg[1])
+                    pieces.append(msg[2])
+                elif msg[0] == "error":
+                    return self._error(endpoint, ApiError(msg[1], msg[2], kind="server_error"))
+                else:
+                    _, reason, timing, token_ids = msg
+                    break
+        finally:
+            watcher.cancel()
+        self._observe(timing, len(token_ids))
+        text = "".join(pieces)
+        choice: dict[str, Any] = {"index": 0, "finish_reason": FINISH.get(reason, reason), "token_ids": token_ids}
+        if p.chat:
+            choice["message"] = {"role": "assistant", "content": text}
+        else:
+            choice.update(text=text, logprobs=None)
+        out: dict[str, Any] = {"id": rid, "object": "chat.completion" if p.chat else "text_completion",
+                               "created": int(time.time()), "model": self.model_name, "choices": [choice],
+                               "usage": self._usage(n_in, len(token_ids))}
+        if warnings:
+            out["warnings"] = warnings
+        if p.return_timing:
+            out["timing"] = timing
+        self.metrics.requests[(endpoint, 200)] += 1
+        return Response(_dumps(out), media_type="application/json")
+
+    async def _sse(self, job: Job, queue: asyncio.Queue[tuple[Any, ...]], p: ParsedRequest, rid: str, n_in: int,
+                   warnings: list[str], endpoint: str) -> AsyncIterator[str]:
+        created = int(time.time())
+        obj = "chat.completion.chunk" if p.chat else "text_completion"
+        head = (f'data: {{"id":"{rid}","object":"{obj}","created":{created},"model":{_dumps(self.model_name)},'
+                '"choices":[{"index":0,')
+        key = '"delta":{"content":' if p.chat else '"text":'
+        close = "}" if p.chat else ""
+        finished = False
+        n_out = 0
+        try:
+            if p.chat:
+                yield head + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
+            while True:
+                msg = await queue.get()
+                kind = msg[0]
+                if kind == "token":
+                    n_out += 1
+                    yield f'{head}{key}{_dumps(msg[2])}{close},"token_ids":[{msg[1]}],"finish_reason":null}}]}}\n\n'
+                elif kind == "done":
+                    _, reason, timing, token_ids = msg
+                    finished = True
+                    self._observe(timing, len(token_ids))
+                    empty = '"delta":{}' if p.chat else '"text":""'
+                    yield f'{head}{empty},"finish_reason":"{FINISH.get(reason, reason)}"}}]}}\n\n'
+                    tail: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": self.model_name,
+                                            "choices": []}
+                    if p.include_usage:
+                        tail["usage"] = self._usage(n_in, len(token_ids))
+                    if warnings:
+                        tail["warnings"] = warnings
+                    if p.return_timing:
+                        tail["timing"] = timing
+                    yield f"data: {_dumps(tail)}\n\ndata: [DONE]\n\n"
+                    self.metrics.requests[(endpoint, 200)] += 1
+                    return
+                else:  # error after the stream started: an error event, then the end
+                    finished = True
+                    err = ApiError(msg[1], msg[2], kind="server_error")
+                    self.metrics.requests[(endpoint, msg[1])] += 1
+                    yield f"data: {_dumps(err.body())}\n\ndata: [DONE]\n\n"
+                    return
+        finally:
+            if not finished:  # the client went away (or the server is stopping): free the slot
+                job.cancel()
+                self.metrics.cancelled += 1
+                self.metrics.requests[(endpoint, 499)] += 1
+
+
+def create_app(engine: Engine, batch: BatchConfig | None = None, model_name: str | None = None) -> Starlette:
+    return Server(engine, batch, model_name).app

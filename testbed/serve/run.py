@@ -1,0 +1,87 @@
+"""Run the server under uvicorn (``testbed serve``), or in a background thread (tests, benches)."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from testbed.engines.base import Engine
+from testbed.serve.batcher import BatchConfig
+
+
+def _uvicorn_config(app: Any, host: str, port: int, log_level: str = "warning") -> Any:
+    import importlib.util
+
+    import uvicorn
+
+    # the C parser and loop when installed (the `serve` extra pulls them); h11 / asyncio otherwise
+    http = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    return uvicorn.Config(app, host=host, port=port, http=http, loop=loop, log_level=log_level,
+                          access_log=False, timeout_graceful_shutdown=5)
+
+
+def warm_up(engine: Engine, n: int = 2) -> None:
+    """Run a couple of requests unseen so the first client does not pay one-off costs."""
+    text = "Hello, how are you?"
+    for _ in range(n):
+        engine.stream(text).run()
+
+
+def serve(engine: Engine, batch: BatchConfig, host: str = "127.0.0.1", port: int = 8000,
+          model_name: str | None = None, log_level: str = "info") -> None:
+    """Serve until interrupted (blocks)."""
+    import sys
+
+    import uvicorn
+
+    # the batcher's worker thread must get the GIL soon after the loop releases it, not after the
+    # default 5 ms switch interval (that would add up to 5 ms to a request's time to first token)
+    sys.setswitchinterval(5e-4)
+
+    from testbed.serve.app import create_app
+
+    app = create_app(engine, batch, model_name)
+    uvicorn.Server(_uvicorn_config(app, host, port, log_level)).run()
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class BackgroundServer:
+    """A real server on 127.0.0.1 and a free port, in a thread of this process (tests, benches).
+
+    ``with BackgroundServer(engine, batch) as srv: srv.url ...``; the engine is not closed.
+    """
+
+    def __init__(self, engine: Engine, batch: BatchConfig | None = None, host: str = "127.0.0.1",
+                 port: int | None = None, model_name: str | None = None) -> None:
+        import uvicorn
+
+        from testbed.serve.app import Server
+
+        self.server = Server(engine, batch, model_name)
+        self.host, self.port = host, port or free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        self._uv = uvicorn.Server(_uvicorn_config(self.server.app, host, self.port))
+        self._uv.install_signal_handlers = lambda: None  # type: ignore[attr-defined]
+        self._thread = threading.Thread(target=self._uv.run, name="testbed-server", daemon=True)
+
+    def __enter__(self) -> BackgroundServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uv.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"server on {self.url} did not start")
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._uv.should_exit = True
+        self._thread.join(10)
+        self.server.close()
