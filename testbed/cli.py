@@ -24,6 +24,7 @@ quick start:
   testbed chat                                   # SmolLM2-135M-Instruct, streaming
   testbed models                                 # the embedded models
   testbed bench --scenario singlestream          # TTFT/TPOT/E2E percentiles + BLEU on the test set
+  testbed eval --sweep default --out runs/eval   # BLEU vs latency over engines x precisions, gate, Pareto
 
 metrics (ms): TTFT = first token - scheduled start; TPOT = (last - first) / (tokens - 1);
 E2E = last token - scheduled start.  Percentiles: numpy linear method.
@@ -232,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     _engine_args(b, DEFAULT_TRANSLATION_MODEL, warmup_flag=False)
     b.set_defaults(func=cmd_bench)
+
+    from testbed.eval.cli import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)  # eval, report
     return p
 
 
