@@ -16,9 +16,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from testbed.eval.gate import pareto_front
-
 from testbed.errors import TestbedError
+from testbed.eval.gate import pareto_front
 from testbed.io import write_text_atomic
 from testbed.metrics.summary import PERCENTILE_METHOD
 
@@ -227,7 +226,8 @@ def pareto_plot(rows: Sequence[Row], path: Path, title: str = "") -> Path | None
     ax.set_xlabel("SingleStream p90 E2E latency (ms)  (lower is better)")
     ax.set_ylabel("BLEU  (higher is better)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.margins(x=0.12, y=0.12)
+    ax.legend(fontsize=8, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()

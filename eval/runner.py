@@ -39,14 +39,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from testbed.eval.gate import gate, length_ratio, paired_bootstrap
-from testbed.eval.sweep import ServingConfig, Sweep, SweepError
-
 from testbed.client.inproc import request_of, singlestream
 from testbed.config import EngineConfig
 from testbed.datasets import Example
 from testbed.engines.base import Engine
 from testbed.errors import ConfigError, MissingExtraError, TestbedError
+from testbed.eval.gate import gate, length_ratio, paired_bootstrap
+from testbed.eval.sweep import ServingConfig, Sweep, SweepError
 from testbed.io import write_json_atomic, write_text_atomic
 from testbed.metrics import summary as S
 from testbed.metrics.accuracy import score
@@ -201,7 +200,11 @@ def run_config(
     bar = tqdm(total=sweep.warmup + len(ss_set) + len(off_set), desc=cfg.label(), unit="sent",
                file=sys.stderr, disable=not progress, leave=False)
     try:
-        describe = engine.describe()
+        try:
+            describe = engine.describe()
+        except TestbedError:  # an engine without a checkpoint (the fake one) has no model hash
+            describe = {**engine.config.to_dict(), "engine": cfg.engine, "model_name": engine.model_info.name,
+                        "model_hash": None, "architecture": engine.model_info.architecture}
         row["signature"] = signature(**describe, model_id=f"{describe['model_name']}@{describe['model_hash']}",
                                      batch=cfg.batch, **sig)
         row["load_ms"] = engine.load_ns / 1e6 if engine.load_ns else None

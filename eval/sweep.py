@@ -218,6 +218,9 @@ def _make_config(path: str, where: str, values: dict[str, Any], model: str, max_
         return cfg  # skipped at run time with the reason; its own engine would judge its values
     try:
         ec = cfg.engine_config(model, max_new)
+    except ConfigError as exc:
+        raise SweepError(f"{path}: {where}: {exc}") from None
+    try:
         engine_class(cfg.engine).capabilities.check(cfg.engine, ec)
     except ConfigError as exc:
         # pruning support arrives engine by engine: such a row is skipped with the engine's reason
@@ -296,7 +299,7 @@ def parse_sweep(doc: dict[str, Any], path: str = "<sweep>") -> Sweep:
     n_off = off.get("num_examples", len(examples))
     _int(path, "offline.num_examples", n_off)
     ss = _table(path, doc, "singlestream")
-    n_ss = _int(path, "singlestream.num_requests", ss.get("num_requests", 64))
+    n_ss = _int(path, "singlestream.num_requests", ss.get("num_requests", min(64, len(examples))))
     warmup = _int(path, "singlestream.warmup", ss.get("warmup", 5), lo=0)
     for where, n in (("offline.num_examples", n_off), ("singlestream.num_requests", n_ss)):
         if n > len(examples):
