@@ -26,6 +26,7 @@ quick start:
   testbed bench --scenario singlestream          # TTFT/TPOT/E2E percentiles + BLEU on the test set
   testbed serve --max-batch-size 8 &             # OpenAI-compatible server on 127.0.0.1:8000
   testbed bench --url http://127.0.0.1:8000 --scenario server --rate 20 --num-requests 200
+  testbed eval --sweep default --out runs/eval   # BLEU vs latency over engines x precisions, gate, Pareto
 
 metrics (ms): TTFT = first token - scheduled start; TPOT = (last - first) / (tokens - 1);
 E2E = last token - scheduled start.  Percentiles: numpy linear method.
@@ -255,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_serve_args(s)
     s.set_defaults(func=cmd_serve)
+    from testbed.eval.cli import add_parsers as add_eval_parsers
+
+    add_eval_parsers(sub)  # eval, report
     return p
 
 
