@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     from testbed.eval.cli import add_parsers as add_eval_parsers
 
     add_eval_parsers(sub)  # eval, report
+    from testbed import cli_prune
+
+    cli_prune.add_parser(sub)
     return p
 
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from testbed.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS += ("int8_float16",)  # int8 weights, fp16 activations (CTranslate2 on CUDA)
 DEVICES = ("cpu", "cuda")
 OVERFLOW_POLICIES = ("truncate", "refuse")
 PRUNING_KINDS = ("unstructured", "structured")

@@ -31,6 +31,9 @@ ENGINES: dict[str, EngineEntry] = {
                         "no model: echoes the input's words (tests, and the floor of each path)"),
     "null": EngineEntry("testbed.engines.fake.engine:NullEngine", None, "testbed",
                         "no model, no work: exactly max_new_tokens tokens per request (calibrates a path's floor)"),
+    "ctranslate2": EngineEntry("testbed.engines.ctranslate2.engine:CTranslate2Engine", "ctranslate2",
+                               "ctranslate2", "CTranslate2, converted once (cached); fp32, int8 (CPU); "
+                               "fp16, bf16, int8_float16 (CUDA)"),
 }
 
 
