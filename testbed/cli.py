@@ -232,6 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     _engine_args(b, DEFAULT_TRANSLATION_MODEL, warmup_flag=False)
     b.set_defaults(func=cmd_bench)
+
+    from testbed.export.cli import add_parser as add_export
+
+    add_export(sub)
     return p
 
 

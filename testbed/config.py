@@ -14,7 +14,7 @@ from typing import Any
 
 from testbed.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-static")
 DEVICES = ("cpu", "cuda")
 OVERFLOW_POLICIES = ("truncate", "refuse")
 PRUNING_KINDS = ("unstructured", "structured")
