@@ -26,7 +26,7 @@ from testbed.artifacts import ArtifactError, build
 from testbed.errors import ConfigError
 from testbed.registry import ModelInfo, content_hash, resolve_model
 
-EXPORTER_VERSION = 1
+EXPORTER_VERSION = 2
 OPSET = 17
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")
 # model_type -> graph family (the wrappers in testbed.export.wrappers)
@@ -193,15 +193,16 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
         _export(W.MarianEncoderGraph(model), (ids, mask), out / "encoder.onnx", ["input_ids", "attention_mask"],
                 ["encoder_bias", *cross],
                 {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
-                 "encoder_bias": {0: "batch", 3: "src"}, **{c: {0: "batch", 2: "src"} for c in cross}})
+                 "encoder_bias": {0: "batch", 3: "src"},
+                 **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
         enc_bias = torch.zeros((b, 1, 1, s))
         pasts = [torch.randn(b, h, t, d) for _ in past]
-        crosses = [torch.randn(b, h, s, d) for _ in cross]
+        crosses = [torch.randn(b, h, d, s) if c.startswith("cross_k") else torch.randn(b, h, s, d) for c in cross]
         _export(W.MarianDecoderGraph(model), (torch.randint(1, 100, (b, 1)), enc_bias, *pasts, *crosses),
                 out / "decoder.onnx", ["input_ids", "encoder_bias", *past, *cross], ["logits", *present],
                 {"input_ids": {0: "batch"}, "encoder_bias": {0: "batch", 3: "src"}, "logits": {0: "batch"},
                  **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present},
-                 **{c: {0: "batch", 2: "src"} for c in cross}})
+                 **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
     else:
         length = 4
         ids = torch.randint(1, 100, (b, length))

@@ -11,7 +11,7 @@ are the model's numbers; the export pipeline validates them against the torch mo
 Graphs (``B`` batch, ``S`` source length, ``T`` cached length, ``H`` heads, ``D`` head size):
 
 * seq2seq (Marian): ``encoder``: input_ids, attention_mask (B,S) -> encoder_bias (B,1,1,S) and
-  cross_k.i / cross_v.i (B,H,S,D) for every decoder layer (the cross-attention projections run
+  cross_k.i (B,H,D,S, transposed) / cross_v.i (B,H,S,D) for every decoder layer (the cross-attention projections run
   here, once per request); ``decoder``: input_ids (B,1), encoder_bias, past_k.i / past_v.i
   (B,H,T,D), cross_k.i / cross_v.i -> logits (B,V) and present_k.i / present_v.i (B,H,T+1,D).
   The first step passes T = 0 (empty past), so one decoder graph serves every step.
@@ -61,8 +61,19 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
 
 
 # --------------------------------------------------------------------------- Marian / BART-like
+def _fused(linears: list[nn.Linear], scales: list[float]) -> nn.Linear:
+    """One Linear computing several (scaled) projections of the same input: one MatMul per step."""
+    w = torch.cat([lin.weight.detach() * s for lin, s in zip(linears, scales)], dim=0)
+    b = torch.cat([lin.bias.detach() * s for lin, s in zip(linears, scales)], dim=0)
+    out = nn.Linear(w.shape[1], w.shape[0])
+    with torch.no_grad():
+        out.weight.copy_(w)
+        out.bias.copy_(b)
+    return out
+
+
 class MarianEncoderGraph(nn.Module):
-    """Encoder pass plus every decoder layer's cross-attention keys and values."""
+    """Encoder pass plus every decoder layer's cross-attention keys (transposed) and values."""
 
     def __init__(self, model: Any) -> None:
         super().__init__()
@@ -90,44 +101,56 @@ class MarianEncoderGraph(nn.Module):
             x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
         outs: list[torch.Tensor] = [bias]
         for layer in self.dec_layers:
-            outs.append(_split_heads(layer.encoder_attn.k_proj(x), self.heads, self.dim))
+            # keys already transposed (B, H, D, S): the decoder multiplies by them without a Transpose
+            outs.append(_split_heads(layer.encoder_attn.k_proj(x), self.heads, self.dim).transpose(2, 3))
             outs.append(_split_heads(layer.encoder_attn.v_proj(x), self.heads, self.dim))
         return tuple(outs)
 
 
 class MarianDecoderGraph(nn.Module):
-    """One decoder step (one new token per row) with the self-attention cache passed in and out."""
+    """One decoder step (one new token per row) with the self-attention cache passed in and out.
+
+    Shaped for a small per-step graph: with one token per row, (B, 1, H, D) and (B, H, 1, D) share a
+    memory layout, so every head split/merge is a constant Reshape (no Shape/Gather/Transpose
+    chains); q/k/v of self-attention are one fused projection; the attention scale is folded into
+    the query weights and the embedding scale into the embedding table.
+    """
 
     def __init__(self, model: Any) -> None:
         super().__init__()
         m = model.model
-        self.embed = m.decoder.embed_tokens
-        self.pos = m.decoder.embed_positions
-        self.scale = float(m.decoder.embed_scale)
         self.layers = m.decoder.layers
         self.heads = model.config.decoder_attention_heads
-        self.dim = model.config.d_model // self.heads
+        self.d_model = model.config.d_model
+        self.dim = self.d_model // self.heads
+        self.register_buffer("embed_w", m.decoder.embed_tokens.weight.detach() * float(m.decoder.embed_scale))
+        self.register_buffer("pos_w", m.decoder.embed_positions.weight.detach().clone())
+        self.qkv = nn.ModuleList(
+            _fused([la.self_attn.q_proj, la.self_attn.k_proj, la.self_attn.v_proj], [la.self_attn.scaling, 1.0, 1.0])
+            for la in self.layers)
+        self.cross_q = nn.ModuleList(_fused([la.encoder_attn.q_proj], [la.encoder_attn.scaling]) for la in self.layers)
         self.head = _untied_head(model.lm_head.weight, model.final_logits_bias)
 
     def forward(self, input_ids: torch.Tensor, encoder_bias: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
         n = len(self.layers)
         past, cross = caches[: 2 * n], caches[2 * n :]
         t = past[0].shape[2]
-        x = self.embed(input_ids) * self.scale + self.pos.weight[t : t + 1].unsqueeze(0)
+        h, d, dm = self.heads, self.dim, self.d_model
+        x = nn.functional.embedding(input_ids, self.embed_w) + self.pos_w[t : t + 1]
         presents: list[torch.Tensor] = []
         for li, layer in enumerate(self.layers):
-            att = layer.self_attn
-            q = _split_heads(att.q_proj(x), self.heads, self.dim)
-            k = torch.cat([past[2 * li], _split_heads(att.k_proj(x), self.heads, self.dim)], dim=2)
-            v = torch.cat([past[2 * li + 1], _split_heads(att.v_proj(x), self.heads, self.dim)], dim=2)
+            q, k, v = self.qkv[li](x).split(dm, dim=-1)
+            k = torch.cat([past[2 * li], k.reshape(-1, h, 1, d)], dim=2)
+            v = torch.cat([past[2 * li + 1], v.reshape(-1, h, 1, d)], dim=2)
             presents += [k, v]
-            x = layer.self_attn_layer_norm(x + att.out_proj(_merge_heads(_attend(q, k, v, None, att.scaling))))
-            ca = layer.encoder_attn
-            q = _split_heads(ca.q_proj(x), self.heads, self.dim)
-            y = _attend(q, cross[2 * li], cross[2 * li + 1], encoder_bias, ca.scaling)
-            x = layer.encoder_attn_layer_norm(x + ca.out_proj(_merge_heads(y)))
+            w = torch.softmax(torch.matmul(q.reshape(-1, h, 1, d), k.transpose(2, 3)), dim=-1)
+            x = layer.self_attn_layer_norm(x + layer.self_attn.out_proj(torch.matmul(w, v).reshape(-1, 1, dm)))
+            q = self.cross_q[li](x).reshape(-1, h, 1, d)
+            w = torch.softmax(torch.matmul(q, cross[2 * li]) + encoder_bias, dim=-1)
+            x = layer.encoder_attn_layer_norm(x + layer.encoder_attn.out_proj(torch.matmul(w, cross[2 * li + 1]).reshape(-1, 1, dm)))
             x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
-        logits = self.head(x[:, -1, :])
+        # a 3-D MatMul (not a 2-D Gemm): the int8 quantizer quantizes MatMul, and leaves Gemm in fp32
+        logits = self.head(x).reshape(-1, self.head.out_features)
         return (logits, *presents)
 
 
