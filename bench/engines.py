@@ -7,9 +7,10 @@ Runtime with thread spinning on; ``--extra-threads``).  CTranslate2 is the peer 
 ``ctranslate2.converters.TransformersConverter``, ``generate_tokens`` streaming) stands in.
 
 Per configuration, after warm-up: per-sentence greedy decoding at batch 1 (SingleStream: median
-and p90 E2E, median TTFT and TPOT) and sentences/s at ``--batch``, both in interleaved rounds
-(round r runs every configuration on slice r of the sentences) so a noisy machine's drift hits
-all alike; ratios to torch fp32 and to CTranslate2 int8; BLEU and chrF of the batch-1 outputs
+and p90 E2E, median TTFT and TPOT), interleaved sentence by sentence (every configuration runs
+sentence i before any runs sentence i+1; ``--rounds`` passes, each over every rounds-th
+sentence), and sentences/s at ``--batch``, interleaved chunk by chunk, so a noisy machine's
+drift hits all alike; ratios to torch fp32 and to CTranslate2 int8; BLEU and chrF of the batch-1 outputs
 of the same sentences.  The chat table (SmolLM2) gives TTFT / TPOT / E2E on chat prompts.
 
     python bench/engines.py                          # marian (200 test sentences) + chat (8 prompts)
@@ -73,7 +74,8 @@ class _Ct2StandIn(Engine):
         cfg = __import__("json").loads((src / "config.json").read_text())
         eos = cfg.get("eos_token_id")
         self.eos_token_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
-        self.model_max_input = int(cfg.get("max_position_embeddings", 512)) - (0 if seq2seq else self.config.max_new_tokens)
+        reserve = 0 if seq2seq else self.config.max_new_tokens
+        self.model_max_input = int(cfg.get("max_position_embeddings", 512)) - reserve
 
     def _tokens(self, p: Prepared) -> list[str]:
         return list(self.tokenizer.convert_ids_to_tokens(p.input_ids))
@@ -150,6 +152,8 @@ def configurations(model: str, threads: int | None, extra_threads: list[int], pr
                                max_new_tokens=max_new)
             add(f"onnxruntime/int8/t{threads} spinning", lambda cfg=cfg: engine_class("onnxruntime")(
                 cfg, spinning=True).load())  # type: ignore[call-arg]
+            add(f"onnxruntime/int8/t{threads} iobinding", lambda cfg=cfg: engine_class("onnxruntime")(
+                cfg, io_binding=True).load())  # type: ignore[call-arg]
     return rows
 
 
@@ -174,24 +178,30 @@ def run(rows: list[Row], examples: list[Example], rounds: int, warmup: int, batc
             run_one(row.engine, request_of(ex), warmup=True)
         row.engine.generate([GenerationRequest(text=ex.text, messages=ex.messages) for ex in examples[:batch]])
         row.records = [None] * len(examples)
-    slices = [list(range(r, len(examples), rounds)) for r in range(rounds)]
-    bar = tqdm(total=rounds * len(rows), desc="interleaved rounds", disable=not progress)
-    for sl in slices:
-        for row in rows:
-            eng = row.engine
-            assert eng is not None
-            _set_threads(eng)
-            for i in sl:
-                row.records[i] = run_one(eng, request_of(examples[i]))
-            reqs = [GenerationRequest(text=examples[i].text, messages=examples[i].messages) for i in sl]
-            for k in range(0, len(reqs), batch):
-                chunk = reqs[k : k + batch]
-                t0 = now_ns()
-                eng.generate(chunk)
-                row.batch_ns += now_ns() - t0
-                row.batch_n += len(chunk)
+    # latency: sentence by sentence, every configuration in turn (the starting one rotates), so
+    # the drift of a shared machine hits all configurations alike; `rounds` passes over the set
+    bar = tqdm(total=rounds * len(examples), desc="batch-1 latency (interleaved)", disable=not progress)
+    for r in range(rounds):
+        for i in range(r, len(examples), rounds):
+            k = i % len(rows)
+            for row in rows[k:] + rows[:k]:
+                assert row.engine is not None
+                _set_threads(row.engine)
+                row.records[i] = run_one(row.engine, request_of(examples[i]))
             bar.update(1)
     bar.close()
+    # throughput: each chunk of `batch` sentences through every configuration in turn
+    reqs = [GenerationRequest(text=ex.text, messages=ex.messages) for ex in examples]
+    for c, k in enumerate(range(0, len(reqs), batch)):
+        chunk = reqs[k : k + batch]
+        j = c % len(rows)
+        for row in rows[j:] + rows[:j]:
+            assert row.engine is not None
+            _set_threads(row.engine)
+            t0 = now_ns()
+            row.engine.generate(chunk)
+            row.batch_ns += now_ns() - t0
+            row.batch_n += len(chunk)
 
 
 def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[str, dict[str, Any]]:
@@ -247,9 +257,10 @@ def header(model: str, n: int, dataset: str, rounds: int, batch: int, max_new: i
     v = package_versions()
     loads = ", ".join(f"{r.label} {r.load_s:.1f} s" for r in rows)
     return (f"model `{model}`, {n} requests of `{dataset}`, greedy, max {max_new} new tokens; batch 1 (SingleStream "
-            f"after warm-up) and batch {batch}; {rounds} interleaved rounds in one process.  Machine: {m.get('cpu')} "
-            f"x{m.get('cores')}; torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, ctranslate2 "
-            f"{v.get('ctranslate2')}; git {git_sha()}.  Ratios < 1 are faster (E2E) / > 1 more throughput.  "
+            f"after warm-up) and batch {batch}; interleaved sentence by sentence in one process.  "
+            f"Machine: {m.get('cpu')} x{m.get('cores')}; torch {v.get('torch')}, onnxruntime "
+            f"{v.get('onnxruntime')}, ctranslate2 {v.get('ctranslate2')}; git {git_sha()}.  "
+            "Ratios < 1 are faster (E2E) / > 1 more throughput.  "
             f"Load + build (excluded): {loads}.")
 
 

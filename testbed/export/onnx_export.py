@@ -26,7 +26,7 @@ from testbed.artifacts import ArtifactError, build
 from testbed.errors import ConfigError
 from testbed.registry import ModelInfo, content_hash, resolve_model
 
-EXPORTER_VERSION = 2
+EXPORTER_VERSION = 3
 OPSET = 17
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")
 # model_type -> graph family (the wrappers in testbed.export.wrappers)
@@ -306,10 +306,12 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
 
     m._step = recording_step  # type: ignore[method-assign]
     for text in texts:
+        ids: Any
         if family == "seq2seq":
             ids = tok(text)["input_ids"]
         else:
-            ids = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+            msgs = [{"role": "user", "content": text}]
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
         a, mask = pad_batch([list(ids)], meta["pad_token_id"] or 0, left=family != "seq2seq")
@@ -342,13 +344,19 @@ def _quantize_static(base: Path, out: Path, meta: dict[str, Any], say: Log) -> d
         def get_next(self) -> dict[str, Any] | None:
             return next(self.it, None)
 
+    import onnx
+
     info = {}
     for g in _graphs(base):
+        # weight MatMuls only: activations x activations (attention scores) stay in float
+        m = onnx.load(str(base / g))
+        inits = {i.name for i in m.graph.initializer}
+        weight_mm = [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
         say(f"int8-static QDQ quantization of {g} on {len(feeds[g])} calibration feeds ...")
         quantize_static(
             str(base / g), str(out / g), Reader(feeds[g]), quant_format=QuantFormat.QDQ, per_channel=True,
             weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm"],
-            calibrate_method=CalibrationMethod.MinMax,
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=weight_mm,
             extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False},
         )
         info[g] = len(feeds[g])
@@ -412,7 +420,8 @@ def validate(art: Path, src: Path, model: Any = None, strict: bool = False, step
         if family == "seq2seq":
             ids = list(tok(text)["input_ids"])
         else:
-            r = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+            msgs = [{"role": "user", "content": text}]
+            r: Any = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
             ids = list(r["input_ids"] if isinstance(r, dict) or hasattr(r, "input_ids") else r)
         ref, ref_logits = _torch_greedy(model, family, ids, steps, meta["banned"], meta.get("decoder_start_token_id"))
         got: list[int] = []

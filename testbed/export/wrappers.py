@@ -49,8 +49,8 @@ def _split_heads(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
 
 def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     """(B, heads, L, dim) -> (B, L, heads*dim)."""
-    b, h, l, d = x.shape
-    return x.transpose(1, 2).reshape(b, l, h * d)
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -116,6 +116,9 @@ class MarianDecoderGraph(nn.Module):
     the query weights and the embedding scale into the embedding table.
     """
 
+    embed_w: torch.Tensor
+    pos_w: torch.Tensor
+
     def __init__(self, model: Any) -> None:
         super().__init__()
         m = model.model
@@ -131,27 +134,36 @@ class MarianDecoderGraph(nn.Module):
         self.cross_q = nn.ModuleList(_fused([la.encoder_attn.q_proj], [la.encoder_attn.scaling]) for la in self.layers)
         self.head = _untied_head(model.lm_head.weight, model.final_logits_bias)
 
-    def forward(self, input_ids: torch.Tensor, encoder_bias: torch.Tensor, *caches: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, input_ids: torch.Tensor, encoder_bias: torch.Tensor, *caches: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         n = len(self.layers)
         past, cross = caches[: 2 * n], caches[2 * n :]
         t = past[0].shape[2]
         h, d, dm = self.heads, self.dim, self.d_model
-        x = nn.functional.embedding(input_ids, self.embed_w) + self.pos_w[t : t + 1]
+        # rows stay 2-D (B, d_model): projections export as MatMul + Add, which ONNX Runtime fuses
+        # into Gemm in fp32 and the int8 quantizer turns into one quantized MatMul with bias
+        x = nn.functional.embedding(input_ids.reshape(-1), self.embed_w) + self.pos_w[t : t + 1]
         presents: list[torch.Tensor] = []
         for li, layer in enumerate(self.layers):
-            q, k, v = self.qkv[li](x).split(dm, dim=-1)
+            q, k, v = _lin(x, self.qkv[li]).split(dm, dim=-1)
             k = torch.cat([past[2 * li], k.reshape(-1, h, 1, d)], dim=2)
             v = torch.cat([past[2 * li + 1], v.reshape(-1, h, 1, d)], dim=2)
             presents += [k, v]
             w = torch.softmax(torch.matmul(q.reshape(-1, h, 1, d), k.transpose(2, 3)), dim=-1)
-            x = layer.self_attn_layer_norm(x + layer.self_attn.out_proj(torch.matmul(w, v).reshape(-1, 1, dm)))
-            q = self.cross_q[li](x).reshape(-1, h, 1, d)
+            x = layer.self_attn_layer_norm(x + _lin(torch.matmul(w, v).reshape(-1, dm), layer.self_attn.out_proj))
+            q = _lin(x, self.cross_q[li]).reshape(-1, h, 1, d)
             w = torch.softmax(torch.matmul(q, cross[2 * li]) + encoder_bias, dim=-1)
-            x = layer.encoder_attn_layer_norm(x + layer.encoder_attn.out_proj(torch.matmul(w, cross[2 * li + 1]).reshape(-1, 1, dm)))
-            x = layer.final_layer_norm(x + layer.fc2(layer.activation_fn(layer.fc1(x))))
-        # a 3-D MatMul (not a 2-D Gemm): the int8 quantizer quantizes MatMul, and leaves Gemm in fp32
-        logits = self.head(x).reshape(-1, self.head.out_features)
-        return (logits, *presents)
+            y = torch.matmul(w, cross[2 * li + 1]).reshape(-1, dm)
+            x = layer.encoder_attn_layer_norm(x + _lin(y, layer.encoder_attn.out_proj))
+            x = layer.final_layer_norm(x + _lin(layer.activation_fn(_lin(x, layer.fc1)), layer.fc2))
+        return (_lin(x, self.head), *presents)
+
+
+def _lin(x: torch.Tensor, lin: Any) -> torch.Tensor:
+    """``lin(x)`` written as MatMul + Add (a 2-D nn.Linear would export as Gemm, which int8 skips)."""
+    y = torch.matmul(x, lin.weight.t())
+    return y + lin.bias if lin.bias is not None else y
 
 
 # --------------------------------------------------------------------------- Llama-like

@@ -36,10 +36,11 @@ class OnnxRuntimeEngine(Engine):
     gpu_provider: ClassVar[str] = "CUDAExecutionProvider"
 
     def __init__(self, config: EngineConfig, clock: Clock = now_ns, *, spinning: bool = False,
-                 graph_opt: str = "all") -> None:
+                 graph_opt: str = "all", io_binding: bool = False) -> None:
         super().__init__(config, clock)
         self.spinning = spinning
         self.graph_opt = graph_opt
+        self.io_binding = io_binding
 
     def _load(self) -> None:
         from transformers import AutoTokenizer
@@ -53,7 +54,8 @@ class OnnxRuntimeEngine(Engine):
         self.artifact = ensure_onnx(self.model_info, cfg.precision, cfg.pruning)
         provider = "CPUExecutionProvider" if cfg.device == "cpu" else self.gpu_provider
         settings = SessionSettings(provider=provider, threads=cfg.threads, spinning=self.spinning,
-                                   graph_opt=self.graph_opt, fp16=cfg.precision == "fp16")
+                                   graph_opt=self.graph_opt, fp16=cfg.precision == "fp16",
+                                   io_binding=self.io_binding)
         self.ort = OrtModel(self.artifact, settings)
         meta = self.ort.meta
         self.tokenizer = AutoTokenizer.from_pretrained(self.artifact)
@@ -70,7 +72,7 @@ class OnnxRuntimeEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(spinning=self.spinning, graph_opt=self.graph_opt,
+        d.update(spinning=self.spinning, graph_opt=self.graph_opt, io_binding=self.io_binding or cfg_gpu(self.config),
                  artifact=str(getattr(self, "artifact", "")) or None)
         return d
 
@@ -117,6 +119,10 @@ class OnnxRuntimeEngine(Engine):
         finally:
             gen.close()
         return outs
+
+
+def cfg_gpu(config: EngineConfig) -> bool:
+    return config.device != "cpu"
 
 
 class OnnxRuntimeTensorRTEngine(OnnxRuntimeEngine):
