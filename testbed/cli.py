@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     from testbed import cli_prune
 
     cli_prune.add_parser(sub)
+    from testbed.export.cli import add_parser as add_export
+
+    add_export(sub)
     return p
 
 

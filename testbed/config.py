@@ -14,8 +14,9 @@ from typing import Any
 
 from testbed.errors import ConfigError
 
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
-PRECISIONS += ("int8_float16",)  # int8 weights, fp16 activations (CTranslate2 on CUDA)
+# int8-static: int8 with activation scales calibrated on the dev set (ONNX Runtime QDQ);
+# int8_float16: int8 weights with fp16 activations (CTranslate2 on CUDA)
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-static", "int8_float16")
 DEVICES = ("cpu", "cuda")
 OVERFLOW_POLICIES = ("truncate", "refuse")
 PRUNING_KINDS = ("unstructured", "structured")

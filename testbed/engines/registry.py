@@ -27,6 +27,11 @@ class EngineEntry:
 ENGINES: dict[str, EngineEntry] = {
     "torch": EngineEntry("testbed.engines.torch.engine:TorchEngine", None, "torch",
                          "PyTorch eager, KV cache; fp32, bf16, fp16 (CUDA), dynamic int8 (CPU)"),
+    "onnxruntime": EngineEntry("testbed.engines.onnxruntime.engine:OnnxRuntimeEngine", "onnx", "onnxruntime",
+                               "ONNX Runtime, exported graphs with KV cache; fp32, int8 / int8-static (CPU), "
+                               "fp16 (CUDA)"),
+    "onnxruntime-trt": EngineEntry("testbed.engines.onnxruntime.engine:OnnxRuntimeTensorRTEngine", "gpu",
+                                   "onnxruntime", "ONNX Runtime TensorRT execution provider; fp32, fp16 (CUDA)"),
     "fake": EngineEntry("testbed.engines.fake.engine:FakeEngine", None, "testbed",
                         "no model: echoes the input's words (tests, and the floor of each path)"),
     "null": EngineEntry("testbed.engines.fake.engine:NullEngine", None, "testbed",

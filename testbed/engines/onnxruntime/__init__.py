@@ -1,0 +1,1 @@
+"""ONNX Runtime engine (extra ``onnx``; ``gpu`` for onnxruntime-gpu)."""

@@ -1,0 +1,135 @@
+"""ONNX Runtime engine: the exported graphs (KV cache, cross-attention K/V computed once) on CPU,
+CUDA or TensorRT execution providers.
+
+On load it builds or reuses the artefact for (model, precision, pruning) from the artefact cache
+(:func:`testbed.export.onnx_export.ensure_onnx`), then opens sessions with explicit settings:
+``intra_op_num_threads`` from ``EngineConfig.threads``, thread spinning off by default (on a busy
+CPU, spinning threads steal the cores the work needs; ``spinning=True`` turns it on), graph
+optimisation level ``all`` unless told otherwise.  A GPU provider that fails to load makes ONNX
+Runtime fall back to the CPU silently: the engine checks ``session.get_providers()`` and refuses.
+
+Precisions: ``fp32``; ``int8`` (ORT dynamic quantization, CPU); ``int8-static`` (QDQ, activation
+ranges calibrated on the dev set, CPU); ``fp16`` (GPU providers only).  Greedy decoding, the
+same as the torch engine: Marian's pad token (its decoder start token) is never emitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, ClassVar
+
+from testbed.clock import Clock, now_ns
+from testbed.config import EngineConfig
+from testbed.engines.base import ENCODER_DONE, Capabilities, Engine, Prepared
+
+
+class OnnxRuntimeEngine(Engine):
+    name = "onnxruntime"
+    capabilities = Capabilities(
+        devices=("cpu", "cuda"),
+        precisions=("fp32", "int8", "int8-static", "fp16"),
+        streaming=True,
+        batching=True,
+        precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",)},
+        pruning=False,
+    )
+    gpu_provider: ClassVar[str] = "CUDAExecutionProvider"
+
+    def __init__(self, config: EngineConfig, clock: Clock = now_ns, *, spinning: bool = False,
+                 graph_opt: str = "all", io_binding: bool = False) -> None:
+        super().__init__(config, clock)
+        self.spinning = spinning
+        self.graph_opt = graph_opt
+        self.io_binding = io_binding
+
+    def _load(self) -> None:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from testbed.engines.onnxruntime.runner import OrtModel, SessionSettings
+        from testbed.export.onnx_export import ensure_onnx
+
+        hf_logging.disable_progress_bar()
+        cfg = self.config
+        self.artifact = ensure_onnx(self.model_info, cfg.precision, cfg.pruning)
+        provider = "CPUExecutionProvider" if cfg.device == "cpu" else self.gpu_provider
+        settings = SessionSettings(provider=provider, threads=cfg.threads, spinning=self.spinning,
+                                   graph_opt=self.graph_opt, fp16=cfg.precision == "fp16",
+                                   io_binding=self.io_binding)
+        self.ort = OrtModel(self.artifact, settings)
+        meta = self.ort.meta
+        self.tokenizer = AutoTokenizer.from_pretrained(self.artifact)
+        self.eos_token_ids = frozenset(int(e) for e in meta["eos_token_ids"])
+        self.pad_id = int(meta["pad_token_id"]) if meta["pad_token_id"] is not None else 0
+        self.banned = [int(b) for b in meta["banned"]]
+        if self.model_info.architecture == "seq2seq":
+            self.model_max_input = int(meta["max_positions"])
+        else:
+            self.model_max_input = max(16, int(meta["max_positions"]) - cfg.max_new_tokens)
+
+    def _close(self) -> None:
+        self.ort = None  # type: ignore[assignment]
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(spinning=self.spinning, graph_opt=self.graph_opt, io_binding=self.io_binding or cfg_gpu(self.config),
+                 artifact=str(getattr(self, "artifact", "")) or None)
+        return d
+
+    # ------------------------------------------------------------------ decoding
+    def _inputs(self, prepared: list[Prepared]) -> tuple[Any, Any]:
+        from testbed.engines.onnxruntime.runner import pad_batch
+
+        return pad_batch([p.input_ids for p in prepared], self.pad_id, left=self.model_info.architecture != "seq2seq")
+
+    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
+        from testbed.engines.onnxruntime.runner import ENCODER_DONE_MARK
+
+        ids, mask = self._inputs([prepared])
+        eos = self.eos_token_ids
+        gen = self.ort.greedy(ids, mask, prepared.max_new_tokens, self.banned)
+        try:
+            for item in gen:
+                if item is ENCODER_DONE_MARK:
+                    yield ENCODER_DONE
+                    continue
+                tid = int(item[0])
+                yield tid
+                if tid in eos:
+                    return
+        finally:
+            gen.close()
+
+    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
+        from testbed.engines.onnxruntime.runner import ENCODER_DONE_MARK
+        from testbed.engines.torch.engine import TorchEngine
+
+        n = len(prepared)
+        limits = [p.max_new_tokens for p in prepared]
+        outs: list[list[int]] = [[] for _ in range(n)]
+        done = [False] * n
+        ids, mask = self._inputs(prepared)
+        gen = self.ort.greedy(ids, mask, max(limits), self.banned)
+        try:
+            for item in gen:
+                if isinstance(item, str) and item == ENCODER_DONE_MARK:
+                    continue
+                if TorchEngine._collect(item.tolist(), outs, done, limits, self.eos_token_ids):
+                    break
+        finally:
+            gen.close()
+        return outs
+
+
+def cfg_gpu(config: EngineConfig) -> bool:
+    return config.device != "cpu"
+
+
+class OnnxRuntimeTensorRTEngine(OnnxRuntimeEngine):
+    """The same graphs on the TensorRT execution provider (CUDA as the fallback for unsupported nodes)."""
+
+    name = "onnxruntime-trt"
+    capabilities = Capabilities(
+        devices=("cuda",), precisions=("fp32", "fp16"), streaming=True, batching=True, pruning=False,
+    )
+    gpu_provider = "TensorrtExecutionProvider"

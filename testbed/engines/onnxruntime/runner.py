@@ -1,0 +1,232 @@
+"""Greedy decoding over an exported ONNX artefact (see :mod:`testbed.export.wrappers` for the graphs).
+
+Used by the ONNX Runtime engine and by the exporter's validation step.  Per step the decoder runs
+through an IO binding: the cache tensors the previous step produced (``present_*``, as
+``OrtValue`` objects left where the execution provider put them) are bound as the next step's
+``past_*`` without a copy through numpy; only the logits come back to the host for the greedy
+choice.  Cross-attention keys/values of a seq2seq model come from the encoder graph once per
+request and stay bound for every step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from testbed.errors import ConfigError, TestbedError
+
+META = "onnx_config.json"
+ENCODER_DONE_MARK = "encoder_done"
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+class ProviderFallbackError(TestbedError):
+    """ONNX Runtime did not load the execution provider that was asked for."""
+
+
+def check_providers(session: Any, requested: str) -> None:
+    """Raise :class:`ProviderFallbackError` unless ``requested`` is among the session's providers.
+
+    ONNX Runtime silently falls back to the CPU provider when a GPU provider cannot load (missing
+    CUDA/cuDNN/TensorRT libraries, wrong driver): the numbers would then be CPU numbers.
+    """
+    got = list(session.get_providers())
+    if requested not in got:
+        raise ProviderFallbackError(
+            f"ONNX Runtime did not load {requested} (session providers: {', '.join(got) or 'none'}); "
+            "it would silently run on the CPU. Check that onnxruntime-gpu (not onnxruntime) is installed "
+            "and that its CUDA/cuDNN (and TensorRT) libraries match the driver; see the warnings ONNX Runtime "
+            "printed above, or use --device cpu"
+        )
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """How sessions are created: device/provider, threads, spinning, graph optimisation level."""
+
+    provider: str = "CPUExecutionProvider"
+    threads: int | None = None
+    spinning: bool = False
+    graph_opt: str = "all"  # disable | basic | extended | all
+    fp16: bool = False  # TensorRT: build fp16 engines
+    device_id: int = 0
+    # IO binding (cache tensors stay OrtValues where the provider put them): always on a GPU; on the
+    # CPU, plain run() with numpy arrays (which ONNX Runtime wraps without copying) measured no slower
+    io_binding: bool = False
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.provider != "CPUExecutionProvider"
+
+
+GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def make_session(path: Path, s: SessionSettings) -> Any:
+    import onnxruntime as ort
+
+    if s.graph_opt not in GRAPH_OPT_LEVELS:
+        raise ConfigError("graph_opt", s.graph_opt, ", ".join(GRAPH_OPT_LEVELS))
+    so = ort.SessionOptions()
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[s.graph_opt]
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.inter_op_num_threads = 1
+    if s.threads:
+        so.intra_op_num_threads = s.threads
+    # spinning threads burn the cores other work needs; on a shared CPU that costs more than it saves
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if s.spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "1" if s.spinning else "0")
+    so.log_severity_level = 3
+    providers: list[Any]
+    if s.provider == "CPUExecutionProvider":
+        providers = ["CPUExecutionProvider"]
+    elif s.provider == "CUDAExecutionProvider":
+        providers = [("CUDAExecutionProvider", {"device_id": s.device_id}), "CPUExecutionProvider"]
+    elif s.provider == "TensorrtExecutionProvider":
+        providers = [
+            ("TensorrtExecutionProvider", {"device_id": s.device_id, "trt_fp16_enable": s.fp16,
+                                           "trt_engine_cache_enable": True,
+                                           "trt_engine_cache_path": str(path.parent / "trt_cache")}),
+            ("CUDAExecutionProvider", {"device_id": s.device_id}), "CPUExecutionProvider",
+        ]
+    else:
+        raise ConfigError("provider", s.provider,
+                          "CPUExecutionProvider, CUDAExecutionProvider, TensorrtExecutionProvider")
+    if s.provider not in ort.get_available_providers():
+        raise ProviderFallbackError(
+            f"{s.provider} is not available in this onnxruntime build (available: "
+            f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu (the 'gpu' extra) instead of "
+            "onnxruntime, or use --device cpu"
+        )
+    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    check_providers(sess, s.provider)
+    return sess
+
+
+class OrtModel:
+    """The sessions of one artefact and the greedy loop over them."""
+
+    def __init__(self, art: Path, settings: SessionSettings) -> None:
+        import onnxruntime as ort
+
+        self._ort = ort
+        self.dir = art
+        self.meta: dict[str, Any] = json.loads((art / META).read_text())
+        self.settings = settings
+        self.seq2seq = self.meta["architecture"] == "seq2seq"
+        self.layers = int(self.meta["num_layers"])
+        self.kv_heads = int(self.meta["kv_heads"])
+        self.head_dim = int(self.meta["head_dim"])
+        self.encoder = make_session(art / "encoder.onnx", settings) if self.seq2seq else None
+        self.decoder = make_session(art / "decoder.onnx", settings)
+        types = {i.name: i.type for i in self.decoder.get_inputs()}
+        self.past_dtype = _ORT_TYPES[types["past_k.0"]]
+        self.present_names = [o.name for o in self.decoder.get_outputs()][1:]
+        self.past_names = [n.replace("present", "past") for n in self.present_names]
+        self.dev = "cuda" if settings.on_gpu else "cpu"
+        self.io_binding = settings.io_binding or settings.on_gpu
+
+    # ------------------------------------------------------------------ helpers
+    def _ov(self, arr: np.ndarray) -> Any:
+        return self._ort.OrtValue.ortvalue_from_numpy(arr, self.dev, self.settings.device_id)
+
+    def _empty_past(self, batch: int) -> list[Any]:
+        z = np.zeros((batch, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
+        return [self._ov(z) if self.io_binding else z for _ in self.past_names]
+
+    def _step(
+        self, fixed: dict[str, Any], inputs: dict[str, np.ndarray], past: Sequence[Any]
+    ) -> tuple[np.ndarray, list[Any]]:
+        if not self.io_binding:
+            feed = {**fixed, **inputs, **dict(zip(self.past_names, past))}
+            outs = self.decoder.run(None, feed)
+            return outs[0], outs[1:]
+        io = self.decoder.io_binding()
+        for name, ov in fixed.items():
+            io.bind_ortvalue_input(name, ov)
+        for name, arr in inputs.items():
+            io.bind_ortvalue_input(name, self._ov(arr))
+        for name, ov in zip(self.past_names, past):
+            io.bind_ortvalue_input(name, ov)
+        io.bind_output("logits", "cpu")
+        for name in self.present_names:
+            io.bind_output(name, self.dev, self.settings.device_id)
+        self.decoder.run_with_iobinding(io)
+        outs = io.get_outputs()
+        return outs[0].numpy(), list(outs[1:])
+
+    def _encode(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
+        assert self.encoder is not None
+        names = [o.name for o in self.encoder.get_outputs()]
+        if not self.io_binding:
+            return dict(zip(names, self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})))
+        io = self.encoder.io_binding()
+        io.bind_ortvalue_input("input_ids", self._ov(ids))
+        io.bind_ortvalue_input("attention_mask", self._ov(mask))
+        for name in names:
+            io.bind_output(name, self.dev, self.settings.device_id)
+        self.encoder.run_with_iobinding(io)
+        return dict(zip(names, io.get_outputs()))
+
+    # ------------------------------------------------------------------ decoding
+    def greedy(
+        self, ids: np.ndarray, mask: np.ndarray, max_new: int, banned: Sequence[int] = (),
+        return_logits: bool = False,
+    ) -> Generator[Any, None, None]:
+        """Yield ``ENCODER_DONE_MARK`` (seq2seq), then per step the chosen ids (B,) as a numpy array.
+
+        ``ids``/``mask`` are padded (B, S) int64 arrays: right padding for an encoder, left padding
+        for a decoder-only model.  Every row steps in lockstep; the caller decides when to stop.
+        With ``return_logits`` each step yields ``(ids, logits)`` instead.
+        """
+        b = ids.shape[0]
+        banned = list(banned)
+        if self.seq2seq:
+            assert self.encoder is not None
+            fixed = self._encode(ids, mask)
+            yield ENCODER_DONE_MARK
+            inp = np.full((b, 1), int(self.meta["decoder_start_token_id"]), dtype=np.int64)
+            past = self._empty_past(b)
+            for _ in range(max_new):
+                logits, past = self._step(fixed, {"input_ids": inp}, past)
+                if banned:
+                    logits[:, banned] = -np.inf
+                nxt = logits.argmax(-1)
+                yield (nxt, logits) if return_logits else nxt
+                inp = nxt.astype(np.int64).reshape(b, 1)
+            return
+        am = mask.astype(np.int64)
+        pos = np.clip(np.cumsum(am, axis=1) - 1, 0, None).astype(np.int64)
+        inp = ids.astype(np.int64)
+        past = self._empty_past(b)
+        one = np.ones((b, 1), dtype=np.int64)
+        for _ in range(max_new):
+            logits, past = self._step({}, {"input_ids": inp, "attention_mask": am, "position_ids": pos}, past)
+            if banned:
+                logits[:, banned] = -np.inf
+            nxt = logits.argmax(-1)
+            yield (nxt, logits) if return_logits else nxt
+            inp = nxt.astype(np.int64).reshape(b, 1)
+            am = np.concatenate([am, one], axis=1)
+            pos = pos[:, -1:] + 1
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(B, S) int64 ids and mask; right padding for an encoder, left for a decoder-only model."""
+    width = max(len(s) for s in seqs)
+    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = s
+        mask[i, cols] = 1
+    return ids, mask

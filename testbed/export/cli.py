@@ -1,0 +1,42 @@
+"""``testbed export``: build (or reuse) an engine artefact and optionally copy it to a directory."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from testbed.config import DEFAULT_TRANSLATION_MODEL
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from testbed.export import FORMATS
+
+    x = sub.add_parser(
+        "export", help="export a model to an engine format (cached; --out copies it)",
+        description="Export a model (registry name, local checkpoint or hub id) to an engine artefact. "
+                    "The artefact is cached by a hash of model, precision, pruning and tool versions; "
+                    "a second run reuses it. --out copies it to a directory (refused if it exists, unless --force).",
+    )
+    x.add_argument("--model", default=DEFAULT_TRANSLATION_MODEL)
+    x.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default: onnx)")
+    x.add_argument("--precision", default="fp32", help="onnx: fp32, int8, int8-static, fp16 (default: fp32)")
+    x.add_argument("--pruning", default="none", help="none (default), unstructured:S or structured:F")
+    x.add_argument("--out", default=None, help="copy the artefact to this directory")
+    x.add_argument("--force", action="store_true", help="rebuild the cached artefact, and overwrite --out")
+    x.set_defaults(func=cmd_export)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from testbed.artifacts import verify
+    from testbed.config import parse_pruning
+    from testbed.export import export
+
+    parse_pruning(args.pruning)
+    where = export(args.model, args.format, args.precision, args.pruning,
+                   Path(args.out) if args.out else None, force=args.force)
+    manifest = verify(where)
+    print(json.dumps({"artifact": str(where), "key_hash": manifest.get("key_hash"),
+                      "validation": manifest.get("validation"), "files": sorted(manifest.get("files", {}))},
+                     indent=2))
+    return 0

@@ -1,0 +1,457 @@
+"""Hugging Face model -> ONNX graphs with a KV cache, optimised/quantized, validated, cached.
+
+One pipeline: load (fp32) -> export (legacy TorchScript exporter, opset 17) -> precision
+(fp32 as exported; ``int8`` ORT dynamic quantization of the weight MatMuls; ``int8-static`` QDQ
+with activation ranges calibrated on the committed *dev* set; ``fp16`` for GPU providers)
+-> validate (greedy tokens and logits of ONNX Runtime against the torch fp32 model) -> save
+with a manifest (:mod:`testbed.artifacts`).  Quantized and fp16 artefacts are built from the
+cached fp32 artefact, so a model is traced once.
+
+Why the TorchScript exporter: on this model family it gave a faster int8 graph than the dynamo
+exporter (design notes, DATA.md), and its graphs are the ones ONNX Runtime's quantizer and
+fusions are tuned for.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from testbed.artifacts import ArtifactError, build
+from testbed.errors import ConfigError
+from testbed.registry import ModelInfo, content_hash, resolve_model
+
+EXPORTER_VERSION = 3
+OPSET = 17
+PRECISIONS = ("fp32", "int8", "int8-static", "fp16")
+# model_type -> graph family (the wrappers in testbed.export.wrappers)
+SUPPORTED = {"marian": "seq2seq", "llama": "causal"}
+# int8 dynamic: per-channel weight scales measured on marian-en-de (bench/engines.py --int8-variants)
+INT8_PER_CHANNEL = False
+CALIB_SENTENCES = {"seq2seq": 48, "causal": 8}
+CALIB_STEPS = {"seq2seq": 64, "causal": 16}
+VALIDATION_TEXTS = (
+    "Select the range of cells that you want to sort.",
+    "Click OK to close the dialog.",
+    "The selected text is copied to the clipboard.",
+)
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
+
+Log = Callable[[str], None]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+def tool_versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def source_dir(info: ModelInfo, pruning: str = "none") -> Path:
+    """The checkpoint to export: the model itself, or its pruned copy (testbed.prune)."""
+    path = info.local_path()
+    if pruning == "none":
+        return path
+    try:
+        from testbed import prune  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ConfigError("pruning", pruning, "none", "(this build has no testbed.prune)") from exc
+    return Path(prune.pruned_checkpoint(path, pruning))
+
+
+def model_type(src: Path) -> str:
+    cfg = json.loads((src / "config.json").read_text())
+    mt = str(cfg.get("model_type", "?"))
+    if mt not in SUPPORTED:
+        raise ConfigError(
+            "model", f"{src} (model_type {mt})", ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items()),
+            "the ONNX exporter supports these architectures",
+        )
+    return mt
+
+
+def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str) -> dict[str, Any]:
+    key: dict[str, Any] = {
+        "format": "onnx", "model": info.name, "model_hash": content_hash(src), "precision": precision,
+        "pruning": pruning, "exporter_version": EXPORTER_VERSION, "opset": OPSET, "tools": tool_versions(),
+    }
+    if precision == "int8":
+        key["per_channel"] = INT8_PER_CHANNEL
+    if precision == "int8-static":
+        key["calibration"] = {"dataset": "dev", "sentences": CALIB_SENTENCES, "steps": CALIB_STEPS, "method": "minmax"}
+    return key
+
+
+def ensure_onnx(
+    model: str | ModelInfo, precision: str = "fp32", pruning: str = "none", *, force: bool = False,
+    root: Path | None = None, log: Log | None = None,
+) -> Path:
+    """The artefact directory for (model, precision, pruning), built on first use and reused after."""
+    if precision not in PRECISIONS:
+        raise ConfigError("precision", precision, ", ".join(PRECISIONS), "(ONNX export)")
+    info = resolve_model(model) if isinstance(model, str) else model
+    src = source_dir(info, pruning)
+    model_type(src)
+    key = onnx_key(info, src, precision, pruning)
+    say = log or _say
+
+    def builder(out: Path) -> dict[str, Any]:
+        if precision == "fp32":
+            return _build_fp32(src, out, say)
+        base = ensure_onnx(info, "fp32", pruning, root=root, log=log)
+        return _build_from_fp32(base, src, precision, out, say)
+
+    tag = f"{info.name}-{precision}" + (f"-{pruning.replace(':', '')}" if pruning != "none" else "")
+    return build("onnx", tag, key, builder, force=force, root=root, log=say)
+
+
+# --------------------------------------------------------------------------- fp32 export
+def _load_torch(src: Path) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    seq2seq = SUPPORTED[model_type(src)] == "seq2seq"
+    auto = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    model = auto.from_pretrained(src, dtype=torch.float32)
+    return model.eval()
+
+
+def _meta(model: Any, src: Path) -> dict[str, Any]:
+    from transformers import AutoTokenizer
+
+    cfg = model.config
+    family = SUPPORTED[cfg.model_type]
+    tok = AutoTokenizer.from_pretrained(src)
+    eos: set[int] = set()
+    gen = getattr(model, "generation_config", None)
+    for e in (cfg.eos_token_id, getattr(gen, "eos_token_id", None), tok.eos_token_id):
+        if isinstance(e, int):
+            eos.add(e)
+        elif isinstance(e, (list, tuple)):
+            eos.update(int(x) for x in e)
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else tok.pad_token_id
+    meta: dict[str, Any] = {
+        "architecture": family, "model_type": cfg.model_type, "eos_token_ids": sorted(eos), "pad_token_id": pad,
+        "max_positions": int(getattr(cfg, "max_position_embeddings", 512) or 512),
+        "vocab_size": int(cfg.vocab_size),
+    }
+    if family == "seq2seq":
+        heads = cfg.decoder_attention_heads
+        start = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else pad
+        meta.update(num_layers=cfg.decoder_layers, kv_heads=heads, head_dim=cfg.d_model // heads,
+                    decoder_start_token_id=int(start), banned=[int(pad)] if pad is not None and pad == start else [])
+    else:
+        heads = cfg.num_attention_heads
+        meta.update(num_layers=cfg.num_hidden_layers, kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
+                    head_dim=getattr(cfg, "head_dim", None) or cfg.hidden_size // heads, banned=[])
+    return meta
+
+
+def _export(module: Any, args: tuple[Any, ...], path: Path, inputs: list[str], outputs: list[str],
+            axes: dict[str, dict[int, str]]) -> None:
+    import torch
+
+    # eval() on the wrapper first: the exporter restores the wrapper's mode afterwards, and a
+    # fresh nn.Module is in training mode, which would switch the shared sub-modules' dropout on
+    module.eval()
+    with torch.no_grad():
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+
+
+def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
+    import torch
+
+    from testbed.export import wrappers as W
+
+    say(f"exporting {src} to ONNX (fp32) ...")
+    model = _load_torch(src)
+    meta = _meta(model, src)
+    n, h, d = meta["num_layers"], meta["kv_heads"], meta["head_dim"]
+    kv = [f"{p}.{i}" for i in range(n) for p in ("k", "v")]
+    past = [f"past_{x}" for x in kv]
+    present = [f"present_{x}" for x in kv]
+    cross = [f"cross_{x}" for x in kv]
+    b, t = 2, 3
+    if meta["architecture"] == "seq2seq":
+        s = 5
+        ids = torch.randint(1, 100, (b, s))
+        mask = torch.ones((b, s), dtype=torch.long)
+        mask[1, -2:] = 0
+        _export(W.MarianEncoderGraph(model), (ids, mask), out / "encoder.onnx", ["input_ids", "attention_mask"],
+                ["encoder_bias", *cross],
+                {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
+                 "encoder_bias": {0: "batch", 3: "src"},
+                 **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
+        enc_bias = torch.zeros((b, 1, 1, s))
+        pasts = [torch.randn(b, h, t, d) for _ in past]
+        crosses = [torch.randn(b, h, d, s) if c.startswith("cross_k") else torch.randn(b, h, s, d) for c in cross]
+        _export(W.MarianDecoderGraph(model), (torch.randint(1, 100, (b, 1)), enc_bias, *pasts, *crosses),
+                out / "decoder.onnx", ["input_ids", "encoder_bias", *past, *cross], ["logits", *present],
+                {"input_ids": {0: "batch"}, "encoder_bias": {0: "batch", 3: "src"}, "logits": {0: "batch"},
+                 **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present},
+                 **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
+    else:
+        length = 4
+        ids = torch.randint(1, 100, (b, length))
+        mask = torch.ones((b, t + length), dtype=torch.long)
+        pos = torch.arange(t, t + length).unsqueeze(0).expand(b, length).contiguous()
+        pasts = [torch.randn(b, h, t, d) for _ in past]
+        _export(W.LlamaDecoderGraph(model), (ids, mask, pos, *pasts), out / "decoder.onnx",
+                ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present],
+                {"input_ids": {0: "batch", 1: "new"}, "attention_mask": {0: "batch", 1: "total"},
+                 "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"},
+                 **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present}})
+    _write_side_files(src, out, {**meta, "precision": "fp32"})
+    report = validate(out, src, model=model.eval(), strict=True)
+    say(f"validated fp32 export: {report}")
+    return {"source": str(src), "validation": report}
+
+
+def _write_side_files(src: Path, out: Path, meta: dict[str, Any]) -> None:
+    """Tokenizer and config files next to the graphs, and the decoding metadata the engine reads."""
+    for f in src.iterdir():
+        if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.suffix != ".md" and f.name != "manifest.json":
+            shutil.copy2(f, out / f.name)
+    (out / "onnx_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- precisions
+def _graphs(d: Path) -> list[str]:
+    return [g for g in ("encoder.onnx", "decoder.onnx") if (d / g).is_file()]
+
+
+def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log) -> dict[str, Any]:
+    meta = json.loads((base / "onnx_config.json").read_text())
+    for f in base.iterdir():
+        if f.is_file() and f.suffix != ".onnx" and f.name != "manifest.json":
+            shutil.copy2(f, out / f.name)
+    extra: dict[str, Any] = {"source": str(src), "built_from": str(base)}
+    if precision == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        for g in _graphs(base):
+            say(f"int8 dynamic quantization of {g} (per_channel={INT8_PER_CHANNEL}) ...")
+            quantize_dynamic(base / g, out / g, weight_type=QuantType.QInt8, per_channel=INT8_PER_CHANNEL,
+                             op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
+    elif precision == "int8-static":
+        extra["calibration"] = _quantize_static(base, out, meta, say)
+    elif precision == "fp16":
+        import onnx
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        for g in _graphs(base):
+            say(f"fp16 conversion of {g} ...")
+            m = convert_float_to_float16(onnx.load(str(base / g)), keep_io_types=False)
+            onnx.save(m, str(out / g))
+    (out / "onnx_config.json").write_text(json.dumps({**meta, "precision": precision}, indent=2) + "\n")
+    extra["quantized_matmuls"] = _count_ops(out)
+    if precision == "fp16":
+        extra["validation"] = validate_if_possible(out, src)
+    else:
+        extra["validation"] = validate(out, src, strict=False)
+    say(f"{precision}: {extra['validation']}")
+    return extra
+
+
+def _count_ops(d: Path) -> dict[str, dict[str, int]]:
+    import onnx
+
+    out = {}
+    for g in _graphs(d):
+        m = onnx.load(str(d / g), load_external_data=False)
+        counts: dict[str, int] = {}
+        for node in m.graph.node:
+            if node.op_type in ("MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QuantizeLinear",
+                                "DequantizeLinear", "Gemm", "Cast"):
+                counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        out[g] = counts
+    return out
+
+
+def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Encoder/decoder input feeds recorded while the fp32 graphs translate dev sentences greedily."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from testbed.datasets import load_dataset
+    from testbed.engines.onnxruntime.runner import OrtModel, SessionSettings, pad_batch
+
+    family = meta["architecture"]
+    tok = AutoTokenizer.from_pretrained(base)
+    texts = [ex.text or "" for ex in load_dataset("dev", limit=CALIB_SENTENCES[family])]
+    m = OrtModel(base, SessionSettings())
+    feeds: dict[str, list[dict[str, Any]]] = {"encoder.onnx": [], "decoder.onnx": []}
+    # record the decoder's numpy inputs by wrapping its step
+    orig_step = m._step
+
+    def recording_step(fixed: dict[str, Any], inputs: dict[str, Any], past: Any) -> Any:
+        feed = {k: v.numpy() for k, v in fixed.items() if k != "input_ids"}
+        feed.update({k: np.array(v) for k, v in inputs.items()})
+        feed.update({n: p.numpy() for n, p in zip(m.past_names, past)})
+        feeds["decoder.onnx"].append(feed)
+        return orig_step(fixed, inputs, past)
+
+    m._step = recording_step  # type: ignore[method-assign]
+    for text in texts:
+        ids: Any
+        if family == "seq2seq":
+            ids = tok(text)["input_ids"]
+        else:
+            msgs = [{"role": "user", "content": text}]
+            ids = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            if isinstance(ids, dict) or hasattr(ids, "input_ids"):
+                ids = ids["input_ids"]
+        a, mask = pad_batch([list(ids)], meta["pad_token_id"] or 0, left=family != "seq2seq")
+        if family == "seq2seq":
+            feeds["encoder.onnx"].append({"input_ids": a, "attention_mask": mask})
+        for i, nxt in enumerate(m.greedy(a, mask, CALIB_STEPS[family], meta["banned"])):
+            if isinstance(nxt, str):
+                continue
+            if int(nxt[0]) in meta["eos_token_ids"] or i > CALIB_STEPS[family]:
+                break
+    return feeds
+
+
+def _quantize_static(base: Path, out: Path, meta: dict[str, Any], say: Log) -> dict[str, Any]:
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    say("int8-static: recording calibration inputs on the dev set ...")
+    feeds = _calibration_feeds(base, meta)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, items: list[dict[str, Any]]) -> None:
+            self.it = iter(items)
+
+        def get_next(self) -> dict[str, Any] | None:
+            return next(self.it, None)
+
+    import onnx
+
+    info = {}
+    for g in _graphs(base):
+        # weight MatMuls only: activations x activations (attention scores) stay in float
+        m = onnx.load(str(base / g))
+        inits = {i.name for i in m.graph.initializer}
+        weight_mm = [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
+        say(f"int8-static QDQ quantization of {g} on {len(feeds[g])} calibration feeds ...")
+        quantize_static(
+            str(base / g), str(out / g), Reader(feeds[g]), quant_format=QuantFormat.QDQ, per_channel=True,
+            weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm"],
+            calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=weight_mm,
+            extra_options={"MatMulConstBOnly": True, "WeightSymmetric": True, "ActivationSymmetric": False},
+        )
+        info[g] = len(feeds[g])
+    return {"dataset": "dev", "feeds": info}
+
+
+# --------------------------------------------------------------------------- validation
+def _torch_greedy(model: Any, family: str, ids: list[int], steps: int, banned: list[int], start: int | None) -> tuple[
+        list[int], Any]:
+    """Greedy decoding without a cache (full recompute per step): the plainest possible reference."""
+    import torch
+
+    out: list[int] = []
+    first = None
+    with torch.no_grad():
+        x = torch.tensor([ids])
+        dec = torch.tensor([[start]]) if family == "seq2seq" else None
+        for _ in range(steps):
+            if family == "seq2seq":
+                logits = model(input_ids=x, decoder_input_ids=dec).logits[:, -1, :].float()
+            else:
+                logits = model(input_ids=x).logits[:, -1, :].float()
+            if banned:
+                logits[:, banned] = float("-inf")
+            if first is None:
+                first = logits[0].numpy().copy()
+            nxt = int(logits.argmax(-1))
+            out.append(nxt)
+            if family == "seq2seq":
+                dec = torch.cat([dec, torch.tensor([[nxt]])], dim=1)  # type: ignore[list-item]
+            else:
+                x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
+            if nxt in eos_of(model):
+                break
+    return out, first
+
+
+def eos_of(model: Any) -> set[int]:
+    e = model.config.eos_token_id
+    return {e} if isinstance(e, int) else set(e or [])
+
+
+def validate(art: Path, src: Path, model: Any = None, strict: bool = False, steps: int = 20) -> dict[str, Any]:
+    """Greedy tokens and first-step logits of the artefact (ONNX Runtime, CPU) vs torch fp32.
+
+    ``strict`` (fp32): any token difference, or logits further apart than 1e-3, raises
+    :class:`ArtifactError`.  Otherwise the agreement is reported in the manifest.
+    """
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from testbed.engines.onnxruntime.runner import OrtModel, SessionSettings
+
+    meta = json.loads((art / "onnx_config.json").read_text())
+    family = meta["architecture"]
+    model = model if model is not None else _load_torch(src)
+    tok = AutoTokenizer.from_pretrained(src)
+    ort_model = OrtModel(art, SessionSettings())
+    same, total, max_diff = 0, 0, 0.0
+    for text in VALIDATION_TEXTS:
+        if family == "seq2seq":
+            ids = list(tok(text)["input_ids"])
+        else:
+            msgs = [{"role": "user", "content": text}]
+            r: Any = tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+            ids = list(r["input_ids"] if isinstance(r, dict) or hasattr(r, "input_ids") else r)
+        ref, ref_logits = _torch_greedy(model, family, ids, steps, meta["banned"], meta.get("decoder_start_token_id"))
+        got: list[int] = []
+        arr = np.array([ids], dtype=np.int64)
+        for item in ort_model.greedy(arr, np.ones_like(arr), len(ref), meta["banned"], return_logits=True):
+            if isinstance(item, str):
+                continue
+            nxt, logits = item
+            if not got:
+                finite = np.isfinite(ref_logits)
+                max_diff = max(max_diff, float(np.abs(logits[0][finite] - ref_logits[finite]).max()))
+            got.append(int(nxt[0]))
+        total += 1
+        same += int(got == ref)
+        if strict and got != ref:
+            raise ArtifactError(f"{art}: ONNX greedy output differs from torch fp32 on {text!r}: {got} vs {ref}")
+    if strict and max_diff > 1e-3:
+        raise ArtifactError(f"{art}: first-step logits differ from torch fp32 by up to {max_diff:.2e} (> 1e-3)")
+    return {"sentences": total, "identical_greedy_outputs": same, "max_abs_logit_diff_step1": round(max_diff, 6)}
+
+
+def validate_if_possible(art: Path, src: Path) -> dict[str, Any]:
+    """fp16 graphs are for GPU providers: validated only where CUDA is available."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return {"skipped": "fp16 graphs are validated on a CUDA provider; none is available here"}
+    return {"skipped": "validated by the engine's gpu tests (tests/integration/test_onnxruntime_engine.py -m gpu)"}
+
+
+def export_cached(model: str, precision: str, pruning: str, force: bool) -> Path:
+    """The ``onnx`` entry of :data:`testbed.export.FORMATS`."""
+    return ensure_onnx(model, precision, pruning, force=force)
