@@ -6,11 +6,16 @@
 #
 #   OUT=runs/gpu bash bench/gpu/run.sh
 set -uo pipefail
+# $OUT gets the few files worth keeping (log, tables, report, plot); full run directories go to $WORK.
 OUT=${OUT:-runs/gpu}
-mkdir -p "$OUT"
+WORK=${WORK:-/tmp/testbed-gpu}
+mkdir -p "$OUT" "$WORK"
 exec > >(tee "$OUT/gpu_log.txt") 2>&1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
+# STEPS picks what runs after the environment report (default: all of them)
+STEPS=${STEPS:-pytest,torch,eval,serve}
+want() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 step environment
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
@@ -35,15 +40,34 @@ print("libcublas on this machine:", sorted({p.rsplit("/", 1)[1] for p in glob.gl
                                       + glob.glob("/usr/**/libcublas.so*", recursive=True)}))
 PY
 
-step "pytest -m gpu"
-timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider -x tests 2>&1 | tail -25
+if want pytest; then
+  step "pytest -m gpu"
+  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -25
+fi
 
-step "torch engine on CUDA: fp32 / fp16 / bf16 vs CPU fp32"
-timeout 240 python3 bench/gpu/torch_cuda.py -n 300 | tee "$OUT/torch_cuda.md"
+if want torch; then
+  step "torch engine on CUDA: fp32 / fp16 / bf16 vs CPU fp32"
+  timeout 240 python3 bench/gpu/torch_cuda.py -n 300 | tee "$OUT/torch_cuda.md"
+fi
 
-if [ -f eval/sweeps/gpu.toml ]; then
+if want eval && [ -f eval/sweeps/gpu.toml ]; then
   step "eval sweep on the GPU"
-  timeout 240 python3 -m testbed.cli eval --sweep eval/sweeps/gpu.toml --out "$OUT/eval" --no-progress
-  cp "$OUT/eval/report.md" "$OUT/eval_report.md" 2>/dev/null
+  timeout 240 testbed eval --sweep eval/sweeps/gpu.toml --out "$WORK/eval" --no-progress
+  cat "$WORK/eval/report.md"
+  cp "$WORK/eval/report.md" "$OUT/eval_report.md"; cp "$WORK/eval/results.jsonl" "$OUT/eval_results.jsonl"
+  cp "$WORK/eval/pareto.png" "$OUT/eval_pareto.png"
+fi
+if want serve && [ -d testbed/serve ]; then
+  for bs in 1 32; do
+    step "served on CUDA fp32, max batch $bs: find the peak Poisson rate meeting p99 e2e <= 500 ms"
+    port=$((8100 + bs))
+    testbed serve --device cuda --max-batch-size "$bs" --max-queue 512 --port "$port" --log-level warning &
+    pid=$!
+    for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
+    timeout 150 testbed bench --url "http://127.0.0.1:$port" --scenario server --find-peak --slo e2e=500 \
+      --num-requests 300 --warmup 10 --seed 0 --no-progress --out "$WORK/serve_b$bs"
+    cp "$WORK/serve_b$bs/find_peak.json" "$OUT/find_peak_b$bs.json"
+    kill "$pid"; wait "$pid" 2>/dev/null
+  done
 fi
 step done
