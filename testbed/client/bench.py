@@ -123,7 +123,8 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
         for k, c in claims.items():
             head[f"{k} <= {c['bound_ms']:g} ms"] = ("PASS" if c["passed"] else "not shown") + f": {c['reason']}"
     if acc:
-        head["BLEU / chrF"] = f"{acc['bleu']:.2f} / {acc['chrf']:.2f}"
+        note = " (failed and rejected requests scored as empty output)" if summ["failed"] else ""
+        head["BLEU / chrF"] = f"{acc['bleu']:.2f} / {acc['chrf']:.2f}{note}"
     md = (f"## {title}\n\n{kv_table(head)}\n\n{latency_table(records)}\n\n"
           f"Percentiles: {S.PERCENTILE_METHOD}. Latency from the scheduled send time s_i: TTFT = first token - s_i; "
           "TPOT = (last - first)/(N-1), N>=2; E2E = last token - s_i; failed and rejected requests are counted, "

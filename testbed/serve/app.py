@@ -227,8 +227,16 @@ class Server:
                 msg = await queue.get()
                 kind = msg[0]
                 if kind == "token":
-                    n_out += 1
-                    yield f'{head}{key}{_dumps(msg[2])}{close},"token_ids":[{msg[1]}],"finish_reason":null}}]}}\n\n'
+                    # one event per token; tokens that are already waiting go out in one write
+                    events = []
+                    while True:
+                        n_out += 1
+                        events.append(f'{head}{key}{_dumps(msg[2])}{close},"token_ids":[{msg[1]}],'
+                                      '"finish_reason":null}]}\n\n')
+                        if queue.empty() or queue._queue[0][0] != "token":  # type: ignore[attr-defined]
+                            break
+                        msg = queue.get_nowait()
+                    yield "".join(events)
                 elif kind == "done":
                     _, reason, timing, token_ids = msg
                     finished = True

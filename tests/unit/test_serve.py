@@ -251,8 +251,8 @@ def test_cli_bench_url_server_scenario(server, tmp_path, capsys):
     from testbed.cli import main
 
     data = tmp_path / "prompts.jsonl"
-    rows = ({"text": f"s{i} a b c d e", "reference": f"s{i} a b c d e"} for i in range(30))
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    lines = [json.dumps({"text": f"s{i} a b c d e", "reference": f"s{i} a b c d e"}) for i in range(30)]
+    data.write_text("\n".join(lines) + "\n")
     rc = main(["bench", "--url", server.url, "--scenario", "server", "--rate", "200", "--dataset", str(data),
                "--num-requests", "30", "--warmup", "2", "--seed", "5", "--out", str(tmp_path / "run"),
                "--no-progress", "--return-timing"])
