@@ -189,6 +189,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ui(args: argparse.Namespace) -> int:
+    from testbed.ui.app import launch  # imports gradio: only for this subcommand
+
+    launch(port=args.port, runs_dir=args.runs_dir)
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -232,6 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     _engine_args(b, DEFAULT_TRANSLATION_MODEL, warmup_flag=False)
     b.set_defaults(func=cmd_bench)
+
+    u = sub.add_parser("ui", help="the Gradio demo on 127.0.0.1 (streaming, live latency, side by side)",
+                       description="Start the demo on 127.0.0.1 (no share link, no analytics) and print its URL.")
+    u.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    u.add_argument("--runs-dir", default="runs", help="where the Results tab looks for evaluation runs (default runs)")
+    u.set_defaults(func=cmd_ui)
     return p
 
 
