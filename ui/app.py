@@ -142,8 +142,9 @@ def metrics_html(nonce: str, snap: svc.Snapshot | None, label: str, note: str = 
             extra += f'<div class="tb-err">error: {html.escape(snap.error)}</div>'
     if note:
         extra += f"<div>{html.escape(note)}</div>"
+    ttft = "" if m["ttft_ms"] is None else f'{m["ttft_ms"]:.3f}'
     return (f'<div class="tb-metrics" data-nonce="{html.escape(nonce)}" data-ntok="{m["tokens"]}" '
-            f'data-done="{1 if done else 0}"><b>{html.escape(label)}</b> <i>{state}</i>'
+            f'data-done="{1 if done else 0}" data-engine-ttft-ms="{ttft}" data-ok="{0 if snap and snap.error else 1}"><b>{html.escape(label)}</b> <i>{state}</i>'
             f"<table><tr>{head}</tr><tr>{row}</tr></table>{extra}</div>")
 
 
@@ -161,14 +162,14 @@ def served_html(key: str) -> str:
 class Pickers:
     """engine / precision / pruning / threads (/ device when CUDA is there) of one configuration."""
 
-    def __init__(self, title: str, visible: bool = True, default_engine: str = "torch") -> None:
+    def __init__(self, title: str, elem_id: str, visible: bool = True, default_engine: str = "torch") -> None:
         opts = svc.engine_options()
         labels = [o.label for o in opts]
         default = next((o.label for o in opts if o.name == default_engine and o.available),
                        next((o.label for o in opts if o.available), labels[0]))
         name = svc.engine_of_label(default)
         devs = svc.devices()
-        with gr.Column(visible=visible) as self.column, gr.Row(equal_height=True):
+        with gr.Column(visible=visible, elem_id=elem_id) as self.column, gr.Row(equal_height=True):
             gr.Markdown(f"**{title}**", min_height=0)
             self.engine = gr.Dropdown(labels, value=default, label="engine",
                                       info="unavailable engines are listed with the reason")
@@ -303,10 +304,10 @@ def build_app(cache: svc.EngineCache | None = None, runs_dir: str | Path = "runs
         with gr.Tabs():
             for task in ("translate", "chat"):
                 with gr.Tab("Translate" if task == "translate" else "Chat", id=task):
-                    pa = Pickers("configuration A")
+                    pa = Pickers("configuration A", f"tb-pick-{task}-a")
                     compare = gr.Checkbox(False, label="compare with a second configuration (B runs after A)",
                                           elem_id=f"tb-compare-{task}")
-                    pb = Pickers("configuration B", visible=False)
+                    pb = Pickers("configuration B", f"tb-pick-{task}-b", visible=False)
                     compare.change(lambda c: gr.update(visible=c), compare, pb.column)
                     with gr.Row():
                         if task == "translate":
@@ -367,7 +368,7 @@ def build_app(cache: svc.EngineCache | None = None, runs_dir: str | Path = "runs
                     if task == "chat":
                         ev = ev.then(lambda: "", None, text)
                     ev.then(record_step, [browser_json, hist_state], [hist_state, hist_df, summ_df],
-                            js="(...a) => { const t = tb.collect(); tb.runs = {}; return [t, a[1]]; }")
+                            js="(...a) => [tb.collect(), a[1]]")
                     if task == "chat":
                         clear.click(lambda: ([], []), None, [outs["a"][0], outs["b"][0]])
             with gr.Tab("Results", id="results") as results_tab:
@@ -436,7 +437,7 @@ def _loadtest_tab(cache: svc.EngineCache) -> None:
         scenario = gr.Radio(list(SCENARIOS), value=next(iter(SCENARIOS)), label="scenario")
         n = gr.Slider(5, 200, value=20, step=1, label="requests")
         warm = gr.Slider(0, 10, value=2, step=1, label="warm-up requests")
-    p = Pickers("configuration")
+    p = Pickers("configuration", "tb-pick-load")
     go = gr.Button("Run load test", variant="primary", elem_id="tb-load-go")
     out = gr.Markdown(elem_id="tb-load-table")
     plot = gr.Plot(label="latency histogram")
