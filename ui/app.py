@@ -41,12 +41,12 @@ def quiet_environment() -> None:
 quiet_environment()
 
 import gradio as gr  # noqa: E402
-
-from testbed.engines.base import GenerationRequest  # noqa: E402
-from testbed.metrics import summary as S  # noqa: E402
 from testbed.ui import service as svc  # noqa: E402
 from testbed.ui.loadtest import SCENARIOS, run_loadtest  # noqa: E402
 from testbed.ui.results import latest_run, run_sweep, sweep_files  # noqa: E402
+
+from testbed.engines.base import GenerationRequest  # noqa: E402
+from testbed.metrics import summary as S  # noqa: E402
 
 EXAMPLES = [
     "Select the range of cells that you want to sort.",
@@ -106,6 +106,8 @@ TPOT = (last - first token) / (N - 1), E2E = last token - start, tok/s = N / E2E
 Engine load time is shown apart; configuration B runs after A (they never share the CPU).
 """
 
+PROGRESS = gr.Progress()  # Gradio finds a progress tracker by its default value
+
 _PENDING: OrderedDict[str, svc.HistoryEntry] = OrderedDict()
 _PENDING_LOCK = threading.Lock()
 
@@ -144,7 +146,8 @@ def metrics_html(nonce: str, snap: svc.Snapshot | None, label: str, note: str = 
         extra += f"<div>{html.escape(note)}</div>"
     ttft = "" if m["ttft_ms"] is None else f'{m["ttft_ms"]:.3f}'
     return (f'<div class="tb-metrics" data-nonce="{html.escape(nonce)}" data-ntok="{m["tokens"]}" '
-            f'data-done="{1 if done else 0}" data-engine-ttft-ms="{ttft}" data-ok="{0 if snap and snap.error else 1}"><b>{html.escape(label)}</b> <i>{state}</i>'
+            f'data-done="{1 if done else 0}" data-engine-ttft-ms="{ttft}" data-ok="{0 if snap and snap.error else 1}">'
+            f"<b>{html.escape(label)}</b> <i>{state}</i>"
             f"<table><tr>{head}</tr><tr>{row}</tr></table>{extra}</div>")
 
 
@@ -328,7 +331,7 @@ def build_app(cache: svc.EngineCache | None = None, runs_dir: str | Path = "runs
                         for slot in ("a", "b"):
                             with gr.Column(visible=slot == "a") as col:
                                 if task == "translate":
-                                    out = gr.Textbox(label=f"German ({slot.upper()})", lines=3, interactive=False,
+                                    out: Any = gr.Textbox(label=f"German ({slot.upper()})", lines=3, interactive=False,
                                                      elem_id=f"tb-output-{task}-{slot}")
                                 else:
                                     out = gr.Chatbot(label=f"chat ({slot.upper()})", height=320,
@@ -415,7 +418,7 @@ def _results_tab(runs: Path, results_tab: Any) -> None:
         return (f"Latest run: `{run.path}` ({run.when})", run.report or "_(no report.md in this run)_",
                 str(run.pareto) if run.pareto else None)
 
-    def sweep_fn(path: str, progress: Any = gr.Progress()):  # type: ignore[no-untyped-def]
+    def sweep_fn(path: str, progress: Any = PROGRESS):  # type: ignore[no-untyped-def]
         for frac, text, done in run_sweep(path, runs):
             if frac is not None:
                 progress(frac, desc="sweep")
@@ -442,7 +445,7 @@ def _loadtest_tab(cache: svc.EngineCache) -> None:
     out = gr.Markdown(elem_id="tb-load-table")
     plot = gr.Plot(label="latency histogram")
 
-    def fn(task_, scenario_, n_, warm_, *picks, progress=gr.Progress()):  # type: ignore[no-untyped-def]
+    def fn(task_, scenario_, n_, warm_, *picks, progress=PROGRESS):  # type: ignore[no-untyped-def]
         why = svc.unavailable_reason(picks[0])
         if why:
             return f"**not run** -- {why}", None

@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from testbed.ui.service import Loaded
+
 from testbed.client.inproc import singlestream
 from testbed.datasets import Example, load_dataset
 from testbed.metrics import summary as S
 from testbed.metrics.records import RequestRecord
 from testbed.report.text import kv_table, latency_table
-from testbed.ui.service import Loaded
 
 Progress = Callable[[int, int], None]
 Scenario = Callable[[Loaded, Sequence[Example], int, int | None, Progress | None], list[RequestRecord]]

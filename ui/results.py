@@ -111,7 +111,8 @@ def run_sweep(sweep: str, runs: Path, timeout_s: float = 1800.0) -> Iterator[tup
     if rc != 0 and "invalid choice: 'eval'" in buf:
         yield None, f"$ {shown}\n{NO_EVAL}\n\n{_tail(buf)}", True
     elif rc != 0:
-        yield None, f"$ {shown}\nsweep failed (exit status {rc}); finished configurations stay in {out}\n\n{_tail(buf)}", True
+        yield None, (f"$ {shown}\nsweep failed (exit status {rc}); finished configurations stay in {out}\n\n"
+                     f"{_tail(buf)}"), True
     else:
         yield 1.0, f"$ {shown}\ndone: {out}\n\n{_tail(buf)}", True
 

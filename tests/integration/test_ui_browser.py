@@ -49,11 +49,12 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def app_url() -> Iterator[str]:
     _need_browser()
+    from testbed.ui.app import launch
+    from testbed.ui.service import EngineCache
+
     from testbed.engines.base import Prepared
     from testbed.engines.fake.engine import FakeEngine
     from testbed.engines.registry import ENGINES, EngineEntry, create_engine
-    from testbed.ui.app import launch
-    from testbed.ui.service import EngineCache
 
     class BoomEngine(FakeEngine):
         """The fake engine, failing mid-stream on any input that contains BOOM."""
