@@ -47,7 +47,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url() -> Iterator[str]:
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def app_url(runs_dir: Path) -> Iterator[str]:
     _need_browser()
     from testbed.ui.app import launch
     from testbed.ui.service import EngineCache
@@ -73,7 +78,7 @@ def app_url() -> Iterator[str]:
     ENGINES["needs-extra"] = EngineEntry("testbed_no_such_module:X", "tensorrt", "testbed_no_such_module",
                                          "test entry: its runtime is missing")
     try:
-        demo, url = launch(port=_free_port(), block=False, cache=EngineCache(factory), runs_dir="runs-none")
+        demo, url = launch(port=_free_port(), block=False, cache=EngineCache(factory), runs_dir=runs_dir)
     finally:
         del ENGINES["needs-extra"]
     yield url
@@ -222,3 +227,46 @@ def test_load_test_tab_on_fake_engine(page: Any) -> None:
     page.wait_for_selector("#tb-load-table table", timeout=60_000)
     table = page.inner_text("#tb-load-table")
     assert "TTFT (ms)" in table and "p90" in table and "20 / 0" in table
+
+
+def test_chat_streams_and_keeps_the_conversation(page: Any) -> None:
+    page.get_by_role("tab", name="Chat").click()
+    _pick(page, "tb-pick-chat-a", "engine", "fake")
+    for turn in ("hello there", "second turn"):
+        before = _nonces(page)
+        page.fill("#tb-input-chat textarea", turn)
+        page.click("#tb-go-chat")
+        _done(page, "chat-a", before)
+        page.wait_for_function("document.querySelector('#tb-input-chat textarea').value === ''")  # cleared
+    # the conversation is kept: both user turns and both (echoed) answers
+    page.wait_for_function("(() => { const t = document.querySelector('#tb-output-chat-a').innerText;"
+                           " return t.split('hello there').length === 3 && t.split('second turn').length === 3; })()")
+    assert "engine TTFT ms" in page.inner_text("#tb-metrics-chat-a")
+
+
+def test_results_tab_shows_the_latest_report_and_the_sweep_button_reports(page: Any, runs_dir: Path) -> None:
+    page.get_by_role("tab", name="Results").click()
+    page.wait_for_function("document.querySelector('#tb-results-where').innerText.includes('No evaluation run')")
+    run = runs_dir / "sweep-1"
+    run.mkdir()
+    (run / "report.md").write_text("# Sweep report\n\n| configuration | BLEU |\n|---|---|\n| torch/int8 | 27.1 |\n")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([1, 2], [2, 1])
+    fig.savefig(run / "pareto.png")
+    try:
+        page.get_by_role("button", name="Refresh").click()
+        page.wait_for_function("document.querySelector('#tb-results-report').innerText.includes('Sweep report')")
+        assert "sweep-1" in page.inner_text("#tb-results-where")
+        assert page.locator("img[src*='pareto']").count() >= 1
+        # the sweep button runs `testbed eval` as a child process and reports how it ended
+        sweep = runs_dir / "tiny.toml"
+        sweep.write_text("")
+        page.get_by_label("sweep file for a small sweep").fill(str(sweep))
+        page.click("#tb-sweep-go")
+        page.wait_for_function("document.querySelector('#tb-sweep-log textarea').value.includes('$ testbed eval')"
+                               " && /done:|failed|no `testbed eval`/.test("
+                               "document.querySelector('#tb-sweep-log textarea').value)", timeout=120_000)
+    finally:
+        shutil.rmtree(run)
