@@ -190,7 +190,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from testbed.ui.app import launch  # imports gradio: only for this subcommand
+    import importlib.util
+
+    from testbed.errors import MissingExtraError
+
+    if importlib.util.find_spec("gradio") is None:
+        raise MissingExtraError("testbed ui", "ui", "gradio")
+    from testbed.ui.app import OFFLINE_ENV, launch  # imports gradio: only for this subcommand
+
+    os.environ.update(OFFLINE_ENV)
 
     launch(port=args.port, runs_dir=args.runs_dir)
     return 0

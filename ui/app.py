@@ -29,13 +29,15 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
+#: set before Gradio is imported: no telemetry, no version check, no server-side rendering (node)
+QUIET_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "DO_NOT_TRACK": "1",
+             "GRADIO_SSR_MODE": "False", "GRADIO_MCP_SERVER": "False"}
+#: set by `testbed ui` for its own process only: the demo runs the embedded models, never the hub
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
 
 def quiet_environment() -> None:
-    """No telemetry, no version check, no hub access: set before Gradio is imported."""
-    for k, v in {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
-                 "DO_NOT_TRACK": "1", "GRADIO_SSR_MODE": "False", "GRADIO_MCP_SERVER": "False",
-                 "TRANSFORMERS_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():
-        os.environ[k] = v
+    os.environ.update(QUIET_ENV)
 
 
 quiet_environment()
@@ -208,11 +210,6 @@ def _config(task: str, engine: str, precision: str, pruning: str, threads: str, 
     return svc.make_config(task, engine, precision, pruning, threads, device)
 
 
-def _label(cfg: Any) -> str:
-    return f"{cfg.engine}/{cfg.precision}{'' if cfg.pruning == 'none' else '/' + cfg.pruning}/{cfg.device}" + (
-        f"/t{cfg.threads}" if cfg.threads else "")
-
-
 # ------------------------------------------------------------------ the app
 def build_app(cache: svc.EngineCache | None = None, runs_dir: str | Path = "runs") -> gr.Blocks:
     cache = cache or svc.EngineCache()
@@ -235,7 +232,7 @@ def build_app(cache: svc.EngineCache | None = None, runs_dir: str | Path = "runs
                 cfg = _config(task, *p)
                 ld = cache.get(cfg)
                 warm = f", warm-up request {S.fmt(ld.warmup_ms, '.0f')} ms" if not ld.cached else ""
-                lines.append(f"{slot}: {_label(cfg)} {'already loaded' if ld.cached else 'loaded'} "
+                lines.append(f"{slot}: {cfg.label()} {'already loaded' if ld.cached else 'loaded'} "
                              f"(model load {ld.load_ms:.0f} ms{warm}; neither is part of the timings)")
             except Exception as exc:
                 lines.append(f"{slot}: could not load: {exc}")
@@ -262,7 +259,7 @@ def build_app(cache: svc.EngineCache | None = None, runs_dir: str | Path = "runs
         except Exception as exc:
             yield gr.skip(), message_html(nonce, slot, f"configuration refused: {exc}", error=True)
             return
-        label = f"{slot}: {_label(cfg)}"
+        label = f"{slot}: {cfg.label()}"
         if task == "chat":
             msgs = [{"role": m["role"], "content": _content(m)} for m in (history or [])]
             msgs.append({"role": "user", "content": text})
@@ -277,7 +274,7 @@ def build_app(cache: svc.EngineCache | None = None, runs_dir: str | Path = "runs
                 out = [*msgs, {"role": "assistant", "content": snap.text or ("..." if not snap.done else "")}]
             yield out, metrics_html(nonce, snap, label)
         if last is not None:
-            _remember(nonce, svc.HistoryEntry(task, slot, _label(cfg), svc.answer_metrics(last.record),
+            _remember(nonce, svc.HistoryEntry(task, slot, cfg.label(), svc.answer_metrics(last.record),
                                               error=last.error if last.record is None or not last.record.ok
                                               else None))
 
