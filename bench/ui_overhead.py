@@ -33,6 +33,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=30, help="measured answers per configuration (default 30)")
     ap.add_argument("--warmup", type=int, default=3, help="answers run first and excluded (default 3)")
     ap.add_argument("--precision", default="fp32", help="precision of the torch configuration (default fp32)")
+    ap.add_argument("--device", default="cpu", help="device of the torch configuration (cuda where there is one)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--json", default=None, help="also write the samples to this file")
     args = ap.parse_args()
@@ -59,6 +60,9 @@ def main() -> int:
             page.locator("#tb-pick-translate-a").get_by_label("engine").click()
             page.get_by_role("option", name="fake", exact=True).click()
             page.locator("#tb-compare-translate input").check()
+            if args.device != "cpu":  # the device picker is shown only where CUDA is available
+                page.locator("#tb-pick-translate-b").get_by_label("device").click()
+                page.get_by_role("option", name=args.device, exact=True).click()
             page.locator("#tb-pick-translate-b").get_by_label("precision").click()
             page.get_by_role("option", name=args.precision, exact=True).click()
             for i, text in enumerate(sentences):

@@ -206,6 +206,9 @@ def stream_answer(loaded: Loaded, request: GenerationRequest, timeout_s: float =
         stream: Stream | None = None
         try:
             with loaded.lock:
+                if cancel.is_set():  # the page went away while another request held the engine
+                    q.put(("error", ("cancelled before it started", None)))
+                    return
                 stream = loaded.engine.stream(request)
                 q.put(("start", stream))
                 for _ in stream:
