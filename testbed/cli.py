@@ -199,8 +199,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from testbed.ui.app import OFFLINE_ENV, launch  # imports gradio: only for this subcommand
 
     os.environ.update(OFFLINE_ENV)
-
-    launch(port=args.port, runs_dir=args.runs_dir)
+    try:
+        launch(port=args.port, runs_dir=args.runs_dir)
+    except OSError as exc:  # Gradio: the port is taken
+        raise TestbedError(f"cannot start the demo on 127.0.0.1:{args.port or '7860-7959'}: {exc}; "
+                           "pick a free port with --port N") from exc
     return 0
 
 
