@@ -198,6 +198,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from testbed.serve.cli import cmd_serve as run_serve
 
     return run_serve(args, _engine(args))
+def cmd_ui(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from testbed.errors import MissingExtraError
+
+    if importlib.util.find_spec("gradio") is None:
+        raise MissingExtraError("testbed ui", "ui", "gradio")
+    from testbed.ui.app import OFFLINE_ENV, launch  # imports gradio: only for this subcommand
+
+    os.environ.update(OFFLINE_ENV)
+    try:
+        launch(port=args.port, runs_dir=args.runs_dir)
+    except OSError as exc:  # Gradio: the port is taken
+        raise TestbedError(f"cannot start the demo on 127.0.0.1:{args.port or '7860-7959'}: {exc}; "
+                           "pick a free port with --port N") from exc
+    return 0
 
 
 # ---------------------------------------------------------------------- parser
@@ -265,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     from testbed.export.cli import add_parser as add_export
 
     add_export(sub)
+    u = sub.add_parser("ui", help="the Gradio demo on 127.0.0.1 (streaming, live latency, side by side)",
+                       description="Start the demo on 127.0.0.1 (no share link, no analytics) and print its URL.")
+    u.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
+    u.add_argument("--runs-dir", default="runs", help="where the Results tab looks for evaluation runs (default runs)")
+    u.set_defaults(func=cmd_ui)
     return p
 
 

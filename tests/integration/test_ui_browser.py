@@ -1,0 +1,271 @@
+"""The Gradio demo driven by a real browser: Debian's chromium through Playwright (never a
+browser download).  One app (in-process, on a free 127.0.0.1 port) and one browser per module.
+
+Skipped only when chromium or playwright is absent locally; ``.ci/run`` installs chromium and
+sets ``TESTBED_REQUIRE_BROWSER=1``, which turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT_KEEP = os.environ.get("TESTBED_UI_SCREENSHOT")  # optional copy kept outside tmp
+
+pytestmark = pytest.mark.slow
+
+
+def _need_browser() -> None:
+    missing = None
+    if not Path(CHROMIUM).exists():
+        missing = f"{CHROMIUM} is not installed (apt-get install --no-install-recommends chromium)"
+    else:
+        try:
+            import playwright  # noqa: F401
+        except ImportError:
+            missing = "the playwright package is not installed (pip install -e '.[dev]')"
+    if missing:
+        if os.environ.get("TESTBED_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"browser test required (TESTBED_REQUIRE_BROWSER=1) but {missing}")
+        pytest.skip(missing)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+@pytest.fixture(scope="module")
+def app_url(runs_dir: Path) -> Iterator[str]:
+    _need_browser()
+    from testbed.engines.base import Prepared
+    from testbed.engines.fake.engine import FakeEngine
+    from testbed.engines.registry import ENGINES, EngineEntry, create_engine
+    from testbed.ui.app import launch
+    from testbed.ui.service import EngineCache
+
+    class BoomEngine(FakeEngine):
+        """The fake engine, failing mid-stream on any input that contains BOOM."""
+
+        def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
+            words = {self.tokenizer.words[i] for i in prepared.input_ids}
+            for i, tok in enumerate(super()._decode(prepared)):
+                if i == 2 and "BOOM" in words:
+                    raise RuntimeError("engine exploded on purpose")
+                yield tok
+
+    def factory(cfg: Any) -> Any:
+        return BoomEngine(cfg) if cfg.engine == "fake" else create_engine(cfg, load=False)
+
+    # an engine whose runtime is not installed: listed, disabled, with the reason
+    ENGINES["needs-extra"] = EngineEntry("testbed_no_such_module:X", "tensorrt", "testbed_no_such_module",
+                                         "test entry: its runtime is missing")
+    try:
+        demo, url = launch(port=_free_port(), block=False, cache=EngineCache(factory), runs_dir=runs_dir)
+    finally:
+        del ENGINES["needs-extra"]
+    yield url
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser(app_url: str) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: Any, app_url: str) -> Iterator[Any]:
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1500})
+    pg = ctx.new_page()
+    pg.requests_seen = []  # type: ignore[attr-defined]
+    pg.on("request", lambda r: pg.requests_seen.append(r.url))  # type: ignore[attr-defined]
+    pg.goto(app_url)
+    pg.wait_for_selector("#tb-input-translate textarea")
+    yield pg
+    ctx.close()
+
+
+def _nonces(page: Any) -> dict[str, str]:
+    return dict(page.evaluate("() => Object.fromEntries(Object.entries(tb.runs).map(([k, r]) => [k, r.nonce]))"))
+
+
+def _done(page: Any, key: str, before: dict[str, str], timeout: float = 120_000) -> None:
+    """Wait until the answer of the request sent after ``before`` was taken is complete in the page."""
+    page.wait_for_function(
+        f"""() => {{ const r = tb.runs['{key}']; if (!r || r.nonce === {before.get(key, "")!r}) return false;
+            const m = document.querySelector('#tb-metrics-{key} [data-nonce]');
+            return m !== null && m.dataset.nonce === r.nonce && m.dataset.done === '1'; }}""", timeout=timeout)
+
+
+def _pick(page: Any, scope: str, label: str, option: str) -> None:
+    page.locator(f"#{scope}").get_by_label(label).click()
+    page.get_by_role("option", name=option, exact=False).first.click()
+
+
+def _translate(page: Any, text: str) -> dict[str, str]:
+    before = _nonces(page)
+    page.fill("#tb-input-translate textarea", text)
+    page.click("#tb-go-translate")
+    return before
+
+
+def test_translate_streams_german_with_metrics_then_side_by_side(page: Any, tmp_path: Path) -> None:
+    # the answer streams: the metrics panel passes through states with fewer tokens than the end
+    page.evaluate("""() => { window.__counts = []; const host = document.querySelector('#tb-metrics-translate-a');
+        new MutationObserver(() => { const m = host.querySelector('[data-ntok]');
+          if (m) window.__counts.push(parseInt(m.dataset.ntok)); })
+          .observe(host, {subtree: true, childList: true, attributes: true}); }""")
+    before = _translate(page, "Click OK to close the dialog.")
+    _done(page, "translate-a", before)
+    german = page.input_value("#tb-output-translate-a textarea")
+    assert "Klicken" in german or "Dialog" in german, german
+    metrics = page.inner_text("#tb-metrics-translate-a")
+    assert "engine TTFT ms" in metrics and "TPOT ms" in metrics and "tok/s" in metrics
+    counts = [c for c in page.evaluate("window.__counts") if c > 0]
+    assert len(set(counts)) >= 2, f"not streamed token by token: {counts}"
+    page.wait_for_function("document.querySelector('#tb-served-translate-a').innerText.includes(' ms')")
+    assert "served TTFT" in page.inner_text("#tb-served-translate-a")
+    status = page.inner_text("#tb-status-translate")
+    assert "model load" in status
+
+    # switch configuration: B = torch int8, side by side
+    page.locator("#tb-compare-translate input").check()
+    page.wait_for_selector("#tb-output-translate-b textarea")
+    _pick(page, "tb-pick-translate-b", "precision", "int8")
+    before = _translate(page, "Select the range of cells that you want to sort.")
+    _done(page, "translate-a", before)
+    _done(page, "translate-b", before)
+    a = page.input_value("#tb-output-translate-a textarea")
+    b = page.input_value("#tb-output-translate-b textarea")
+    assert a.strip() and b.strip()
+    assert "torch/int8/cpu" in page.inner_text("#tb-metrics-translate-b")
+    # the history has one row per answer, with the browser's served TTFT filled in
+    page.wait_for_function("document.querySelector('#tb-history').innerText.includes('torch/int8/cpu')")
+    hist = page.inner_text("#tb-history")
+    assert hist.count("translate") >= 3
+    summary = page.inner_text("#tb-history-summary")
+    assert "served TTFT ms" in summary and "Gradio overhead ms" in summary
+    shot = tmp_path / "ui_side_by_side.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    if SCREENSHOT_KEEP:
+        Path(SCREENSHOT_KEEP).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, SCREENSHOT_KEEP)
+    # nothing in any of that went to another host
+    hosts = {urlparse(u).hostname for u in page.requests_seen if not u.startswith(("data:", "blob:"))}
+    assert hosts <= {"127.0.0.1", "localhost"}, hosts
+
+
+def test_bad_input_engine_error_and_unavailable_engine(page: Any) -> None:
+    # empty input: a friendly message and no request
+    page.fill("#tb-input-translate textarea", "   ")
+    page.click("#tb-go-translate")
+    page.wait_for_function("document.querySelector('#tb-status-translate').innerText.includes('nothing was sent')")
+    assert page.input_value("#tb-output-translate-a textarea") == ""
+
+    # an engine error shows, and the app stays usable
+    _pick(page, "tb-pick-translate-a", "engine", "fake")
+    _done(page, "translate-a", _translate(page, "this will BOOM soon enough"))
+    assert "engine exploded on purpose" in page.inner_text("#tb-metrics-translate-a")
+    _done(page, "translate-a", _translate(page, "echo these words"))
+    assert page.input_value("#tb-output-translate-a textarea") == "echo these words"
+    assert "error" not in page.inner_text("#tb-metrics-translate-a")
+
+    # an over-long input is truncated with a visible notice (the fake engine's limit: 256 tokens)
+    _done(page, "translate-a", _translate(page, " ".join(f"w{i}" for i in range(300))))
+    assert "truncated to 256 of its 301 tokens" in page.inner_text("#tb-metrics-translate-a")
+
+    # an engine whose extra is missing: listed as unavailable with the reason, and refused
+    page.locator("#tb-pick-translate-a").get_by_label("engine").click()
+    opt = page.get_by_role("option", name="needs-extra", exact=False).first
+    assert "pip install 'testbed[tensorrt]'" in opt.inner_text()
+    opt.click()
+    page.wait_for_function("document.querySelector('#tb-pick-translate-a').innerText.includes('disabled')")
+    _done(page, "translate-a", _translate(page, "Click OK."))
+    assert "not available" in page.inner_text("#tb-metrics-translate-a")
+
+
+def test_page_requests_only_localhost(page: Any) -> None:
+    """Load every tab; every request the page made went to 127.0.0.1 / localhost."""
+    for tab in ("Chat", "Results", "Load test", "Translate"):
+        page.get_by_role("tab", name=tab).click()
+        page.wait_for_timeout(300)
+    page.wait_for_function("document.querySelector('#tb-results-where').innerText.includes('No evaluation run')")
+    page.wait_for_timeout(1000)  # Gradio keeps a heartbeat open: never "network idle"
+    urls = [u for u in page.requests_seen if not u.startswith(("data:", "blob:"))]
+    assert urls
+    outside = [u for u in urls if urlparse(u).hostname not in ("127.0.0.1", "localhost")]
+    assert not outside, outside
+
+
+def test_load_test_tab_on_fake_engine(page: Any) -> None:
+    page.get_by_role("tab", name="Load test").click()
+    _pick(page, "tb-pick-load", "engine", "fake")
+    page.click("#tb-load-go")
+    page.wait_for_selector("#tb-load-table table", timeout=60_000)
+    table = page.inner_text("#tb-load-table")
+    assert "TTFT (ms)" in table and "p90" in table and "20 / 0" in table
+
+
+def test_chat_streams_and_keeps_the_conversation(page: Any) -> None:
+    page.get_by_role("tab", name="Chat").click()
+    _pick(page, "tb-pick-chat-a", "engine", "fake")
+    for turn in ("hello there", "second turn"):
+        before = _nonces(page)
+        page.fill("#tb-input-chat textarea", turn)
+        page.click("#tb-go-chat")
+        _done(page, "chat-a", before)
+        page.wait_for_function("document.querySelector('#tb-input-chat textarea').value === ''")  # cleared
+    # the conversation is kept: both user turns and both (echoed) answers
+    page.wait_for_function("(() => { const t = document.querySelector('#tb-output-chat-a').innerText;"
+                           " return t.split('hello there').length === 3 && t.split('second turn').length === 3; })()")
+    assert "engine TTFT ms" in page.inner_text("#tb-metrics-chat-a")
+
+
+def test_results_tab_shows_the_latest_report_and_the_sweep_button_reports(page: Any, runs_dir: Path) -> None:
+    page.get_by_role("tab", name="Results").click()
+    page.wait_for_function("document.querySelector('#tb-results-where').innerText.includes('No evaluation run')")
+    run = runs_dir / "sweep-1"
+    run.mkdir()
+    (run / "report.md").write_text("# Sweep report\n\n| configuration | BLEU |\n|---|---|\n| torch/int8 | 27.1 |\n")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 2))
+    fig.subplots().plot([1, 2], [2, 1])
+    fig.savefig(run / "pareto.png")
+    try:
+        page.get_by_role("button", name="Refresh").click()
+        page.wait_for_function("document.querySelector('#tb-results-report').innerText.includes('Sweep report')")
+        assert "sweep-1" in page.inner_text("#tb-results-where")
+        assert page.locator("img[src*='pareto']").count() >= 1
+        # the sweep button runs `testbed eval` as a child process and reports how it ended
+        sweep = runs_dir / "tiny.toml"
+        sweep.write_text("")
+        page.get_by_label("sweep file for a small sweep").fill(str(sweep))
+        page.click("#tb-sweep-go")
+        page.wait_for_function("document.querySelector('#tb-sweep-log textarea').value.includes('$ testbed eval')"
+                               " && /done:|failed|no `testbed eval`/.test("
+                               "document.querySelector('#tb-sweep-log textarea').value)", timeout=120_000)
+    finally:
+        shutil.rmtree(run)
