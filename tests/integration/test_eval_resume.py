@@ -83,3 +83,21 @@ def test_eval_killed_mid_run_resumes_without_losing_or_recomputing(tmp_path):
         assert r["singlestream"]["completed"] == 3 and r["offline"]["n"] == 6
         assert r["signature"]["model_id"].startswith("marian-en-de@")
     assert "| 1 | `" in res.stdout and (out / "pareto.png").is_file() and (out / "results.csv").is_file()
+
+
+@pytest.mark.gpu
+def test_gpu_sweep_runs_torch_on_cuda(tmp_path):
+    from testbed.eval.runner import run_sweep
+    from testbed.eval.sweep import load_sweep, parse_sweep
+
+    assert load_sweep("gpu").reference.device == "cuda"
+    sweep = parse_sweep({
+        "model": "marian-en-de", "dataset": "test", "max_new_tokens": 64,
+        "offline": {"num_examples": 64}, "singlestream": {"num_requests": 8, "warmup": 2},
+        "defaults": {"device": "cuda", "batch": 32},
+        "configs": [{"engine": "torch", "precision": ["fp32", "fp16", "bf16"]}],
+    }, "gpu-test")
+    rows = run_sweep(sweep, tmp_path / "run", progress=False)
+    assert [r["status"] for r in rows] == ["ok"] * 3, [r["error"] for r in rows]
+    for r in rows:
+        assert r["gate"]["passed"] in (True, False) and r["offline"]["sentences_per_s"] > 0

@@ -204,3 +204,15 @@ def test_no_measured_row_renders(tmp_path):
     measured, rest = order_rows([SYNTHETIC[-1]])
     assert measured == [] and len(rest) == 1
     assert "_No configuration was measured._" in markdown([SYNTHETIC[-1]])
+
+
+def test_engine_whose_runtime_is_missing_is_skipped_with_the_extra(tmp_path, monkeypatch):
+    from testbed.engines import registry
+
+    monkeypatch.setitem(registry.ENGINES, "ghost", registry.EngineEntry(
+        "testbed.engines.ghost:Ghost", "ghostextra", "no_such_runtime_module", "a runtime that is not installed"))
+    sweep = load_sweep(sweep_file(tmp_path, '[[configs]]\nengine = ["fake", "ghost"]\nprecision = "int8"\n'))
+    rows = run_sweep(sweep, tmp_path / "run", progress=False, render=False)
+    ghost = next(r for r in rows if r["config"]["engine"] == "ghost")
+    assert ghost["status"] == "skipped" and "pip install 'testbed[ghostextra]'" in ghost["error"]
+    assert [r["status"] for r in rows] == ["ok", "ok", "skipped"]
