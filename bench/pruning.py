@@ -14,8 +14,10 @@ Linear weights, and BLEU / chrF on the sentences run.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from pathlib import Path
 
 from testbed.client.inproc import request_of, run_one
 from testbed.config import EngineConfig
@@ -28,6 +30,18 @@ from testbed.signature import machine, package_versions
 
 DEFAULT = ("torch:fp32:none,torch:fp32:unstructured:0.3,torch:fp32:unstructured:0.5,"
            "torch:fp32:structured:0.25,torch:fp32:structured:0.5")
+
+
+def checkpoint_params(path: Path) -> int:
+    """Parameters stored in a checkpoint's safetensors files (tied weights are stored once)."""
+    from safetensors import safe_open
+
+    n = 0
+    for f in path.glob("*.safetensors"):
+        with safe_open(str(f), "np") as st:
+            for k in st.keys():
+                n += math.prod(st.get_slice(k).get_shape())
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,15 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nmodel {args.model}, {len(examples)} requests of '{args.dataset}', batch 1, greedy, "
           f"{args.rounds} interleaved rounds, threads {args.threads or 'default'}; machine: {machine()['cpu']} "
           f"x{machine()['cores']}; torch {package_versions().get('torch')}\n")
-    print("| config | params | pruned-weight sparsity | median E2E ms | ratio to first | median TTFT ms | "
+    print("| config | stored params | pruned-weight sparsity | median E2E ms | ratio to first | median TTFT ms | "
           "median TPOT ms | failed | BLEU | chrF |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = None
     for label, recs in records.items():
         eng = engines[label]
-        stats = pruning_stats(getattr(eng, "checkpoint_path", None) or eng.model_info.local_path()) or {}
-        params = stats.get("params_after")
-        params_s = f"{params / 1e6:.2f}M" if params else "unpruned"
+        ckpt = getattr(eng, "checkpoint_path", None) or eng.model_info.local_path()
+        stats = pruning_stats(ckpt) or {}
+        params_s = f"{checkpoint_params(ckpt) / 1e6:.2f}M"
         sparsity = f"{stats['sparsity']:.2f}" if "sparsity" in stats else ""
         e2e, ttft, tpot = (S.percentiles(map(fn, recs), ps=(50,))["p50"] for fn in (S.e2e_ms, S.ttft_ms, S.tpot_ms))
         if e2e is None:

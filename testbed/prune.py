@@ -395,3 +395,93 @@ def pruning_stats(path: Path) -> dict[str, Any] | None:
     """The statistics saved beside a pruned checkpoint (None for an unpruned one)."""
     f = path / "pruning.json"
     return json.loads(f.read_text()) if f.is_file() else None
+
+
+# ---------------------------------------------------------------------- recovery fine-tuning
+def recovery_finetune(
+    corpus: Path, minutes: float, *, lr: float = 1e-4, seed: int = 0
+) -> Callable[[Any, Any], dict[str, Any]]:
+    """A ``finetune`` callback for :func:`pruned_model_dir`: a short, time-bounded training run.
+
+    Seq2seq (Marian) only: teacher-forced cross-entropy on the training corpus
+    (``doc<TAB>en<TAB>de`` lines, as ``models/recipe/build_corpus.py`` writes ``build/corpus/train.tsv``),
+    AdamW at a constant ``lr``, batches of 32 sentence pairs of similar length (at most 128 tokens), until
+    ``minutes`` of wall time have passed.  Weights zeroed by unstructured pruning are kept at zero
+    (the mask is re-applied after every step); structured pruning's smaller matrices just train.
+    """
+    if not corpus.is_file():
+        raise TestbedError(f"training corpus {corpus} not found: build it with "
+                           "`python models/recipe/build_corpus.py` or pass --corpus PATH (doc, en, de TSV)")
+    if minutes <= 0:
+        raise ConfigError("finetune_minutes", minutes, "a positive number of minutes")
+
+    def run(model: Any, tok: Any) -> dict[str, Any]:
+        import random
+        import time
+
+        import torch
+        from tqdm import tqdm
+
+        if not getattr(model.config, "is_encoder_decoder", False):
+            raise PruningError("recovery fine-tuning is implemented for seq2seq (Marian) models only")
+        rows = []
+        with corpus.open(encoding="utf-8") as fh:
+            for line in fh:
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) == 3 and parts[1].strip() and parts[2].strip():
+                    rows.append((parts[1], parts[2]))
+        rng = random.Random(seed)
+        torch.manual_seed(seed)
+        rng.shuffle(rows)
+        masks = {n: (m.weight != 0) for n, m in included_linears(model).items()}
+        linears = included_linears(model)
+        pad, start = tok.pad_token_id, model.config.decoder_start_token_id
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+        model.train()
+        t_end = time.monotonic() + minutes * 60
+        steps, seen, losses = 0, 0, []
+        bar = tqdm(total=int(minutes * 60), desc="recovery fine-tune", unit="s")
+        t_last = time.monotonic()
+        i = 0
+        while time.monotonic() < t_end:
+            # sentences of similar length batch together: sort a window of 256, cut it into batches of 32
+            window = sorted(rows[i : i + 256] if i + 256 <= len(rows) else rows[:256], key=lambda r: len(r[0]))
+            i = (i + 256) % max(1, len(rows) - 256)
+            for b0 in range(0, len(window), 32):
+                chunk = window[b0 : b0 + 32]
+                enc = tok([r[0] for r in chunk], text_target=[r[1] for r in chunk], return_tensors="pt",
+                          padding=True, truncation=True, max_length=128)
+                labels = enc.pop("labels")
+                dec = labels.new_full(labels.shape, start)
+                dec[:, 1:] = labels[:, :-1]
+                labels = labels.masked_fill(labels == pad, -100)
+                loss = model(**enc, decoder_input_ids=dec, labels=labels).loss
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                with torch.no_grad():
+                    for n, m in linears.items():
+                        m.weight.mul_(masks[n])
+                steps += 1
+                seen += len(chunk)
+                losses.append(loss.item())
+                now = time.monotonic()
+                bar.update(int(now - t_last))
+                t_last = now
+                if now >= t_end:
+                    break
+        bar.close()
+        model.eval()
+        return {"corpus": str(corpus), "minutes": minutes, "steps": steps, "sentences": seen, "lr": lr,
+                "loss_first": losses[0] if losses else None,
+                "loss_last_50": sum(losses[-50:]) / max(1, len(losses[-50:]))}
+
+    return run
+
+
+def finetune_key(corpus: Path, minutes: float, lr: float = 1e-4, seed: int = 0) -> dict[str, Any]:
+    from testbed.artifacts import file_sha256
+
+    return {"corpus_sha256": file_sha256(corpus) if corpus.is_file() else None, "minutes": minutes,
+            "lr": lr, "seed": seed, "version": 1}

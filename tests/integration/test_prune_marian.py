@@ -46,8 +46,8 @@ def test_unstructured_reaches_the_sparsity_and_still_translates(unstructured_dir
     ffn = [t for k, t in w.items() if ".fc1.weight" in k or ".fc2.weight" in k]
     assert sum(int((t == 0).sum()) for t in ffn) / sum(t.numel() for t in ffn) > 0.2
     texts, refs = [ex.text for ex in sentences], [ex.reference for ex in sentences]
-    dense = create_engine(EngineConfig(model="marian-en-de"))
-    pruned = create_engine(EngineConfig(model="marian-en-de", pruning="unstructured:0.3"))
+    dense = create_engine(EngineConfig(model="marian-en-de", threads=1))
+    pruned = create_engine(EngineConfig(model="marian-en-de", pruning="unstructured:0.3", threads=1))
     assert pruned.describe()["model_hash"] != dense.describe()["model_hash"]
     assert "Zell" in pruned.stream(DEMO).run().text
     b_dense = score([g.text for g in dense.generate(texts)], refs)["bleu"]
@@ -64,7 +64,7 @@ def test_structured_really_shrinks_and_loads_in_torch(structured_dir):
     assert cfg["encoder_ffn_dim"] == cfg["decoder_ffn_dim"] == 768
     # 6 layers x 256 neurons x (256 in + 256 out + 1 bias) removed
     assert stats["params_before"] - stats["params_after"] == 6 * 256 * (256 + 256 + 1)
-    eng = create_engine(EngineConfig(model="marian-en-de", pruning="structured:0.25"))
+    eng = create_engine(EngineConfig(model="marian-en-de", pruning="structured:0.25", threads=1))
     n = sum(p.numel() for p in eng.model.parameters())
     assert n == stats["params_after"]
     s = eng.stream(DEMO).run()

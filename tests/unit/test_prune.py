@@ -115,3 +115,38 @@ def test_unsupported_model_names_what_is_supported():
         apply_pruning(Plain(), "unstructured:0.5")
     with pytest.raises(PruningError, match="supported: Marian"):
         prune_structured(Plain(), 0.5, importance={})
+
+
+def test_recovery_finetune_trains_and_keeps_pruned_zeros(tmp_path):
+    from transformers import AutoTokenizer, MarianConfig, MarianMTModel
+
+    from testbed.prune import recovery_finetune
+    from testbed.registry import resolve_model
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("marian-en-de").local_path())
+    torch.manual_seed(0)
+    model = MarianMTModel(MarianConfig(
+        vocab_size=8000, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=256,
+        pad_token_id=7999, decoder_start_token_id=7999, eos_token_id=0)).eval()
+    apply_pruning(model, "unstructured:0.5")
+    before = {n: m.weight.detach().clone() for n, m in included_linears(model).items()}
+    corpus = tmp_path / "train.tsv"
+    corpus.write_text("d\tClick OK.\tKlicken Sie auf OK.\nd\tOpen the file.\tÖffnen Sie die Datei.\n" * 8)
+    stats = recovery_finetune(corpus, minutes=0.002)(model, tok)
+    assert stats["steps"] >= 1 and stats["sentences"] >= 16
+    for n, m in included_linears(model).items():
+        assert torch.equal(m.weight == 0, before[n] == 0), n  # zeros stay zero, the rest may move
+    assert any(not torch.equal(m.weight, before[n]) for n, m in included_linears(model).items())
+
+
+def test_recovery_finetune_refuses_a_missing_corpus_and_causal_models(tmp_path):
+    from testbed.errors import TestbedError
+    from testbed.prune import recovery_finetune
+
+    with pytest.raises(TestbedError, match="build_corpus.py"):
+        recovery_finetune(tmp_path / "nope.tsv", 1.0)
+    corpus = tmp_path / "c.tsv"
+    corpus.write_text("d\ta\tb\n")
+    with pytest.raises(PruningError, match="seq2seq"):
+        recovery_finetune(corpus, 1.0)(tiny_llama(), None)
