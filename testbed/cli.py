@@ -233,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_args(b, DEFAULT_TRANSLATION_MODEL, warmup_flag=False)
     b.set_defaults(func=cmd_bench)
 
+    from testbed import cli_prune
+
+    cli_prune.add_parser(sub)
+
     from testbed.export.cli import add_parser as add_export
 
     add_export(sub)

@@ -14,7 +14,9 @@ from typing import Any
 
 from testbed.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8", "int8-static")
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8")
+PRECISIONS += ("int8_float16",)  # int8 weights, fp16 activations (CTranslate2 on CUDA)
+PRECISIONS += ("int8-static",)  # int8 QDQ with activation ranges calibrated on the dev set (ONNX Runtime)
 DEVICES = ("cpu", "cuda")
 OVERFLOW_POLICIES = ("truncate", "refuse")
 PRUNING_KINDS = ("unstructured", "structured")

@@ -344,6 +344,7 @@ class Engine(ABC):
         """What a result row needs to reproduce this engine (the engine-side signature)."""
         info = self.model_info
         path = info.path if info.path is not None else (info.local_path() if self._loaded else None)
+        path = getattr(self, "checkpoint_path", None) or path  # the weights actually loaded (pruned copy)
         return {
             "engine": self.name, **self.config.to_dict(), "model_name": info.name,
             "model_hash": content_hash(path) if path is not None and path.is_dir() else None,

@@ -34,6 +34,9 @@ ENGINES: dict[str, EngineEntry] = {
                                    "onnxruntime", "ONNX Runtime TensorRT execution provider; fp32, fp16 (CUDA)"),
     "fake": EngineEntry("testbed.engines.fake.engine:FakeEngine", None, "testbed",
                         "no model: echoes the input's words (tests, and the floor of each path)"),
+    "ctranslate2": EngineEntry("testbed.engines.ctranslate2.engine:CTranslate2Engine", "ctranslate2",
+                               "ctranslate2", "CTranslate2, converted once (cached); fp32, int8 (CPU); "
+                               "fp16, bf16, int8_float16 (CUDA)"),
 }
 
 

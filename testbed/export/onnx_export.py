@@ -61,14 +61,9 @@ def tool_versions() -> dict[str, str | None]:
 
 def source_dir(info: ModelInfo, pruning: str = "none") -> Path:
     """The checkpoint to export: the model itself, or its pruned copy (testbed.prune)."""
-    path = info.local_path()
-    if pruning == "none":
-        return path
-    try:
-        from testbed import prune  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ConfigError("pruning", pruning, "none", "(this build has no testbed.prune)") from exc
-    return Path(prune.pruned_checkpoint(path, pruning))
+    from testbed.prune import checkpoint_dir
+
+    return Path(checkpoint_dir(info, pruning))
 
 
 def model_type(src: Path) -> str:

@@ -3,7 +3,8 @@
 Greedy decoding with a KV cache, written out as a plain loop (one forward per token) rather
 than ``generate()``, so that each token id is available the moment it is chosen and the loop
 costs no more than serving needs.  Precisions: fp32; bf16 (CPU and CUDA); fp16 (CUDA only);
-int8 = dynamic int8 quantisation of every ``nn.Linear`` (CPU only).
+int8 = dynamic int8 quantisation of every ``nn.Linear`` (CPU only).  A pruned model
+(``EngineConfig.pruning``) is loaded from its cached pruned checkpoint (:mod:`testbed.prune`).
 
 For seq2seq models the encoder runs once (then ``ENCODER_DONE`` is yielded), and the decoder
 reuses its cross-attention keys/values from the cache.  Marian never emits its pad token (the
@@ -28,6 +29,7 @@ class TorchEngine(Engine):
         streaming=True,
         batching=True,
         precision_devices={"fp16": ("cuda",), "int8": ("cpu",)},
+        pruning=True,
     )
 
     def _load(self) -> None:
@@ -46,7 +48,10 @@ class TorchEngine(Engine):
             )
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        path = self.model_info.local_path()
+        from testbed.prune import checkpoint_dir
+
+        path = checkpoint_dir(self.model_info, cfg.pruning)  # the source, or its pruned copy (cached)
+        self.checkpoint_path = path
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         auto = AutoModelForSeq2SeqLM if self.model_info.architecture == "seq2seq" else AutoModelForCausalLM
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)

@@ -1,0 +1,1 @@
+"""CTranslate2 engine: the same checkpoint converted to CTranslate2 (the peer users would pick)."""

@@ -1,0 +1,189 @@
+"""CTranslate2 engine: the same checkpoint, converted once (cached), greedy decoding.
+
+* Seq2seq models run as a :class:`ctranslate2.Translator`, decoder-only models as a
+  :class:`ctranslate2.Generator`.  Precisions: fp32 and int8 on CPU; fp16, bf16 and int8_float16
+  on CUDA (weights are quantized at conversion, so each precision is its own cached artefact).
+* Threads: ``EngineConfig.threads`` is CTranslate2's ``intra_threads`` (``inter_threads`` is 1:
+  one request decodes at a time, as in the other engines).
+* Tokenisation is the torch engine's (:meth:`Engine.prepare` gives token ids); CTranslate2 takes
+  token strings, so the ids are converted with the same tokenizer, and output ids are mapped back
+  through the converted model's vocabulary.  Stop tokens are the same set the torch engine uses;
+  Marian's ``<pad>`` (its decoder start token) is suppressed as an output, as in ``generate()``.
+* Streaming uses CTranslate2's per-step callback on an asynchronous request (what
+  ``generate_tokens`` does); each token id is yielded when its step result reaches this thread.
+  CTranslate2 does not expose the end of the encoder pass, so this engine **never yields
+  ``ENCODER_DONE``**: records have no ``encoder_ms`` and the encoder time is inside TTFT.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+from testbed.engines.base import Capabilities, Engine, Prepared
+from testbed.engines.ctranslate2.convert import QUANTIZATION, ct2_model_dir
+from testbed.errors import ConfigError
+
+_GPU_ONLY = ("cuda",)
+
+
+def stream_steps(process: Callable[..., Any], *args: Any, **kwargs: Any) -> Generator[Any, None, None]:
+    """Step results of one asynchronous CTranslate2 request, as they are produced.
+
+    Closing the iterator asks CTranslate2 to stop (the callback returns True) and waits for it.
+    """
+    steps: queue.Queue[Any] = queue.Queue()
+    closed = threading.Event()
+    done = object()
+
+    def callback(step: Any) -> bool:
+        steps.put(step)
+        return closed.is_set()
+
+    results = process(*args, asynchronous=True, beam_size=1, callback=callback, **kwargs)
+
+    def wait() -> None:
+        try:
+            for r in results:
+                r.result()
+        except Exception as exc:  # surfaced in the consumer's thread
+            steps.put(exc)
+        steps.put(done)
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    try:
+        while True:
+            item = steps.get()
+            if item is done:
+                break
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        closed.set()
+        waiter.join()
+
+
+class CTranslate2Engine(Engine):
+    name = "ctranslate2"
+    capabilities = Capabilities(
+        devices=("cpu", "cuda"),
+        precisions=("fp32", "int8", "fp16", "bf16", "int8_float16"),
+        streaming=True,
+        batching=True,
+        precision_devices={"int8": ("cpu",), "fp16": _GPU_ONLY, "bf16": _GPU_ONLY, "int8_float16": _GPU_ONLY},
+        pruning=True,
+    )
+
+    def _load(self) -> None:
+        import ctranslate2
+        from transformers import AutoTokenizer
+
+        from testbed.prune import checkpoint_dir
+
+        cfg = self.config
+        if cfg.device == "cuda" and ctranslate2.get_cuda_device_count() == 0:
+            raise ConfigError(
+                "device", "cuda", "cpu",
+                f"CUDA was asked for but CTranslate2 {ctranslate2.__version__} sees no CUDA device; use --device cpu",
+            )
+        compute = QUANTIZATION[cfg.precision]
+        supported = sorted(ctranslate2.get_supported_compute_types(cfg.device))
+        if compute not in supported:
+            ok = [p for p, c in QUANTIZATION.items() if c in supported]
+            raise ConfigError("precision", cfg.precision, ", ".join(ok),
+                              f"(CTranslate2 on this {cfg.device} supports compute types {', '.join(supported)})")
+        self.checkpoint_path = checkpoint_dir(self.model_info, cfg.pruning)
+        self.ct2_path = ct2_model_dir(self.model_info, cfg.precision, cfg.pruning)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_path)
+        kw = {"device": cfg.device, "compute_type": compute, "inter_threads": 1, "intra_threads": cfg.threads or 0}
+        self.seq2seq = self.model_info.architecture == "seq2seq"
+        self.model: Any = (ctranslate2.Translator if self.seq2seq else ctranslate2.Generator)(str(self.ct2_path), **kw)
+
+        hf_cfg = json.loads((self.checkpoint_path / "config.json").read_text())
+        gen_file = self.checkpoint_path / "generation_config.json"
+        gen_cfg = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
+        eos: set[int] = set()
+        for src in (hf_cfg.get("eos_token_id"), gen_cfg.get("eos_token_id"), self.tokenizer.eos_token_id):
+            if isinstance(src, int):
+                eos.add(src)
+            elif isinstance(src, (list, tuple)):
+                eos.update(int(x) for x in src)
+        self.eos_token_ids = frozenset(eos)
+        self.end_tokens = self.tokenizer.convert_ids_to_tokens(sorted(eos))
+        self._vocab_ids = self._vocabulary_map(self.ct2_path)
+        pad = hf_cfg.get("pad_token_id")
+        max_pos = int(hf_cfg.get("max_position_embeddings") or 512)
+        self.suppress: list[list[str]] | None = None
+        if self.seq2seq:
+            start = hf_cfg.get("decoder_start_token_id", pad)
+            if pad is not None and pad == start:  # Marian: starts with <pad>, never emits it
+                self.suppress = [[self.tokenizer.convert_ids_to_tokens(pad)]]
+            self.model_max_input = max_pos
+        else:
+            self.model_max_input = max(16, max_pos - cfg.max_new_tokens)
+
+    def _vocabulary_map(self, path: Path) -> list[int] | None:
+        """CTranslate2 target-vocabulary index -> tokenizer id (None when they are the same)."""
+        for name in ("target_vocabulary.json", "shared_vocabulary.json", "vocabulary.json"):
+            f = path / name
+            if f.is_file():
+                tokens = json.loads(f.read_text())
+                break
+        else:
+            raise ConfigError("model", str(path), "a CTranslate2 model with a vocabulary file")
+        ids = [int(i) if i is not None else -1 for i in self.tokenizer.convert_tokens_to_ids(tokens)]
+        return None if ids == list(range(len(ids))) else ids
+
+    def _close(self) -> None:
+        self.model = None
+
+    # ------------------------------------------------------------------ helpers
+    def _hf_id(self, ct2_id: int) -> int:
+        return ct2_id if self._vocab_ids is None else self._vocab_ids[ct2_id]
+
+    def _tokens(self, p: Prepared) -> list[str]:
+        return list(self.tokenizer.convert_ids_to_tokens(p.input_ids))
+
+    def _options(self, max_new: int) -> dict[str, Any]:
+        common: dict[str, Any] = {"end_token": self.end_tokens, "suppress_sequences": self.suppress}
+        if self.seq2seq:
+            # our prepare() already applied the input policy: no second truncation
+            return {**common, "max_decoding_length": max_new, "max_input_length": 0}
+        return {**common, "max_length": max_new, "include_prompt_in_result": False}
+
+    # ------------------------------------------------------------------ decoding
+    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
+        # no ENCODER_DONE: CTranslate2 does not report when its encoder pass ends
+        process = self.model.translate_batch if self.seq2seq else self.model.generate_batch
+        steps = stream_steps(process, [self._tokens(prepared)], **self._options(prepared.max_new_tokens))
+        try:
+            for step in steps:
+                tid = self._hf_id(int(step.token_id))
+                yield tid
+                if tid in self.eos_token_ids:
+                    return
+        finally:
+            steps.close()
+
+    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
+        limits = [p.max_new_tokens for p in prepared]
+        sources = [self._tokens(p) for p in prepared]
+        opts = self._options(max(limits))
+        outs: list[list[int]] = []
+        if self.seq2seq:
+            results = self.model.translate_batch(sources, beam_size=1, return_end_token=True, **opts)
+            ids_of = self.tokenizer.convert_tokens_to_ids
+            for r in results:
+                outs.append([int(i) for i in ids_of(r.hypotheses[0])])
+        else:
+            results = self.model.generate_batch(sources, beam_size=1, return_end_token=True, **opts)
+            for r in results:
+                outs.append([self._hf_id(int(i)) for i in r.sequences_ids[0]])
+        # one decoding length per call: a row with a smaller limit keeps its own first tokens
+        return [o[:n] for o, n in zip(outs, limits)]
