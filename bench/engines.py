@@ -2,9 +2,8 @@
 
 Every registered engine whose runtime is installed runs every precision it declares for the CPU
 (and each ``--pruning`` spec where it runs pruned models), plus a few settings variants (ONNX
-Runtime with thread spinning on; ``--extra-threads``).  CTranslate2 is the peer to beat: when no
-``ctranslate2`` engine is registered yet, a minimal one defined here (conversion with
-``ctranslate2.converters.TransformersConverter``, ``generate_tokens`` streaming) stands in.
+Runtime with thread spinning on, and with IO binding on the CPU; ``--extra-threads``).
+CTranslate2 (the ``ctranslate2`` engine) is the peer to beat.
 
 Per configuration, after warm-up: per-sentence greedy decoding at batch 1 (SingleStream: median
 and p90 E2E, median TTFT and TPOT), interleaved sentence by sentence (every configuration runs
@@ -22,7 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from testbed.client.inproc import request_of, run_one  # noqa: E402
 from testbed.clock import now_ns  # noqa: E402
 from testbed.config import EngineConfig  # noqa: E402
 from testbed.datasets import Example, load_dataset  # noqa: E402
-from testbed.engines.base import Capabilities, Engine, GenerationRequest, Prepared  # noqa: E402
+from testbed.engines.base import Engine, GenerationRequest  # noqa: E402
 from testbed.engines.registry import ENGINES, create_engine, engine_class, is_available  # noqa: E402
 from testbed.io import write_text_atomic  # noqa: E402
 from testbed.metrics import summary as S  # noqa: E402
@@ -41,66 +40,6 @@ from testbed.metrics.accuracy import score  # noqa: E402
 from testbed.signature import git_sha, machine, package_versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-# --------------------------------------------------------------------------- stand-in CTranslate2
-class _Ct2StandIn(Engine):
-    """CTranslate2 for this benchmark only, until the project's ``ctranslate2`` engine is registered."""
-
-    name = "ctranslate2"
-    capabilities = Capabilities(devices=("cpu",), precisions=("fp32", "int8"), precision_devices={})
-
-    def _load(self) -> None:
-        import ctranslate2
-        from transformers import AutoTokenizer
-
-        from testbed.artifacts import build
-        from testbed.registry import content_hash
-
-        src = self.model_info.local_path()
-        key = {"format": "ct2-bench", "model_hash": content_hash(src), "ct2": ctranslate2.__version__}
-
-        def convert(out: Path) -> dict[str, Any]:
-            ctranslate2.converters.TransformersConverter(str(src)).convert(str(out / "model"), force=True)
-            return {}
-
-        d = build("ct2-bench", self.model_info.name, key, convert) / "model"
-        self.tokenizer = AutoTokenizer.from_pretrained(src)
-        compute = {"fp32": "float32", "int8": "int8"}[self.config.precision]
-        threads = self.config.threads or 0
-        seq2seq = self.model_info.architecture == "seq2seq"
-        cls = ctranslate2.Translator if seq2seq else ctranslate2.Generator
-        self.ct2 = cls(str(d), device="cpu", compute_type=compute, intra_threads=threads, inter_threads=1)
-        cfg = __import__("json").loads((src / "config.json").read_text())
-        eos = cfg.get("eos_token_id")
-        self.eos_token_ids = frozenset([eos] if isinstance(eos, int) else (eos or []))
-        reserve = 0 if seq2seq else self.config.max_new_tokens
-        self.model_max_input = int(cfg.get("max_position_embeddings", 512)) - reserve
-
-    def _tokens(self, p: Prepared) -> list[str]:
-        return list(self.tokenizer.convert_ids_to_tokens(p.input_ids))
-
-    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
-        toks = self._tokens(prepared)
-        if self.model_info.architecture == "seq2seq":
-            it = self.ct2.generate_tokens(toks, max_decoding_length=prepared.max_new_tokens)
-        else:
-            it = self.ct2.generate_tokens(toks, max_length=prepared.max_new_tokens, sampling_topk=1)
-        for step in it:
-            yield int(step.token_id)
-
-    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
-        toks = [self._tokens(p) for p in prepared]
-        n = max(p.max_new_tokens for p in prepared)
-        if self.model_info.architecture == "seq2seq":
-            res = self.ct2.translate_batch(toks, beam_size=1, max_decoding_length=n, return_scores=False)
-            outs = [list(self.tokenizer.convert_tokens_to_ids(r.hypotheses[0])) for r in res]
-        else:
-            res = self.ct2.generate_batch(toks, max_length=n, sampling_topk=1, include_prompt_in_result=False)
-            outs = [list(r.sequences_ids[0]) for r in res]
-        eos = sorted(self.eos_token_ids)
-        # CTranslate2 drops the end token from its results; the other engines count it
-        return [o + eos[:1] if len(o) < p.max_new_tokens and eos else o for o, p in zip(outs, prepared)]
 
 
 # --------------------------------------------------------------------------- configurations
@@ -127,11 +66,8 @@ def configurations(model: str, threads: int | None, extra_threads: list[int], pr
             rows.append(Row(label, make))
 
     names = [n for n in ENGINES if n != "fake" and is_available(n)[0]]
-    if "ctranslate2" not in ENGINES:
-        names.append("ctranslate2 (bench stand-in)")
     for name in names:
-        standin = name.startswith("ctranslate2 (")
-        cls: type[Engine] = _Ct2StandIn if standin else engine_class(name)
+        cls: type[Engine] = engine_class(name)
         caps = cls.capabilities
         if "cpu" not in caps.devices or arch not in caps.architectures:
             continue
@@ -143,11 +79,8 @@ def configurations(model: str, threads: int | None, extra_threads: list[int], pr
                     cfg = EngineConfig(model=model, engine=cls.name, precision=prec, threads=thr,
                                        max_new_tokens=max_new, pruning=pr)
                     label = f"{cls.name}/{prec}" + (f"/{pr}" if pr != "none" else "") + (f"/t{thr}" if thr else "")
-                    if standin:
-                        add(label, lambda cfg=cfg: _Ct2StandIn(cfg).load())
-                    else:
-                        add(label, lambda cfg=cfg: create_engine(cfg))
-        if cls.name == "onnxruntime" and not standin:
+                    add(label, lambda cfg=cfg: create_engine(cfg))
+        if cls.name == "onnxruntime":
             cfg = EngineConfig(model=model, engine="onnxruntime", precision="int8", threads=threads,
                                max_new_tokens=max_new)
             add(f"onnxruntime/int8/t{threads} spinning", lambda cfg=cfg: engine_class("onnxruntime")(

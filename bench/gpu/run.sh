@@ -40,10 +40,6 @@ print("libcublas on this machine:", sorted({p.rsplit("/", 1)[1] for p in glob.gl
                                       + glob.glob("/usr/**/libcublas.so*", recursive=True)}))
 PY
 
-if want pytest; then
-  step "pytest -m gpu"
-  timeout 240 python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -25
-fi
 
 if want torch; then
   step "torch engine on CUDA: fp32 / fp16 / bf16 vs CPU fp32"
@@ -52,7 +48,7 @@ fi
 
 if want eval && [ -f eval/sweeps/gpu.toml ]; then
   step "eval sweep on the GPU"
-  timeout 240 testbed eval --sweep eval/sweeps/gpu.toml --out "$WORK/eval" --no-progress
+  timeout ${EVAL_TIMEOUT:-240} testbed eval --sweep eval/sweeps/gpu.toml --out "$WORK/eval" --no-progress
   cat "$WORK/eval/report.md"
   cp "$WORK/eval/report.md" "$OUT/eval_report.md"; cp "$WORK/eval/results.jsonl" "$OUT/eval_results.jsonl"
   cp "$WORK/eval/pareto.png" "$OUT/eval_pareto.png"
@@ -64,10 +60,14 @@ if want serve && [ -d testbed/serve ]; then
     testbed serve --device cuda --max-batch-size "$bs" --max-queue 512 --port "$port" --log-level warning &
     pid=$!
     for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
-    timeout 150 testbed bench --url "http://127.0.0.1:$port" --scenario server --find-peak --slo e2e=500 \
+    timeout ${PEAK_TIMEOUT:-150} testbed bench --url "http://127.0.0.1:$port" --scenario server --find-peak --slo e2e=500 \
       --num-requests 300 --warmup 10 --seed 0 --no-progress --out "$WORK/serve_b$bs"
     cp "$WORK/serve_b$bs/find_peak.json" "$OUT/find_peak_b$bs.json"
     kill "$pid"; wait "$pid" 2>/dev/null
   done
+fi
+if want pytest; then
+  step "pytest -m gpu"
+  timeout ${PYTEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -25
 fi
 step done

@@ -17,6 +17,7 @@ from testbed.errors import ConfigError
 # format -> "module:function" (imported lazily: `import testbed.export` imports no runtime)
 FORMATS: dict[str, str] = {
     "onnx": "testbed.export.onnx_export:export_cached",
+    "ctranslate2": "testbed.engines.ctranslate2.convert:export_cached",
 }
 
 

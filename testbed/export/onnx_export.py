@@ -31,7 +31,7 @@ OPSET = 17
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")
 # model_type -> graph family (the wrappers in testbed.export.wrappers)
 SUPPORTED = {"marian": "seq2seq", "llama": "causal"}
-# int8 dynamic: per-channel weight scales measured on marian-en-de (bench/engines.py --int8-variants)
+# int8 dynamic: per-tensor weight scales (per-channel is part of the cache key; not yet measured here)
 INT8_PER_CHANNEL = False
 CALIB_SENTENCES = {"seq2seq": 48, "causal": 8}
 CALIB_STEPS = {"seq2seq": 64, "causal": 16}
@@ -61,14 +61,9 @@ def tool_versions() -> dict[str, str | None]:
 
 def source_dir(info: ModelInfo, pruning: str = "none") -> Path:
     """The checkpoint to export: the model itself, or its pruned copy (testbed.prune)."""
-    path = info.local_path()
-    if pruning == "none":
-        return path
-    try:
-        from testbed import prune  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ConfigError("pruning", pruning, "none", "(this build has no testbed.prune)") from exc
-    return Path(prune.pruned_checkpoint(path, pruning))
+    from testbed.prune import checkpoint_dir
+
+    return Path(checkpoint_dir(info, pruning))
 
 
 def model_type(src: Path) -> str:

@@ -31,7 +31,7 @@ class OnnxRuntimeEngine(Engine):
         streaming=True,
         batching=True,
         precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",)},
-        pruning=False,
+        pruning=True,
     )
     gpu_provider: ClassVar[str] = "CUDAExecutionProvider"
 
@@ -130,6 +130,6 @@ class OnnxRuntimeTensorRTEngine(OnnxRuntimeEngine):
 
     name = "onnxruntime-trt"
     capabilities = Capabilities(
-        devices=("cuda",), precisions=("fp32", "fp16"), streaming=True, batching=True, pruning=False,
+        devices=("cuda",), precisions=("fp32", "fp16"), streaming=True, batching=True, pruning=True,
     )
     gpu_provider = "TensorrtExecutionProvider"
