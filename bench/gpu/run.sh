@@ -48,7 +48,7 @@ fi
 
 if want eval && [ -f eval/sweeps/gpu.toml ]; then
   step "eval sweep on the GPU"
-  timeout ${EVAL_TIMEOUT:-240} testbed eval --sweep eval/sweeps/gpu.toml --out "$WORK/eval" --no-progress
+  timeout ${EVAL_TIMEOUT:-240} python3 -m testbed eval --sweep eval/sweeps/gpu.toml --out "$WORK/eval" --no-progress
   cat "$WORK/eval/report.md"
   cp "$WORK/eval/report.md" "$OUT/eval_report.md"; cp "$WORK/eval/results.jsonl" "$OUT/eval_results.jsonl"
   cp "$WORK/eval/pareto.png" "$OUT/eval_pareto.png"
@@ -57,10 +57,10 @@ if want serve && [ -d testbed/serve ]; then
   for bs in 1 32; do
     step "served on CUDA fp32, max batch $bs: find the peak Poisson rate meeting p99 e2e <= 500 ms"
     port=$((8100 + bs))
-    testbed serve --device cuda --max-batch-size "$bs" --max-queue 512 --port "$port" --log-level warning &
+    python3 -m testbed serve --device cuda --max-batch-size "$bs" --max-queue 512 --port "$port" --log-level warning &
     pid=$!
     for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
-    timeout ${PEAK_TIMEOUT:-150} testbed bench --url "http://127.0.0.1:$port" --scenario server --find-peak --slo e2e=500 \
+    timeout ${PEAK_TIMEOUT:-150} python3 -m testbed bench --url "http://127.0.0.1:$port" --scenario server --find-peak --slo e2e=500 \
       --num-requests 300 --warmup 10 --seed 0 --no-progress --out "$WORK/serve_b$bs"
     cp "$WORK/serve_b$bs/find_peak.json" "$OUT/find_peak_b$bs.json"
     kill "$pid"; wait "$pid" 2>/dev/null
