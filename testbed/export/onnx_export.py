@@ -292,10 +292,13 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
     # record the decoder's numpy inputs by wrapping its step
     orig_step = m._step
 
+    def host(v: Any) -> Any:  # numpy arrays on the plain-run() path, OrtValues with IO binding
+        return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+
     def recording_step(fixed: dict[str, Any], inputs: dict[str, Any], past: Any) -> Any:
-        feed = {k: v.numpy() for k, v in fixed.items() if k != "input_ids"}
+        feed = {k: host(v) for k, v in fixed.items() if k != "input_ids"}
         feed.update({k: np.array(v) for k, v in inputs.items()})
-        feed.update({n: p.numpy() for n, p in zip(m.past_names, past)})
+        feed.update({n: host(p) for n, p in zip(m.past_names, past)})
         feeds["decoder.onnx"].append(feed)
         return orig_step(fixed, inputs, past)
 
