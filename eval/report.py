@@ -20,6 +20,7 @@ from testbed.errors import TestbedError
 from testbed.eval.gate import pareto_front
 from testbed.io import write_text_atomic
 from testbed.metrics.summary import PERCENTILE_METHOD
+from testbed.report.plots import save_figure
 
 Row = dict[str, Any]
 
@@ -230,13 +231,7 @@ def pareto_plot(rows: Sequence[Row], path: Path, title: str = "") -> Path | None
     ax.legend(fontsize=8, loc="best")
     if title:
         ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def render_dir(out_dir: Path) -> dict[str, Path | None]:

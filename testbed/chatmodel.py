@@ -23,7 +23,6 @@ Importing this module is cheap: torch and transformers are imported inside the f
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -167,11 +166,9 @@ def _move_into_place(tmp: Path, target: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from testbed.artifacts import file_sha256
+
+    return file_sha256(path)
 
 
 def _versions() -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from testbed.metrics import summary as S
 from testbed.metrics.records import RequestRecord
@@ -40,6 +41,13 @@ def latency_cdf(records: Sequence[RequestRecord], path: Path, title: str = "") -
     axes[1].set_title("time per output token")
     if title:
         fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def save_figure(fig: Any, path: Path) -> Path:
+    """Lay out, write atomically (a temporary file renamed into place) and close a figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
