@@ -143,8 +143,14 @@ def markdown(rows: Sequence[Row], meta: dict[str, Any] | None = None, plot: str 
     passing = [r for r in measured if _get(r, "gate", "passed") is True and not r.get("is_reference")]
     if passing:
         b = passing[0]
-        out.append(f"Best passing configuration: `{b['label']}` (p90 E2E {_f(latency_of(b), '.1f')} ms, "
-                   f"BLEU {_f(bleu_of(b))}).")
+        line = (f"Best passing configuration: `{b['label']}` (p90 E2E {_f(latency_of(b), '.1f')} ms, "
+                f"BLEU {_f(bleu_of(b))}).")
+        ref = next((r for r in measured if r.get("is_reference")), None)
+        ref_lat, b_lat = (latency_of(ref) if ref else None), latency_of(b)
+        if ref is not None and ref_lat is not None and b_lat is not None and b_lat >= ref_lat:
+            line += (f"  It is not faster than the fp32 reference `{ref['label']}` (p90 E2E {ref_lat:.1f} ms): "
+                     "no configuration here buys latency at the accuracy the gate asks.")
+        out.append(line)
     elif measured:
         out.append("No optimised configuration passes the gate.")
     if plot:

@@ -216,3 +216,15 @@ def test_engine_whose_runtime_is_missing_is_skipped_with_the_extra(tmp_path, mon
     ghost = next(r for r in rows if r["config"]["engine"] == "ghost")
     assert ghost["status"] == "skipped" and "pip install 'testbed[ghostextra]'" in ghost["error"]
     assert [r["status"] for r in rows] == ["ok", "ok", "skipped"]
+
+
+def test_report_says_when_the_best_passing_row_is_no_faster_than_the_reference(tmp_path):
+    rows = [_row("torch/fp32", True, 200.0, 27.0, ref=True), _row("torch/bf16", True, 250.0, 27.0),
+            _row("torch/int8", False, 100.0, 20.0)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = render_dir(tmp_path)["report"].read_text()  # type: ignore[union-attr]
+    assert "Best passing configuration: `torch/bf16`" in md
+    assert "It is not faster than the fp32 reference `torch/fp32` (p90 E2E 200.0 ms)" in md
+    # and not said when the best passing row is faster
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SYNTHETIC))
+    assert "not faster" not in render_dir(tmp_path)["report"].read_text()  # type: ignore[union-attr]
