@@ -38,18 +38,61 @@ def git_sha() -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+             "amx_int8", "amx_bf16", "asimd", "sve")
+"""CPU features that change which int8 / bf16 kernels run (and so their speed and even their output)."""
+
+
+@lru_cache(maxsize=1)
 def machine() -> dict[str, Any]:
+    """CPU model, the ISA features that matter for int8/bf16 kernels, cores, Python, OS."""
     import os
 
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            key = line.split(":", 1)[0].strip()
+            if key == "model name" and cpu in (platform.processor(), platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            elif key in ("flags", "Features") and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "os": platform.platform()}
+    isa = [f for f in ISA_FLAGS if f in flags]
+    return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "python": platform.python_version(),
+            "os": platform.platform()}
+
+
+def machine_line() -> str:
+    """One line naming the CPU and its ISA, for result files: ``AMD EPYC (avx2, fma) x2``."""
+    m = machine()
+    return f"{m['cpu']} ({', '.join(m['isa']) or 'no AVX2/AVX-512/AMX'}) x{m['cores']}"
+
+
+def result_header(command: str, **facts: Any) -> str:
+    """The header every committed result file starts with (Markdown, one bullet per fact).
+
+    Names the command, the date, the CPU model and ISA, the load average when the run started,
+    the git SHA of the tree that produced it (``+dirty`` when uncommitted changes were present)
+    and the package versions; ``facts`` (rounds, requests, ...) are added as given.
+    """
+    import datetime as _dt
+    import os
+
+    try:
+        load = "%.2f %.2f %.2f" % os.getloadavg()
+    except OSError:
+        load = "n/a"
+    v = package_versions()
+    lines = [f"- command: `{command}`",
+             f"- date: {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}",
+             f"- machine: {machine_line()}; load average at start {load}",
+             f"- git: {git_sha()}",
+             "- versions: " + ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "ctranslate2", "transformers")
+                                       if k in v)]
+    lines += [f"- {k}: {val}" for k, val in facts.items()]
+    return "\n".join(lines) + "\n"
 
 
 def signature(**fields: Any) -> dict[str, Any]:
