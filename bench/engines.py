@@ -10,7 +10,10 @@ and p90 E2E, median TTFT and TPOT), interleaved sentence by sentence (every conf
 sentence i before any runs sentence i+1; ``--rounds`` passes, each over every rounds-th
 sentence), and sentences/s at ``--batch``, interleaved chunk by chunk, so a noisy machine's
 drift hits all alike; ratios to torch fp32 and to CTranslate2 int8; BLEU and chrF of the batch-1 outputs
-of the same sentences.  The chat table (SmolLM2) gives TTFT / TPOT / E2E on chat prompts.
+of the same sentences, BLEU of the batched outputs, and ``batch_divergence``: the fraction of sentences
+whose token ids at ``--batch`` differ from the same configuration's at batch 1 (dynamic int8 takes one
+activation scale over the whole batch, so its outputs depend on the batch; fp32 should give 0).  The
+chat table (SmolLM2) gives TTFT / TPOT / E2E on chat prompts.
 
     python bench/engines.py                          # marian (200 test sentences) + chat (8 prompts)
     python bench/engines.py -n 60 --rounds 3 --task translation
@@ -37,7 +40,7 @@ from testbed.engines.registry import ENGINES, create_engine, engine_class, is_av
 from testbed.io import write_text_atomic  # noqa: E402
 from testbed.metrics import summary as S  # noqa: E402
 from testbed.metrics.accuracy import score  # noqa: E402
-from testbed.signature import git_sha, machine, package_versions  # noqa: E402
+from testbed.signature import result_header  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -52,6 +55,9 @@ class Row:
     batch_ns: int = 0
     batch_n: int = 0
     load_s: float = 0.0
+    single_ids: list[list[int] | None] = field(default_factory=list)  # batch 1, per sentence
+    batch_ids: list[list[int] | None] = field(default_factory=list)  # at --batch, per sentence
+    batch_text: list[str | None] = field(default_factory=list)
 
 
 def configurations(model: str, threads: int | None, extra_threads: list[int], pruning: list[str],
@@ -111,6 +117,9 @@ def run(rows: list[Row], examples: list[Example], rounds: int, warmup: int, batc
             run_one(row.engine, request_of(ex), warmup=True)
         row.engine.generate([GenerationRequest(text=ex.text, messages=ex.messages) for ex in examples[:batch]])
         row.records = [None] * len(examples)
+        row.single_ids = [None] * len(examples)
+        row.batch_ids = [None] * len(examples)
+        row.batch_text = [None] * len(examples)
     # latency: sentence by sentence, every configuration in turn (the starting one rotates), so
     # the drift of a shared machine hits all configurations alike; `rounds` passes over the set
     bar = tqdm(total=rounds * len(examples), desc="batch-1 latency (interleaved)", disable=not progress)
@@ -120,7 +129,8 @@ def run(rows: list[Row], examples: list[Example], rounds: int, warmup: int, batc
             for row in rows[k:] + rows[:k]:
                 assert row.engine is not None
                 _set_threads(row.engine)
-                row.records[i] = run_one(row.engine, request_of(examples[i]))
+                row.records[i] = run_one(row.engine, request_of(examples[i]), keep_token_ids=True)
+                row.single_ids[i] = row.records[i].extra.pop("token_ids", None)
             bar.update(1)
     bar.close()
     # throughput: each chunk of `batch` sentences through every configuration in turn
@@ -132,9 +142,11 @@ def run(rows: list[Row], examples: list[Example], rounds: int, warmup: int, batc
             assert row.engine is not None
             _set_threads(row.engine)
             t0 = now_ns()
-            row.engine.generate(chunk)
+            gens = row.engine.generate(chunk)
             row.batch_ns += now_ns() - t0
             row.batch_n += len(chunk)
+            for j, g in enumerate(gens):
+                row.batch_ids[k + j], row.batch_text[k + j] = g.token_ids, g.text
 
 
 def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[str, dict[str, Any]]:
@@ -150,9 +162,12 @@ def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[
             "failed": sum(1 for r in recs if not r.ok),
             "sps": row.batch_n / (row.batch_ns / 1e9) if row.batch_ns else None,
         }
+        st["divergence"] = batch_divergence(row.single_ids, row.batch_ids)
         if translation and all(r is not None for r in refs) and st["failed"] < len(recs):
             acc = score([r.output or "" for r in recs], [str(x) for x in refs])
             st.update(bleu=acc["bleu"], chrf=acc["chrf"])
+            if all(t is not None for t in row.batch_text):
+                st["bleu_batch"] = score([str(t) for t in row.batch_text], [str(x) for x in refs])["bleu"]
         stats[row.label] = st
 
     def find(prefix: str) -> dict[str, Any] | None:
@@ -168,32 +183,42 @@ def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[
         return f"{v / b:.2f}" if v is not None and b else "n/a"
 
     head = ("| config | E2E p50 ms | E2E p90 ms | TTFT p50 ms | TPOT p50 ms | E2E / torch fp32 | E2E / CT2 int8 "
-            f"| sent/s @batch | thr / torch fp32 | thr / CT2 int8 | failed |{' BLEU | chrF |' if translation else ''}")
+            f"| sent/s @batch | thr / torch fp32 | thr / CT2 int8 | failed | batch_divergence "
+            f"|{' BLEU (batch 1) | BLEU (@batch) | chrF |' if translation else ''}")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for label, st in stats.items():
         if st["e2e50"] is None:
             lines.append(f"| {label} | all {st['failed']} requests failed |")
             continue
-        acc = f" {st.get('bleu', 'n/a')} | {st.get('chrf', 'n/a')} |" if translation else ""
+        acc = (f" {S.fmt(st.get('bleu'))} | {S.fmt(st.get('bleu_batch'))} | {S.fmt(st.get('chrf'))} |"
+               if translation else "")
+        div = st["divergence"]
         sps = st["sps"]
         thr_t = f"{sps / torch32['sps']:.2f}" if sps and torch32 and torch32["sps"] else "n/a"
         thr_c = f"{sps / ct2i8['sps']:.2f}" if sps and ct2i8 and ct2i8["sps"] else "n/a"
         lines.append(
             f"| {label} | {S.fmt(st['e2e50'])} | {S.fmt(st['e2e90'])} | {S.fmt(st['ttft'])} | {S.fmt(st['tpot'])} "
             f"| {ratio(st['e2e50'], torch32, 'e2e50')} | {ratio(st['e2e50'], ct2i8, 'e2e50')} "
-            f"| {S.fmt(sps, '.1f')} | {thr_t} | {thr_c} | {st['failed']} |{acc}")
+            f"| {S.fmt(sps, '.1f')} | {thr_t} | {thr_c} | {st['failed']} "
+            f"| {'n/a' if div is None else f'{100 * div:.0f}%'} |{acc}")
     return "\n".join(lines), stats
 
 
-def header(model: str, n: int, dataset: str, rounds: int, batch: int, max_new: int, rows: list[Row]) -> str:
-    m = machine()
-    v = package_versions()
+def batch_divergence(single: list[list[int] | None], batched: list[list[int] | None]) -> float | None:
+    """Fraction of sentences whose batched token ids differ from batch 1 (pairs where both exist)."""
+    pairs = [(a, b) for a, b in zip(single, batched) if a is not None and b is not None]
+    return sum(a != b for a, b in pairs) / len(pairs) if pairs else None
+
+
+def header(command: str, model: str, n: int, dataset: str, rounds: int, batch: int, max_new: int,
+           rows: list[Row]) -> str:
     loads = ", ".join(f"{r.label} {r.load_s:.1f} s" for r in rows)
-    return (f"model `{model}`, {n} requests of `{dataset}`, greedy, max {max_new} new tokens; batch 1 (SingleStream "
-            f"after warm-up) and batch {batch}; interleaved sentence by sentence in one process.  "
-            f"Machine: {m.get('cpu')} x{m.get('cores')}; torch {v.get('torch')}, onnxruntime "
-            f"{v.get('onnxruntime')}, ctranslate2 {v.get('ctranslate2')}; git {git_sha()}.  "
-            "Ratios < 1 are faster (E2E) / > 1 more throughput.  "
+    return (f"# Engines side by side: `{model}`\n\n"
+            + result_header(command, rounds=rounds, requests=f"{n} of `{dataset}`", batch=batch)
+            + f"\nGreedy, max {max_new} new tokens; batch 1 (SingleStream after warm-up, interleaved sentence "
+            f"by sentence) and batch {batch} (interleaved chunk by chunk), in one process.  Ratios < 1 are "
+            "faster (E2E) / > 1 more throughput.  `batch_divergence`: sentences whose token ids at batch "
+            f"{batch} differ from batch 1.  Ratios measured on this CPU are not claims about another.  "
             f"Load + build (excluded): {loads}.")
 
 
@@ -237,7 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model}: {len(rows)} configurations: {', '.join(r.label for r in rows)}", file=sys.stderr)
         run(rows, examples, min(args.rounds, len(examples)), args.warmup, args.batch, not args.no_progress)
         md, _ = table(rows, examples, translation)
-        text = header(model, len(examples), dataset, args.rounds, args.batch, max_new, rows) + "\n\n" + md + "\n"
+        command = "python bench/engines.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        head = header(command, model, len(examples), dataset, args.rounds, args.batch, max_new, rows)
+        text = head + "\n\n" + md + "\n"
         print("\n" + text)
         write_text_atomic(out / fname, text)
         for row in rows:

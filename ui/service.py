@@ -189,7 +189,7 @@ def _partial_record(stream: Stream, n: int) -> RequestRecord:
     return RequestRecord(
         request_id=stream.request_id, schedule_ns=stream.start_ns, send_ns=stream.start_ns,
         chunk_ns=[e.t_ns for e in ev], chunk_tokens=[1] * len(ev), n_in=stream.n_in, n_out=len(ev),
-        encoder_done_ns=stream.encoder_done_ns,
+        decode_start_ns=stream.decode_start_ns, encoder_done_ns=stream.encoder_done_ns,
     )
 
 

@@ -23,7 +23,12 @@ def request_of(ex: Example, max_new_tokens: int | None = None) -> GenerationRequ
                              request_id=ex.id)
 
 
-def run_one(engine: Engine, request: GenerationRequest, warmup: bool = False) -> RequestRecord:
+def run_one(engine: Engine, request: GenerationRequest, warmup: bool = False,
+            keep_token_ids: bool = False) -> RequestRecord:
+    """One request through ``engine.stream``; its engine-side record (a failure is recorded, never raised).
+
+    ``keep_token_ids`` stores the output's token ids in ``record.extra["token_ids"]``.
+    """
     t0 = engine.clock()
     try:
         stream = engine.stream(request)
@@ -32,7 +37,10 @@ def run_one(engine: Engine, request: GenerationRequest, warmup: bool = False) ->
         rec = RequestRecord(request_id=request.request_id, schedule_ns=t0, send_ns=t0, warmup=warmup)
         rec.fail(f"{type(exc).__name__}: {exc}", engine.clock())
         return rec
-    return stream.record(warmup=warmup)
+    rec = stream.record(warmup=warmup)
+    if keep_token_ids:
+        rec.extra["token_ids"] = stream.token_ids
+    return rec
 
 
 def singlestream(

@@ -254,6 +254,7 @@ class InprocTarget(Target):
                     rec.done_ns = now_ns()
                     rec.n_out = len(token_ids)
                     rec.finish_reason = reason
+                    rec.decode_start_ns = timing.get("decode_start_ns")
                     rec.encoder_done_ns = timing.get("encoder_done_ns")
                     rec.output = "".join(pieces)
                     if not rec.chunk_ns:

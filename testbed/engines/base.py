@@ -144,9 +144,11 @@ class Stream:
     """The token stream of one request: iterate it for :class:`TokenEvent`; then read the totals.
 
     This is the one place where engine-side token times are taken.  ``start_ns`` is when the
-    stream was created (before tokenisation), ``encoder_done_ns`` when the encoder finished
-    (seq2seq), each event's ``t_ns`` when its token id was chosen, ``end_ns`` when decoding
-    stopped.  :meth:`close` stops decoding early (finish_reason ``cancelled``).
+    stream was created (before tokenisation), ``decode_start_ns`` when the engine started decoding
+    it (after tokenisation and any queueing: the start of the encoder pass for seq2seq),
+    ``encoder_done_ns`` when the encoder finished (seq2seq engines that report it), each event's
+    ``t_ns`` when its token id was chosen, ``end_ns`` when decoding stopped.  :meth:`close` stops
+    decoding early (finish_reason ``cancelled``).
     """
 
     def __init__(
@@ -158,6 +160,7 @@ class Stream:
         self.request = request
         self.request_id = request.request_id or uuid.uuid4().hex[:12]
         self.engine = engine
+        self.decode_start_ns: int | None = None
         self.encoder_done_ns: int | None = None
         self.end_ns: int | None = None
         self.events: list[TokenEvent] = []
@@ -193,6 +196,7 @@ class Stream:
 
     def __iter__(self) -> Iterator[TokenEvent]:
         if self._gen is None:
+            self.decode_start_ns = self._clock()
             self._gen = self.engine._decode(self.prepared)
         try:
             for item in self._gen:
@@ -236,7 +240,8 @@ class Stream:
             request_id=self.request_id, schedule_ns=self.start_ns, send_ns=self.start_ns,
             chunk_ns=[e.t_ns for e in self.events], chunk_tokens=[1] * len(self.events),
             done_ns=self.end_ns, n_in=self.n_in, n_out=len(self.events), warmup=warmup,
-            encoder_done_ns=self.encoder_done_ns, output=self.text, finish_reason=self.finish_reason,
+            decode_start_ns=self.decode_start_ns, encoder_done_ns=self.encoder_done_ns, output=self.text,
+            finish_reason=self.finish_reason,
         )
         if self.warnings:
             rec.extra["warnings"] = list(self.warnings)
@@ -277,6 +282,9 @@ class BatchStream:
 
     def __iter__(self) -> Iterator[tuple[int, TokenEvent]]:
         if self._gen is None:
+            t0 = self._clock()
+            for r in self.rows:
+                r.decode_start_ns = t0
             self._gen = self.engine._decode_batch([r.prepared for r in self.rows])
         try:
             for step in self._gen:
@@ -470,26 +478,39 @@ class Engine(ABC):
 
     def _decode_batch(self, prepared: list[Prepared]) -> Generator[object, None, None]:
         """Step-wise batched decoding (see the module docstring).  Default: the rows' ``_decode``
-        generators in lockstep, one token of each per step (streams correctly; no speed-up)."""
+        generators in lockstep, one token of each per step (streams correctly; no speed-up).
+
+        ``ENCODER_DONE`` is passed on once every row's encoder has run, and only if the rows'
+        generators report it: an engine that does not report its encoder pass (CTranslate2) gets
+        no encoder time here either.
+        """
         gens: list[Generator[object, None, None] | None] = [self._decode(p) for p in prepared]
-        encoder_pending = self.model_info.architecture == "seq2seq"
+        pending: list[object] = [None] * len(gens)  # a first token already taken while priming
+
+        def advance(i: int) -> object:
+            g = gens[i]
+            if g is None:
+                return None
+            try:
+                return next(g)
+            except StopIteration:
+                gens[i] = None
+                return None
+
         try:
+            reported = False
+            for i in range(len(gens)):  # priming: every row's encoder pass (or its first token)
+                item = advance(i)
+                if item is ENCODER_DONE:
+                    reported = True
+                else:
+                    pending[i] = item
+            if reported:
+                yield ENCODER_DONE
+            first = True
             while any(g is not None for g in gens):
-                step: list[object] = []
-                for i, g in enumerate(gens):
-                    item: object = None
-                    if g is not None:
-                        try:
-                            item = next(g)
-                            if item is ENCODER_DONE:
-                                item = next(g)
-                        except StopIteration:
-                            gens[i] = None
-                            item = None
-                    step.append(item)
-                if encoder_pending:  # the encoder passes ran inside the first step's next() calls
-                    encoder_pending = False
-                    yield ENCODER_DONE
+                step = [pending[i] if first and pending[i] is not None else advance(i) for i in range(len(gens))]
+                first = False
                 if any(x is not None for x in step):
                     yield step
         finally:

@@ -34,7 +34,9 @@ class RequestRecord:
     ok: bool = True
     error: str | None = None
     warmup: bool = False
-    # engine-side only (seq2seq): end of the encoder pass
+    # engine side: when decoding of this request started (after tokenisation and queueing; the
+    # start of the encoder pass for seq2seq), and the end of the encoder pass (engines that report it)
+    decode_start_ns: int | None = None
     encoder_done_ns: int | None = None
     # free-form: the output text, finish reason, truncation notice, ...
     output: str | None = None

@@ -13,7 +13,8 @@ TTFT (sent)       ``f_i - a_i``                          :func:`ttft_sent_ms`
 E2E latency       ``e_i - s_i``                          :func:`e2e_ms`
 TPOT              ``(e_i - f_i) / (N_i - 1)``, N_i >= 2  :func:`tpot_ms`
 ITL               ``t_ik - t_i(k-1)`` for every chunk k  :func:`itl_ms`
-encoder time      ``encoder_done_ns - a_i`` (engine)     :func:`encoder_ms`
+encoder time      ``encoder_done - decode_start`` (eng.) :func:`encoder_ms`
+queue wait        ``decode_start - a_i`` (engine)        :func:`queue_ms`
 ================  =====================================  ===================================
 
 with ``s_i = schedule_ns``, ``a_i = send_ns``, ``t_ik = chunk_ns[k]``, ``f_i = chunk_ns[0]``,
@@ -66,6 +67,7 @@ __all__ = [
     "early_stopping",
     "encoder_ms",
     "failure_reason",
+    "queue_ms",
     "fmt",
     "is_completed",
     "itl_ms",
@@ -180,13 +182,22 @@ def dispatch_delay_ms(r: RequestRecord) -> float | None:
 
 
 def encoder_ms(r: RequestRecord) -> float | None:
-    """Engine-side encoder time ``(encoder_done_ns - a_i)`` in ms (seq2seq engines only).
+    """Engine-side encoder pass ``(encoder_done_ns - decode_start_ns)`` in ms (seq2seq engines
+    that report it; CTranslate2 does not).  Queueing and tokenisation are not in it (:func:`queue_ms`).
 
-    None if the record has no ``encoder_done_ns`` or is not completed.
+    None if the record lacks either timestamp or is not completed.
     """
-    if not is_completed(r) or r.encoder_done_ns is None:
+    if not is_completed(r) or r.encoder_done_ns is None or r.decode_start_ns is None:
         return None
-    return _ms(r.encoder_done_ns - r.send_ns)
+    return _ms(r.encoder_done_ns - r.decode_start_ns)
+
+
+def queue_ms(r: RequestRecord) -> float | None:
+    """Time from the send until the engine started decoding the request, ``decode_start_ns - a_i``
+    in ms: tokenisation and, behind a batcher, the wait for a batch.  None without ``decode_start_ns``."""
+    if not is_completed(r) or r.decode_start_ns is None:
+        return None
+    return _ms(r.decode_start_ns - r.send_ns)
 
 
 # --------------------------------------------------------------------------------------
@@ -374,6 +385,8 @@ class Summary:
     mean_encoder_ms: float | None
     median_encoder_ms: float | None
     p99_encoder_ms: float | None
+    median_queue_ms: float | None
+    p99_queue_ms: float | None
     request_goodput: float | None  # req/s completing and meeting every SLO bound
     slo_attainment_pct: float | None
     slo_ttft_ms: float | None
@@ -445,6 +458,7 @@ def summarize(
     lat.update(_stats([e2e_ms(r) for r in done], "e2el", five))
     lat.update(_stats([dispatch_delay_ms(r) for r in done], "dispatch_delay", ("p50", "p99", "max")))
     lat.update(_stats([encoder_ms(r) for r in done], "encoder", ("mean", "p50", "p99")))
+    lat.update(_stats([queue_ms(r) for r in done], "queue", ("p50", "p99")))
 
     goodput: float | None = None
     attainment: float | None = None

@@ -345,7 +345,8 @@ class Batcher:
     def _done(self, job: Job, bs: BatchStream, i: int, n: int) -> None:
         row = bs.rows[i]
         timing = {
-            "arrival_ns": job.arrival_ns, "batch_start_ns": bs.start_ns, "encoder_done_ns": row.encoder_done_ns,
+            "arrival_ns": job.arrival_ns, "batch_start_ns": bs.start_ns, "decode_start_ns": row.decode_start_ns,
+            "encoder_done_ns": row.encoder_done_ns,
             "token_ns": [e.t_ns for e in row.events], "end_ns": row.end_ns, "batch_size": n,
         }
         self._final(job, ("done", row.finish_reason or "length", timing, row.token_ids))

@@ -21,15 +21,16 @@ def test_stream_timestamps_come_from_the_engine_clock(clock):
     s = eng.stream("one two three").run()
     assert s.token_ids[-1] == 0 and s.finish_reason == "eos"
     assert s.text == "one two three"
-    # clock reads: start, encoder done, 4 tokens, end -> 1 ms apart
+    # clock reads: start, decode start, encoder done, 4 tokens, end -> 1 ms apart
     rec = s.record()
     assert rec.send_ns == rec.schedule_ns == s.start_ns
-    assert rec.encoder_done_ns - rec.send_ns == 1_000_000
-    assert rec.chunk_ns == [s.start_ns + k * 1_000_000 for k in (2, 3, 4, 5)]
-    assert S.ttft_ms(rec) == pytest.approx(2.0)
-    assert S.e2e_ms(rec) == pytest.approx(5.0)
+    assert rec.decode_start_ns - rec.send_ns == 1_000_000
+    assert rec.encoder_done_ns - rec.send_ns == 2_000_000
+    assert rec.chunk_ns == [s.start_ns + k * 1_000_000 for k in (3, 4, 5, 6)]
+    assert S.ttft_ms(rec) == pytest.approx(3.0)
+    assert S.e2e_ms(rec) == pytest.approx(6.0)
     assert S.tpot_ms(rec) == pytest.approx(1.0)
-    assert S.encoder_ms(rec) == pytest.approx(1.0)
+    assert S.encoder_ms(rec) == pytest.approx(1.0)  # from the encoder's start, not from the send
     assert S.e2e_ms(rec) - S.ttft_ms(rec) == pytest.approx(sum(S.itl_ms(rec)))
     assert rec.n_out == 4 and rec.n_in == 4
 
@@ -155,3 +156,41 @@ def test_pruning_spec_is_validated_and_engines_without_pruning_refuse_it():
     assert EngineConfig(pruning="unstructured:0.5").label() == "torch/fp32/unstructured:0.5/cpu"
     with pytest.raises(ConfigError, match="does not run pruned models"):
         create_engine(EngineConfig(model="fake-en-de", engine="fake", pruning="unstructured:0.5"))
+
+
+class _SilentEncoderEngine:
+    """Mixin: a seq2seq engine that, like CTranslate2, does not report the end of its encoder pass."""
+
+    def _decode(self, prepared):
+        yield from self._echo(prepared)
+
+
+def _batch_engine(report_encoder: bool, clock=None):
+    from testbed.engines.fake.engine import FakeEngine
+
+    cls = FakeEngine if report_encoder else type("SilentFake", (_SilentEncoderEngine, FakeEngine), {})
+    eng = cls(EngineConfig(engine="fake"), **({"clock": clock} if clock else {}))
+    return eng.load()
+
+
+def test_default_batched_decoding_reports_no_encoder_time_for_an_engine_that_has_none():
+    eng = _batch_engine(report_encoder=False)
+    bs = eng.stream_batch([eng.prepare(GenerationRequest(text=t)) for t in ("a b", "c d e")])
+    for _ in bs:
+        pass
+    assert [r.encoder_done_ns for r in bs.rows] == [None, None]
+    assert all(r.decode_start_ns is not None for r in bs.rows)
+    assert [r.text for r in bs.rows] == ["a b", "c d e"]
+
+
+def test_default_batched_decoding_marks_the_encoder_end_before_any_token(clock):
+    eng = _batch_engine(report_encoder=True, clock=clock)
+    prepared = [eng.prepare(GenerationRequest(text=t)) for t in ("a b", "c d e")]
+    bs = eng.stream_batch(prepared)
+    events = list(bs)
+    starts = {r.decode_start_ns for r in bs.rows}
+    assert len(starts) == 1  # the batch's rows start decoding together
+    for r in bs.rows:
+        assert r.decode_start_ns < r.encoder_done_ns < r.events[0].t_ns
+    assert [r.text for r in bs.rows] == ["a b", "c d e"]
+    assert len(events) == sum(len(r.events) for r in bs.rows)

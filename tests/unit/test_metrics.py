@@ -25,6 +25,7 @@ from testbed.metrics.summary import (
     itl_ms,
     min_queries,
     percentiles,
+    queue_ms,
     summarize,
     tail_claim,
     tpot_ms,
@@ -115,10 +116,15 @@ def test_tpot_undefined_for_one_token_and_for_single_chunk() -> None:
     assert tpot_ms(burst) is None
 
 
-def test_encoder_time_is_engine_side_and_optional() -> None:
-    r = rec(0, 2, [30, 35], encoder_done_ns=12 * MS)
-    assert encoder_ms(r) == pytest.approx(10.0)  # encoder_done - send
+def test_encoder_time_is_the_encoder_pass_and_queue_wait_is_apart() -> None:
+    # sent at 2 ms, waited (queue, tokenisation) until 9 ms, encoder ran until 12 ms
+    r = rec(0, 2, [30, 35], decode_start_ns=9 * MS, encoder_done_ns=12 * MS)
+    assert encoder_ms(r) == pytest.approx(3.0)  # encoder_done - decode_start, not - send (10 ms)
+    assert queue_ms(r) == pytest.approx(7.0)  # decode_start - send
     assert encoder_ms(rec(0, 2, [30, 35])) is None
+    assert encoder_ms(rec(0, 2, [30, 35], encoder_done_ns=12 * MS)) is None  # no start: not guessed
+    summ = summarize([r]).to_dict()
+    assert summ["median_encoder_ms"] == pytest.approx(3.0) and summ["median_queue_ms"] == pytest.approx(7.0)
 
 
 def test_failed_and_tokenless_records_give_no_latency_values() -> None:

@@ -150,13 +150,20 @@ class TorchEngine(Engine):
             mask[i, cols] = 1
         return ids.to(self.device), mask.to(self.device)
 
+    def _encoder_done(self) -> object:
+        """``ENCODER_DONE``, once the encoder's kernels have finished: CUDA launches are
+        asynchronous, so without a synchronise the timestamp would mark the launch, not the end."""
+        if self.device.type == "cuda":
+            self._torch.cuda.synchronize(self.device)
+        return ENCODER_DONE
+
     def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
         torch = self._torch
         eos = self.eos_token_ids
         with torch.inference_mode():
             step, inp = self._start(*self._pad([prepared]))
         if self.model_info.architecture == "seq2seq":
-            yield ENCODER_DONE
+            yield self._encoder_done()
         for _ in range(prepared.max_new_tokens):
             with torch.inference_mode():
                 nxt = step(inp)
@@ -185,7 +192,7 @@ class TorchEngine(Engine):
         with self._torch.inference_mode():
             step, inp = self._start(*self._pad(prepared))
         if self.model_info.architecture == "seq2seq":
-            yield ENCODER_DONE
+            yield self._encoder_done()
         for _ in range(max(limits)):
             with self._torch.inference_mode():
                 nxt = step(inp)
