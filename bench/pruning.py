@@ -26,7 +26,7 @@ from testbed.engines.registry import create_engine
 from testbed.metrics import summary as S
 from testbed.metrics.accuracy import score
 from testbed.prune import pruning_stats
-from testbed.signature import machine, package_versions
+from testbed.signature import result_header
 
 DEFAULT = ("torch:fp32:none,torch:fp32:unstructured:0.3,torch:fp32:unstructured:0.5,"
            "torch:fp32:structured:0.25,torch:fp32:structured:0.5")
@@ -84,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
 
     refs = [ex.reference for ex in examples]
-    print(f"\nmodel {args.model}, {len(examples)} requests of '{args.dataset}', batch 1, greedy, "
-          f"{args.rounds} interleaved rounds, threads {args.threads or 'default'}; machine: {machine()['cpu']} "
-          f"x{machine()['cores']}; torch {package_versions().get('torch')}\n")
+    print("\n" + result_header("python bench/pruning.py " + " ".join(sys.argv[1:]), rounds=args.rounds,
+                               requests=f"{len(examples)} of `{args.dataset}`", model=args.model,
+                               threads=args.threads or "default"))
+    print("Batch 1, greedy, configurations interleaved request by request.\n")
     print("| config | stored params | pruned-weight sparsity | median E2E ms | ratio to first | median TTFT ms | "
           "median TPOT ms | failed | BLEU | chrF |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -22,7 +22,7 @@ from testbed.datasets import load_dataset
 from testbed.engines.registry import create_engine
 from testbed.metrics import summary as S
 from testbed.metrics.accuracy import score
-from testbed.signature import machine, package_versions
+from testbed.signature import result_header
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,9 +66,9 @@ def main(argv: list[str] | None = None) -> int:
 
     base = None
     refs = [ex.reference for ex in examples]
-    print(f"\nmodel {args.model}, {len(examples)} requests of '{args.dataset}', batch 1, greedy, "
-          f"{args.rounds} interleaved rounds; machine: {machine()['cpu']} x{machine()['cores']}; "
-          f"torch {package_versions().get('torch')}\n")
+    print("\n" + result_header("python bench/torch_engine.py " + " ".join(sys.argv[1:]), rounds=args.rounds,
+                               requests=f"{len(examples)} of `{args.dataset}`", model=args.model))
+    print("Batch 1, greedy, configurations interleaved request by request.\n")
     print("| config | median E2E ms | ratio to first | median TTFT ms | median TPOT ms | failed | BLEU | chrF |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, recs in records.items():

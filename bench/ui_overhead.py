@@ -93,8 +93,13 @@ def main() -> int:
     finally:
         demo.close()
 
-    print(f"Gradio floor and overhead, {args.requests} answers per configuration, {args.warmup} warm-up excluded, "
-          f"interleaved (A then B per click); load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    from testbed.signature import result_header
+
+    print("# The Gradio floor\n\n" + result_header("python bench/ui_overhead.py " + " ".join(sys.argv[1:]), rounds=1,
+                                                      answers=f"{args.requests} per configuration",
+                                                      warmup=f"{args.warmup} excluded"))
+    print(f"Interleaved (A then B per click); load average at the end {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} CPUs.\n")
     print("| configuration | n | engine TTFT p50 ms | served TTFT p50 ms | overhead p50 ms | overhead p90 ms |")
     print("|---|---:|---:|---:|---:|---:|")
     out: dict[str, Any] = {}

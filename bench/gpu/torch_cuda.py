@@ -20,7 +20,7 @@ from testbed.engines.base import GenerationRequest
 from testbed.engines.registry import create_engine
 from testbed.metrics import summary as S
 from testbed.metrics.accuracy import score
-from testbed.signature import machine, package_versions
+from testbed.signature import result_header
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
     base = next((r[1]["e2e"]["p50"] for r in rows if isinstance(r[1], dict)), None)
     ref = outputs.get("torch/fp32/cuda")
-    print(f"\nmodel {args.model}; SingleStream on the first {len(single)} test sentences (batch 1, greedy, "
-          f"10 warm-up excluded); Offline batch {args.batch} over all {len(examples)}; "
-          f"machine {machine()['cpu']} x{machine()['cores']}; torch {package_versions().get('torch')}\n")
+    print("\n" + result_header("python bench/gpu/torch_cuda.py " + " ".join(sys.argv[1:]), rounds=1,
+                               model=args.model, gpu=_gpu_name()))
+    print(f"SingleStream on the first {len(single)} test sentences (batch 1, greedy, 10 warm-up excluded); "
+          f"Offline batch {args.batch} over all {len(examples)}.\n")
     print("| config | E2E p50 ms | E2E p90 ms | ratio to first | TTFT p50 ms | TPOT p50 ms | failed | BLEU | chrF "
           "| same output as cuda fp32 | Offline |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
@@ -97,6 +98,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {label} | {S.fmt(e2e)} | {S.fmt(p['e2e']['p90'])} | {ratio} | {S.fmt(p['ttft']['p50'])} | "
               f"{S.fmt(p['tpot']['p50'])} | {failed} | {acc['bleu']:.2f} | {acc['chrf']:.2f} | {same} | {offline} |")
     return 0
+
+
+def _gpu_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
 
 
 if __name__ == "__main__":
