@@ -35,14 +35,13 @@ def test_stream_timestamps_come_from_the_engine_clock(clock):
     assert rec.n_out == 4 and rec.n_in == 4
 
 
-def test_streamed_pieces_concatenate_to_the_batch_output():
+def test_streamed_pieces_concatenate_to_the_decoded_text():
+    # (stream == batch is pinned on the real engines, where it can fail: tests/integration; on the
+    # fake engine it holds by construction)
     eng = fake()
-    texts = ["a b c", "the quick brown fox", "x"]
-    batch = eng.generate(texts)
-    for text, gen in zip(texts, batch):
+    for text in ["a b c", "the quick brown fox", "x"]:
         s = eng.stream(text).run()
-        assert s.token_ids == gen.token_ids
-        assert "".join(e.text for e in s.events) == gen.text == s.text
+        assert "".join(e.text for e in s.events) == s.text == text
 
 
 def test_max_new_tokens_stops_with_length():

@@ -114,6 +114,9 @@ def test_closing_the_stream_stops_decoding_and_frees_the_lock() -> None:
     ld = _cache().get(_cfg())
     gate = threading.Semaphore(0)
     ld.engine.gate = gate  # type: ignore[attr-defined]
+    streams: list[Any] = []
+    real_stream = ld.engine.stream
+    ld.engine.stream = lambda req: streams.append(real_stream(req)) or streams[-1]  # type: ignore[method-assign]
     it = svc.stream_answer(ld, GenerationRequest(text=" ".join(["w"] * 50)))
     gate.release()
     while next(it).n_tokens < 1:
@@ -123,6 +126,10 @@ def test_closing_the_stream_stops_decoding_and_frees_the_lock() -> None:
         gate.release()  # the producer sees the cancel at its next token and stops
     assert ld.lock.acquire(timeout=5)
     ld.lock.release()
+    # stopped by the cancel, not by the test gate timing out (that would end as an error after 5 s)
+    (stream,) = streams
+    assert stream.finish_reason == "cancelled", (stream.finish_reason, stream.error)
+    assert 1 <= len(stream.token_ids) <= 4  # the first token and at most the 3 the gate let through
 
 
 def test_unavailable_engine_is_listed_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
