@@ -71,7 +71,8 @@ def configurations(model: str, threads: int | None, extra_threads: list[int], pr
         if not only or any(o in label for o in only):
             rows.append(Row(label, make))
 
-    names = [n for n in ENGINES if n != "fake" and is_available(n)[0]]
+    # fake and null are the floors of a measurement path, not serving configurations
+    names = [n for n in ENGINES if n not in ("fake", "null") and is_available(n)[0]]
     for name in names:
         cls: type[Engine] = engine_class(name)
         caps = cls.capabilities
