@@ -81,7 +81,7 @@ def result_header(command: str, **facts: Any) -> str:
     import os
 
     try:
-        load = "%.2f %.2f %.2f" % os.getloadavg()
+        load = "{:.2f} {:.2f} {:.2f}".format(*os.getloadavg())
     except OSError:
         load = "n/a"
     v = package_versions()
