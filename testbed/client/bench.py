@@ -48,6 +48,19 @@ def tail_claims(records: Sequence[RequestRecord], slo: S.SLO) -> dict[str, Any]:
     return out
 
 
+def request_index(rec: RequestRecord) -> int:
+    """The index k of a load-generator request, from its id ``"k:<example id>"`` (``"wk:..."`` for warm-up).
+
+    Request k was sent ``examples[k % len(examples)]`` (:func:`testbed.client.loadgen.run_load`);
+    records come back in completion order in the concurrency scenario, so outputs are paired with
+    references through k, never through their position.
+    """
+    head = rec.request_id.partition(":")[0].removeprefix("w")
+    if not head.isdigit():
+        raise TestbedError(f"request id {rec.request_id!r}: expected '<index>:<example id>' from the load generator")
+    return int(head)
+
+
 def meets_slo(records: Sequence[RequestRecord], slo: S.SLO) -> tuple[bool, str]:
     """The peak search's pass rule: no failed or rejected request, and p99 of each bound within it."""
     summ = S.summarize(records, slo)
@@ -93,7 +106,8 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
     summ["rejected"] = rejected
     claims = tail_claims(records, slo) if not slo.is_empty else {}
     acc = None
-    refs = [examples[i % len(examples)].reference for i in range(len(live))]
+    # pair by request index, not by position: closed-loop users append records in completion order
+    refs = [examples[request_index(r) % len(examples)].reference for r in live]
     if live and all(r is not None for r in refs) and any(r.ok for r in live):
         from testbed.metrics.accuracy import score
 
