@@ -31,7 +31,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from testbed.metrics.early_stopping import binomial_cdf, early_stopping, min_passing_under, min_queries, tail_claim
+from testbed.metrics.early_stopping import (
+    ESTIMATE_RULE,
+    RULES,
+    SERVER_RULE,
+    binomial_cdf,
+    early_stopping,
+    min_passing_under,
+    min_queries,
+    server_early_stopping,
+    server_min_queries,
+    tail_claim,
+)
 from testbed.metrics.formulas import (
     NO_TOKENS_ERROR,
     dispatch_delay_ms,
@@ -49,9 +60,12 @@ from testbed.metrics.slo import SLO
 from testbed.metrics.stats import DEFAULT_PERCENTILES, NA, PERCENTILE_METHOD, fmt, percentiles
 
 __all__ = [
+    "ESTIMATE_RULE",
     "NA",
     "PERCENTILE_METHOD",
     "DEFAULT_PERCENTILES",
+    "RULES",
+    "SERVER_RULE",
     "NO_TOKENS_ERROR",
     "SLO",
     "Summary",
@@ -67,6 +81,8 @@ __all__ = [
     "min_passing_under",
     "min_queries",
     "percentiles",
+    "server_early_stopping",
+    "server_min_queries",
     "summarize",
     "tail_claim",
     "tpot_ms",
