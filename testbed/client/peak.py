@@ -191,6 +191,12 @@ def _bounds(slo: S.SLO) -> str:
     return ", ".join(parts)
 
 
+def _claim_cell(claims: dict[str, dict[str, Any]]) -> str:
+    """Compact table cell: each claim that is not valid, with its counts and the run length it needs."""
+    return "; ".join(f"{k} {c['n_over']}/{c['n']} over, needs {c['required_queries']}"
+                     for k, c in claims.items() if not c["passed"]) or "no SLO bound"
+
+
 def render(trials: Sequence[dict[str, Any]], peak: dict[str, Any] | None, best_invalid: dict[str, Any] | None,
            slo: S.SLO, search: PeakSearch, seed: int) -> str:
     """The find-peak summary: verdict line, the rules, one row per trial."""
@@ -214,7 +220,7 @@ def render(trials: Sequence[dict[str, Any]], peak: dict[str, Any] | None, best_i
              "| failed | p99 TTFT ms | p99 TPOT ms | p99 E2E ms | p99 dispatch ms | result | tail claim |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for t in trials:
-        claim = "valid" if t["claim_valid"] else f"not valid: {t['claim_why']}"
+        claim = "valid" if t["claim_valid"] else "not valid: " + _claim_cell(t["claims"])
         lines.append(
             f"| {t['rate']:.4g} | {t['queries']} | {fmt_ms(t['duration_s'], 1)} | {fmt_ms(t['offered_rate'], 3)} | "
             f"{fmt_ms(t['achieved_rate'], 3)} | {fmt_ms(t['achieved_ratio'], 3)} | {t['failed']} | "
