@@ -2,9 +2,9 @@
 
 :func:`load_bench` runs one :class:`~testbed.client.loadgen.LoadSpec` and returns (and, with
 ``out_dir``, writes atomically) ``records.jsonl``, ``summary.json`` (the summary's vLLM-style
-unit-suffixed keys, rejections, dispatch delay, MLPerf early-stopping validity of the p99 claims,
-goodput, the signature), ``summary.md`` and ``latency_cdf.png``.  :func:`find_peak` searches the
-highest Poisson rate whose run meets the SLO (doubling, then bisecting) and keeps every trial.
+unit-suffixed keys, rejections, dispatch delay, the MLPerf early-stopping tail claims for each
+SLO bound and the rule used, goodput, BLEU / chrF, the signature), ``summary.md`` and
+``latency_cdf.png``.  The peak search (``--find-peak``) lives in :mod:`testbed.client.peak`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from testbed.datasets import Example
 from testbed.errors import TestbedError
 from testbed.io import write_json_atomic, write_text_atomic
 from testbed.metrics import summary as S
+from testbed.metrics.early_stopping import ESTIMATE_RULE, RULES, SERVER_RULE
 from testbed.metrics.records import RequestRecord
 from testbed.report.text import fmt_ms, kv_table, latency_table
 from testbed.signature import signature
@@ -29,23 +29,49 @@ from testbed.signature import signature
 TargetFactory = Callable[[], Target]
 
 
-def tail_claims(records: Sequence[RequestRecord], slo: S.SLO) -> dict[str, Any]:
-    """p99 claims (MLPerf early stopping, confidence 0.99) for each SLO bound that is set.
+def claim_rule(scenario: str) -> tuple[str, float]:
+    """(early-stopping rule, percentile) of the tail claims of a ``scenario``, as MLPerf LoadGen does.
 
-    A failed or rejected request counts as over the bound (``inf``) for TTFT and E2E.
+    ``server``: the Server rule at p99; ``singlestream``: the percentile-estimate rule at p90
+    (MLPerf's SingleStream percentile); ``offline`` / ``concurrency`` (no MLPerf latency claim):
+    the percentile-estimate rule at p99.
+    """
+    if scenario == "server":
+        return SERVER_RULE, 0.99
+    return ESTIMATE_RULE, 0.90 if scenario == "singlestream" else 0.99
+
+
+def tail_claims(records: Sequence[RequestRecord], slo: S.SLO, rule: str = ESTIMATE_RULE,
+                percentile: float = 0.99) -> dict[str, Any]:
+    """MLPerf early-stopping claims (confidence 0.99, ``rule``) for each SLO bound that is set.
+
+    Keys ``p<P>_ttft`` / ``p<P>_tpot`` / ``p<P>_e2e``.  A failed or rejected request counts as
+    over the bound (``inf``) for every bound; a completed one without a TPOT (one token) is no
+    TPOT sample.
     """
     live = [r for r in records if not r.warmup]
     out: dict[str, Any] = {}
+    pname = f"p{percentile * 100:g}"
     for name, fn, bound in (("ttft", S.ttft_ms, slo.ttft_ms), ("tpot", S.tpot_ms, slo.tpot_ms),
                             ("e2e", S.e2e_ms, slo.e2e_ms)):
         if bound is None:
             continue
-        if name == "tpot":
-            vals = [fn(r) for r in live if S.is_completed(r)]
-        else:
-            vals = [fn(r) if S.is_completed(r) else math.inf for r in live]
-        out[f"p99_{name}"] = S.tail_claim(vals, bound, 0.99)
+        vals = [fn(r) if S.is_completed(r) else math.inf for r in live]
+        out[f"{pname}_{name}"] = S.tail_claim(vals, bound, percentile, rule=rule)
     return out
+
+
+def request_index(rec: RequestRecord) -> int:
+    """The index k of a load-generator request, from its id ``"k:<example id>"`` (``"wk:..."`` for warm-up).
+
+    Request k was sent ``examples[k % len(examples)]`` (:func:`testbed.client.loadgen.run_load`);
+    records come back in completion order in the concurrency scenario, so outputs are paired with
+    references through k, never through their position.
+    """
+    head = rec.request_id.partition(":")[0].removeprefix("w")
+    if not head.isdigit():
+        raise TestbedError(f"request id {rec.request_id!r}: expected '<index>:<example id>' from the load generator")
+    return int(head)
 
 
 def meets_slo(records: Sequence[RequestRecord], slo: S.SLO) -> tuple[bool, str]:
@@ -91,15 +117,18 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
     live = [r for r in records if not r.warmup]
     rejected = sum(1 for r in live if not r.ok and is_rejection(r.error))
     summ["rejected"] = rejected
-    claims = tail_claims(records, slo) if not slo.is_empty else {}
+    rule, pct = claim_rule(spec.scenario)
+    claims = tail_claims(records, slo, rule, pct) if not slo.is_empty else {}
     acc = None
-    refs = [examples[i % len(examples)].reference for i in range(len(live))]
+    # pair by request index, not by position: closed-loop users append records in completion order
+    refs = [examples[request_index(r) % len(examples)].reference for r in live]
     if live and all(r is not None for r in refs) and any(r.ok for r in live):
         from testbed.metrics.accuracy import score
 
         acc = score([r.output or "" if r.ok else "" for r in live], [str(r) for r in refs])
     sig = signature(**describe, **spec.describe(), **slo.to_dict(), decoding="greedy")
-    result: dict[str, Any] = {"signature": sig, "summary": summ, "tail_claims": claims, "accuracy": acc,
+    result: dict[str, Any] = {"signature": sig, "summary": summ, "tail_claims": claims,
+                              "tail_claim_rule": RULES[rule] if claims else None, "accuracy": acc,
                               "percentile_method": S.PERCENTILE_METHOD}
     head: dict[str, Any] = {"target": describe.get("target"), "scenario": spec.scenario}
     if spec.rate:
@@ -120,8 +149,9 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
     if not slo.is_empty:
         head["goodput (req/s) / SLO attainment"] = (f"{fmt_ms(summ['request_goodput'], 2)} / "
                                                     f"{fmt_ms(summ['slo_attainment_pct'], 1)} %")
+        head["tail claims"] = f"{RULES[rule]}, confidence 0.99"
         for k, c in claims.items():
-            head[f"{k} <= {c['bound_ms']:g} ms"] = ("PASS" if c["passed"] else "not shown") + f": {c['reason']}"
+            head[f"{k} <= {c['bound_ms']:g} ms"] = ("valid" if c["passed"] else "not valid") + f": {c['reason']}"
     if acc:
         note = " (failed and rejected requests scored as empty output)" if summ["failed"] else ""
         head["BLEU / chrF"] = f"{acc['bleu']:.2f} / {acc['chrf']:.2f}{note}"
@@ -149,85 +179,3 @@ def load_bench(make_target: TargetFactory, examples: Sequence[Example], spec: Lo
     records = run_records(make_target, examples, spec, progress)
     title = f"{spec.scenario.capitalize()}, {describe.get('target')}"
     return report(records, spec, slo, describe, examples, out_dir, title)
-
-
-def find_peak(make_target: TargetFactory, examples: Sequence[Example], spec: LoadSpec, slo: S.SLO,
-              describe: dict[str, Any], out_dir: Path | None = None, progress: bool = True,
-              start_rate: float | None = None, max_trials: int = 10, bisect_steps: int = 4) -> dict[str, Any]:
-    """Highest Poisson rate (req/s) whose run meets ``slo`` (:func:`meets_slo`).
-
-    Starts at ``start_rate`` (default: half the rate one request at a time sustains, measured by
-    the warm-up), doubles while runs pass, then bisects ``bisect_steps`` times between the last
-    passing and the first failing rate.  ``spec`` gives the size, warm-up and seed (each trial
-    is ``spec`` with scenario ``server`` at its rate), the same for every trial; the peak run's
-    files go to ``out_dir`` and every trial's summary to ``find_peak.json``.
-    """
-    if slo.is_empty:
-        raise TestbedError("--find-peak needs an SLO: give --slo ttft=..,tpot=..,e2e=.. (milliseconds)")
-    if start_rate is None:
-        probe = run_records(make_target, examples, replace(spec, scenario="singlestream", num_requests=20,
-                                                           duration_s=None), progress)
-        e2e = S.summarize(probe).median_e2el_ms
-        if e2e is None:
-            raise TestbedError("--find-peak: the probe requests all failed; is the target up?")
-        start_rate = max(0.1, 0.5 * 1000.0 / e2e)
-    trials: list[dict[str, Any]] = []
-    best: tuple[float, list[RequestRecord]] | None = None
-
-    def trial(rate: float) -> bool:
-        nonlocal best
-        recs = run_records(make_target, examples, replace(spec, scenario="server", rate=rate), progress)
-        ok, why = meets_slo(recs, slo)
-        summ = S.summarize(recs, slo)
-        trials.append({"rate": rate, "passed": ok, "why": why, "completed": summ.completed, "failed": summ.failed,
-                       "request_throughput": summ.request_throughput, "p99_ttft_ms": summ.p99_ttft_ms,
-                       "p99_tpot_ms": summ.p99_tpot_ms, "p99_e2el_ms": summ.p99_e2el_ms,
-                       "p99_dispatch_delay_ms": summ.p99_dispatch_delay_ms})
-        print(f"find-peak: {rate:.4g} req/s -> {'pass' if ok else 'fail'} ({why})", file=sys.stderr)
-        if ok and (best is None or rate > best[0]):
-            best = (rate, recs)
-        return ok
-
-    lo, hi = 0.0, math.inf
-    rate = start_rate
-    while len(trials) < max_trials:  # bracket: double while passing, halve while failing
-        if trial(rate):
-            lo = rate
-            if not math.isinf(hi):
-                break
-            rate *= 2
-        else:
-            hi = rate
-            if lo > 0:
-                break
-            rate /= 2
-    for _ in range(bisect_steps):
-        if lo == 0.0 or math.isinf(hi) or hi / lo < 1.05:
-            break
-        mid = (lo + hi) / 2
-        if trial(mid):
-            lo = mid
-        else:
-            hi = mid
-    lines = ["| rate (req/s) | result | completed | failed | p99 TTFT ms | p99 TPOT ms | p99 E2E ms "
-             "| p99 dispatch ms |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for t in trials:
-        lines.append(f"| {t['rate']:.3g} | {'pass' if t['passed'] else 'fail: ' + t['why']} | {t['completed']} | "
-                     f"{t['failed']} | {fmt_ms(t['p99_ttft_ms'])} | {fmt_ms(t['p99_tpot_ms'], 2)} | "
-                     f"{fmt_ms(t['p99_e2el_ms'])} | {fmt_ms(t['p99_dispatch_delay_ms'], 3)} |")
-    peak = best[0] if best else None
-    md_trials = "\n".join(lines)
-    if best is not None:
-        res = report(best[1], replace(spec, scenario="server", rate=best[0]), slo, describe, examples, out_dir,
-                     f"Server at the peak rate {best[0]:.3g} req/s, {describe.get('target')}")
-    else:
-        res = {"markdown": "no rate met the SLO", "records": []}
-    res["peak_rate"] = peak
-    res["trials"] = trials
-    res["markdown"] = (f"## Peak Poisson rate meeting the SLO: {fmt_ms(peak, 3)} req/s\n\n{md_trials}\n\n"
-                       + res["markdown"])
-    if out_dir is not None:
-        write_json_atomic(out_dir / "find_peak.json", {"peak_rate": peak, "trials": trials, "slo": slo.to_dict(),
-                                                       "signature": signature(**describe, **spec.describe())})
-    return res

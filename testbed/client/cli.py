@@ -18,13 +18,19 @@ def add_load_args(b: argparse.ArgumentParser) -> None:
     g.add_argument("--target", default=None, choices=["http", "inproc"],
                    help="http (with --url) or inproc: the same scenarios on the engine, through the server's "
                         "batcher without HTTP (default: http with --url; inproc otherwise)")
-    g.add_argument("--rate", type=float, default=None, help="server scenario: Poisson arrivals per second")
+    g.add_argument("--rate", type=float, default=None,
+                   help="server scenario: Poisson arrivals per second (--find-peak: the first trial's rate)")
     g.add_argument("--concurrency", type=int, default=1, help="concurrency scenario: closed-loop users (default 1)")
-    g.add_argument("--duration", type=float, default=None, help="seconds of load instead of --num-requests")
+    g.add_argument("--duration", type=float, default=None,
+                   help="seconds of load instead of --num-requests (--find-peak: each trial's length, default 30)")
     g.add_argument("--slo", default="", help="bounds in ms, e.g. ttft=200,tpot=50,e2e=2000 (goodput, tail claims)")
     g.add_argument("--seed", type=int, default=0, help="seed of the Poisson arrivals (default 0)")
     g.add_argument("--find-peak", action="store_true",
-                   help="search the highest Poisson rate meeting --slo (doubling, then bisecting)")
+                   help="search the highest Poisson rate meeting --slo with a valid MLPerf p99 claim (Server rule): "
+                        "trials of max(--peak-min-queries, rate x --duration) requests, doubling, then bisecting")
+    g.add_argument("--peak-min-queries", type=int, default=None,
+                   help="--find-peak: requests per trial at least (default: 459, the fewest a valid p99 claim needs; "
+                        "fewer makes short trials whose claims cannot be valid)")
     g.add_argument("--peak-trials", type=int, default=8, help="--find-peak: doubling/halving trials at most")
     g.add_argument("--peak-steps", type=int, default=4, help="--find-peak: bisection steps (default 4)")
     g.add_argument("--api", default="auto", choices=["auto", "completions", "chat"],
@@ -48,14 +54,22 @@ def _describe(engine: Any) -> dict[str, Any]:
         return {"engine": engine.name, **engine.config.to_dict(), "model_name": engine.model_info.name}
 
 
+def _print_trial(row: dict[str, Any]) -> None:
+    import sys
+
+    print(f"find-peak: {row['rate']:.4g} req/s, {row['queries']} requests -> "
+          f"{'pass' if row['passed'] else 'fail (' + row['why'] + ')'}; tail claim {row['claim_why']}", file=sys.stderr)
+
+
 def wants_load(args: argparse.Namespace) -> bool:
     """True unless this is the classic in-process SingleStream job (no --url, no --target, no peak search)."""
     return bool(args.url or args.target or args.find_peak or args.scenario != "singlestream")
 
 
 def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dict[str, Any]:
-    from testbed.client.bench import find_peak, load_bench
+    from testbed.client.bench import load_bench
     from testbed.client.loadgen import LoadSpec
+    from testbed.client.peak import PeakSearch, find_peak
     from testbed.datasets import load_dataset
     from testbed.errors import TestbedError
     from testbed.metrics.summary import SLO
@@ -68,6 +82,8 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
     if target == "inproc" and args.url:
         raise TestbedError("--target inproc runs the engine in this process: drop --url")
     slo = SLO.parse(args.slo)
+    if args.find_peak and args.num_requests:
+        raise TestbedError("--find-peak sizes each trial by --duration and --peak-min-queries: drop --num-requests")
     # --find-peak: the spec gives size, warm-up and seed; each trial sets scenario=server and its rate
     spec = LoadSpec(scenario=args.scenario if not args.find_peak else "singlestream", num_requests=args.num_requests,
                     duration_s=args.duration, rate=args.rate if not args.find_peak else None,
@@ -104,8 +120,10 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
     out = Path(args.out) if args.out else None
     try:
         if args.find_peak:
-            return find_peak(make, examples, spec, slo, describe, out, progress=not args.no_progress,
-                             start_rate=args.rate, max_trials=args.peak_trials, bisect_steps=args.peak_steps)
+            search = PeakSearch(start_rate=args.rate, trial_s=args.duration or 30.0, min_queries=args.peak_min_queries,
+                                max_trials=args.peak_trials, bisect_steps=args.peak_steps)
+            return find_peak(make, examples, spec, slo, describe, out, progress=not args.no_progress, search=search,
+                             on_trial=_print_trial)
         return load_bench(make, examples, spec, slo, describe, out, progress=not args.no_progress)
     finally:
         if engine is not None:

@@ -33,8 +33,8 @@ from typing import Any, ClassVar
 from testbed.clock import Clock, now_ns
 from testbed.config import EngineConfig
 from testbed.errors import ConfigError, InputError
+from testbed.metrics.formulas import NO_TOKENS_ERROR
 from testbed.metrics.records import RequestRecord
-from testbed.metrics.summary import NO_TOKENS_ERROR
 from testbed.registry import ModelInfo, content_hash, resolve_model
 
 ENCODER_DONE = object()

@@ -2,7 +2,7 @@
 
 A :class:`RequestRecord` is written by exactly one timing point (the engine-side streaming
 adapter, or the client's reader) and consumed by the pure functions of
-:mod:`testbed.metrics.summary`.  All times are ``perf_counter_ns`` integers from
+:mod:`testbed.metrics.formulas`.  All times are ``perf_counter_ns`` integers from
 :func:`testbed.clock.now_ns`; symbols follow METRICS.md:
 
 * ``schedule_ns`` = s_i (scheduled issue time), ``send_ns`` = a_i (actual send),

@@ -1,63 +1,72 @@
-"""Metrics as pure functions over :class:`~testbed.metrics.records.RequestRecord`.
+"""One run's summary: :class:`Summary` and :func:`summarize`, pure functions over request records.
 
-Contract: nothing here prints, reads the clock, touches files or the network; every
-function maps records (raw ``perf_counter_ns`` integers) to numbers.  Rendering lives in
-:mod:`testbed.report`.  Formulas and symbols follow ``design/METRICS.md``:
+Contract: nothing here prints, reads the clock, touches files or the network.  Rendering lives
+in :mod:`testbed.report`.  The parts live one concern per module, and are re-exported here so
+``from testbed.metrics import summary as S`` keeps giving ``S.ttft_ms``, ``S.SLO``, ...:
 
-================  =====================================  ===================================
-metric            formula (per request i)                function
-================  =====================================  ===================================
-dispatch delay    ``a_i - s_i``                          :func:`dispatch_delay_ms`
-TTFT              ``f_i - s_i`` (schedule-relative)      :func:`ttft_ms`
-TTFT (sent)       ``f_i - a_i``                          :func:`ttft_sent_ms`
-E2E latency       ``e_i - s_i``                          :func:`e2e_ms`
-TPOT              ``(e_i - f_i) / (N_i - 1)``, N_i >= 2  :func:`tpot_ms`
-ITL               ``t_ik - t_i(k-1)`` for every chunk k  :func:`itl_ms`
-encoder time      ``encoder_done - decode_start`` (eng.) :func:`encoder_ms`
-queue wait        ``decode_start - a_i`` (engine)        :func:`queue_ms`
-================  =====================================  ===================================
-
-with ``s_i = schedule_ns``, ``a_i = send_ns``, ``t_ik = chunk_ns[k]``, ``f_i = chunk_ns[0]``,
-``e_i = chunk_ns[-1]`` (the last *token* chunk, never ``done_ns``) and ``N_i = n_out``.
+* :mod:`testbed.metrics.formulas` -- per-request metrics (TTFT, TPOT, E2E, ITL, ...; METRICS.md);
+* :mod:`testbed.metrics.stats` -- percentiles (``numpy.percentile(method="linear")``) and "n/a";
+* :mod:`testbed.metrics.slo` -- the SLO bounds and the per-request check;
+* :mod:`testbed.metrics.early_stopping` -- MLPerf LoadGen's early-stopping tail claims.
 
 Rules that keep numbers honest (each pinned by ``tests/unit/test_metrics.py``):
 
 * *Undefined is None, never 0.*  A per-request value that does not exist returns ``None``;
   an empty sample gives ``None`` statistics, rendered :data:`NA` (``"n/a"``).
 * *A request is completed* iff ``ok`` is true, it has at least one token chunk and
-  ``n_out > 0`` (:func:`is_completed`).  Anything else is failed: it is counted with its
-  error (``"no tokens"`` for an ``ok`` record that produced none) and yields no latency
-  sample at all.
+  ``n_out > 0`` (:func:`is_completed`); anything else is failed, counted with its error and
+  never a latency sample.
 * *Warm-up records* are excluded from every number and only counted.
-* Percentiles use ``numpy.percentile(method="linear")`` (:data:`PERCENTILE_METHOD`).
 
 Per run, over completed non-warm-up records: duration ``T = max(e_i) - min(s_i)``,
 request throughput ``completed / T``, output throughput ``sum(N_i) / T``, goodput
 ``(completed requests meeting every SLO) / T`` and SLO attainment
 ``100 * meeting / (completed + failed)``.
-
-Tail-latency pass/fail claims use MLPerf LoadGen's early-stopping estimate
-(:func:`early_stopping`, :func:`min_queries`, :func:`tail_claim`).
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-import numpy as np
-
-from testbed.errors import ConfigError
+from testbed.metrics.early_stopping import (
+    ESTIMATE_RULE,
+    RULES,
+    SERVER_RULE,
+    binomial_cdf,
+    early_stopping,
+    min_passing_under,
+    min_queries,
+    server_early_stopping,
+    server_min_queries,
+    tail_claim,
+)
+from testbed.metrics.formulas import (
+    NO_TOKENS_ERROR,
+    dispatch_delay_ms,
+    e2e_ms,
+    encoder_ms,
+    failure_reason,
+    is_completed,
+    itl_ms,
+    queue_ms,
+    tpot_ms,
+    ttft_ms,
+    ttft_sent_ms,
+)
 from testbed.metrics.records import RequestRecord
+from testbed.metrics.slo import SLO
+from testbed.metrics.stats import DEFAULT_PERCENTILES, NA, PERCENTILE_METHOD, fmt, percentiles
 
 __all__ = [
+    "ESTIMATE_RULE",
     "NA",
     "PERCENTILE_METHOD",
     "DEFAULT_PERCENTILES",
+    "RULES",
+    "SERVER_RULE",
     "NO_TOKENS_ERROR",
     "SLO",
     "Summary",
@@ -66,272 +75,22 @@ __all__ = [
     "e2e_ms",
     "early_stopping",
     "encoder_ms",
-    "failure_reason",
     "queue_ms",
+    "failure_reason",
     "fmt",
     "is_completed",
     "itl_ms",
     "min_passing_under",
     "min_queries",
     "percentiles",
+    "server_early_stopping",
+    "server_min_queries",
     "summarize",
     "tail_claim",
     "tpot_ms",
     "ttft_ms",
     "ttft_sent_ms",
 ]
-
-#: Printed in every report next to the percentiles.
-PERCENTILE_METHOD = "numpy.percentile(method='linear')"
-#: Percentiles (in percent) computed by :func:`percentiles` by default.
-DEFAULT_PERCENTILES: tuple[float, ...] = (50, 90, 95, 99)
-#: How an undefined value (``None``) is rendered.
-NA = "n/a"
-#: The error recorded for an ``ok`` request that streamed no token.
-NO_TOKENS_ERROR = "no tokens"
-
-_NS_PER_MS = 1e6
-
-
-def _ms(ns: int | float) -> float:
-    return ns / _NS_PER_MS
-
-
-# --------------------------------------------------------------------------------------
-# Per request
-# --------------------------------------------------------------------------------------
-
-
-def failure_reason(r: RequestRecord) -> str | None:
-    """Why ``r`` does not count as completed, or ``None`` when it does.
-
-    ``r.error`` (or ``"failed"``) for ``ok=False``; :data:`NO_TOKENS_ERROR` for an ``ok``
-    record without any token chunk or with ``n_out <= 0`` -- such a stream must fail
-    rather than report a 0 ms latency.
-    """
-    if not r.ok:
-        return r.error or "failed"
-    if not r.chunk_ns or r.n_out <= 0:
-        return NO_TOKENS_ERROR
-    return None
-
-
-def is_completed(r: RequestRecord) -> bool:
-    """True iff ``r.ok``, at least one token chunk and ``n_out > 0``."""
-    return failure_reason(r) is None
-
-
-def ttft_ms(r: RequestRecord) -> float | None:
-    """Schedule-relative time to first token ``(f_i - s_i)`` in ms (MLPerf).
-
-    Includes dispatch delay: queueing behind a slow server counts.  None if not completed.
-    """
-    if not is_completed(r):
-        return None
-    return _ms(r.chunk_ns[0] - r.schedule_ns)
-
-
-def ttft_sent_ms(r: RequestRecord) -> float | None:
-    """Time to first token from the actual send, ``(f_i - a_i)`` in ms.  None if not completed."""
-    if not is_completed(r):
-        return None
-    return _ms(r.chunk_ns[0] - r.send_ns)
-
-
-def e2e_ms(r: RequestRecord) -> float | None:
-    """End-to-end latency ``(e_i - s_i)`` in ms, ``e_i`` = last token chunk (not ``done_ns``).
-
-    None if not completed.
-    """
-    if not is_completed(r):
-        return None
-    return _ms(r.chunk_ns[-1] - r.schedule_ns)
-
-
-def tpot_ms(r: RequestRecord) -> float | None:
-    """Time per output token ``(e_i - f_i) / (N_i - 1)`` in ms, TTFT excluded.
-
-    Undefined (None) for ``N_i < 2`` -- excluded from samples, never 0 -- and also when all
-    tokens arrived in a single chunk (``e_i == f_i`` by construction, so no inter-token time
-    was observed; a 0 ms value there would be a fabricated sample).  None if not completed.
-    """
-    if not is_completed(r) or r.n_out < 2 or len(r.chunk_ns) < 2:
-        return None
-    return _ms(r.chunk_ns[-1] - r.chunk_ns[0]) / (r.n_out - 1)
-
-
-def itl_ms(r: RequestRecord) -> list[float] | None:
-    """Inter-chunk gaps ``t_ik - t_i(k-1)`` in ms (``[]`` for one chunk); None if not completed.
-
-    For a one-token-per-chunk stream ``sum(itl_ms) == e2e_ms - ttft_ms``.
-    """
-    if not is_completed(r):
-        return None
-    c = r.chunk_ns
-    return [_ms(c[k] - c[k - 1]) for k in range(1, len(c))]
-
-
-def dispatch_delay_ms(r: RequestRecord) -> float | None:
-    """Client dispatch delay ``(a_i - s_i)`` in ms; None if not completed.
-
-    Should stay ~0; a growing p99 means the load generator itself is saturated.
-    """
-    if not is_completed(r):
-        return None
-    return _ms(r.send_ns - r.schedule_ns)
-
-
-def encoder_ms(r: RequestRecord) -> float | None:
-    """Engine-side encoder pass ``(encoder_done_ns - decode_start_ns)`` in ms (seq2seq engines
-    that report it; CTranslate2 does not).  Queueing and tokenisation are not in it (:func:`queue_ms`).
-
-    None if the record lacks either timestamp or is not completed.
-    """
-    if not is_completed(r) or r.encoder_done_ns is None or r.decode_start_ns is None:
-        return None
-    return _ms(r.encoder_done_ns - r.decode_start_ns)
-
-
-def queue_ms(r: RequestRecord) -> float | None:
-    """Time from the send until the engine started decoding the request, ``decode_start_ns - a_i``
-    in ms: tokenisation and, behind a batcher, the wait for a batch.  None without ``decode_start_ns``."""
-    if not is_completed(r) or r.decode_start_ns is None:
-        return None
-    return _ms(r.decode_start_ns - r.send_ns)
-
-
-# --------------------------------------------------------------------------------------
-# Sample statistics
-# --------------------------------------------------------------------------------------
-
-
-def _pkey(p: float) -> str:
-    return f"p{float(p):g}"
-
-
-def percentiles(
-    values: Iterable[float | None], ps: Sequence[float] = DEFAULT_PERCENTILES
-) -> dict[str, float | int | None]:
-    """Statistics of a latency sample: ``count``, ``mean``, ``min``, ``max`` and ``p<P>``.
-
-    ``ps`` are in percent (``50`` -> key ``"p50"``, ``99.9`` -> ``"p99.9"``), computed with
-    ``numpy.percentile(method="linear")`` (:data:`PERCENTILE_METHOD`).  ``None`` entries
-    (undefined per-request values) are dropped, so per-request lists can be passed as is.
-    An empty sample gives ``count == 0`` and every statistic ``None`` (rendered ``"n/a"``),
-    never 0.
-    """
-    for p in ps:
-        if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p <= 100:
-            raise ConfigError("percentile", p, "numbers in [0, 100] (percent, e.g. 99 for p99)")
-    sample = np.asarray([v for v in values if v is not None], dtype=float)
-    out: dict[str, float | int | None] = {"count": int(sample.size)}
-    if sample.size == 0:
-        out.update(mean=None, min=None, max=None)
-        out.update({_pkey(p): None for p in ps})
-        return out
-    out.update(mean=float(sample.mean()), min=float(sample.min()), max=float(sample.max()))
-    qs = np.percentile(sample, list(ps), method="linear")
-    out.update({_pkey(p): float(q) for p, q in zip(ps, qs)})
-    return out
-
-
-def fmt(value: float | int | None, spec: str = ".2f") -> str:
-    """Format a metric value; ``None`` (undefined) becomes :data:`NA`, never ``"0"``."""
-    return NA if value is None else format(value, spec)
-
-
-# --------------------------------------------------------------------------------------
-# SLO
-# --------------------------------------------------------------------------------------
-
-_SLO_KEYS = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2e": "e2e_ms"}
-_SLO_ALLOWED_KEYS = "ttft, tpot, e2e (milliseconds; e.g. 'ttft=200,tpot=50,e2e=2000')"
-_SLO_ALLOWED_VALUE = "a positive, finite number of milliseconds (or unset)"
-
-
-@dataclass(frozen=True)
-class SLO:
-    """Service-level objectives in ms; an unset bound (``None``) is not checked.
-
-    A request meets the SLO (:meth:`meets`) iff it completed and
-    ``TTFT <= ttft_ms`` (schedule-relative TTFT), ``TPOT <= tpot_ms`` and
-    ``E2E <= e2e_ms`` for every bound that is set.  A request with ``N_i = 1`` (or all
-    tokens in one chunk) has no TPOT: the TPOT bound is then considered met, since there is
-    no per-token time to violate it; its TTFT/E2E bounds still apply.  A failed request never
-    meets the SLO.
-    """
-
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2e_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if v is None:
-                continue
-            ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and float(v) > 0
-            if not ok:
-                raise ConfigError(f"slo.{f.name}", v, _SLO_ALLOWED_VALUE)
-
-    @classmethod
-    def parse(cls, text: str) -> SLO:
-        """Parse ``"ttft=200,tpot=50,e2e=2000"`` (ms; keys may carry ``_ms``; any subset).
-
-        An empty string gives an SLO without bounds.  Unknown or repeated keys, a missing
-        ``=`` and values that are not positive numbers raise :class:`ConfigError` naming the
-        offending key and value.
-        """
-        kwargs: dict[str, float] = {}
-        for part in (p.strip() for p in text.split(",")):
-            if not part:
-                continue
-            key, sep, raw = part.partition("=")
-            key, raw = key.strip().lower(), raw.strip()
-            if not sep:
-                raise ConfigError("slo", part, _SLO_ALLOWED_KEYS, hint="write each bound as key=milliseconds")
-            name = _SLO_KEYS.get(key.removesuffix("_ms"))
-            if name is None:
-                raise ConfigError("slo key", key, _SLO_ALLOWED_KEYS)
-            if name in kwargs:
-                raise ConfigError("slo key", key, _SLO_ALLOWED_KEYS, hint="each key may appear once")
-            try:
-                value = float(raw)
-            except ValueError:
-                raise ConfigError(f"slo.{key}", raw, _SLO_ALLOWED_VALUE) from None
-            kwargs[name] = value
-        return cls(**kwargs)  # __post_init__ rejects 0, negatives, inf and nan
-
-    @property
-    def is_empty(self) -> bool:
-        """True when no bound is set (goodput and attainment are then undefined)."""
-        return self.ttft_ms is None and self.tpot_ms is None and self.e2e_ms is None
-
-    def to_dict(self) -> dict[str, float | None]:
-        return {"slo_ttft_ms": self.ttft_ms, "slo_tpot_ms": self.tpot_ms, "slo_e2e_ms": self.e2e_ms}
-
-    def meets(self, r: RequestRecord) -> bool:
-        """True iff ``r`` completed and every set bound holds (see the class docstring)."""
-        if not is_completed(r):
-            return False
-        if self.ttft_ms is not None:
-            v = ttft_ms(r)
-            if v is None or v > self.ttft_ms:
-                return False
-        if self.tpot_ms is not None:
-            v = tpot_ms(r)
-            if v is not None and v > self.tpot_ms:  # None (N_i = 1): no TPOT, bound met
-                return False
-        if self.e2e_ms is not None:
-            v = e2e_ms(r)
-            if v is None or v > self.e2e_ms:
-                return False
-        return True
-
-
-# --------------------------------------------------------------------------------------
-# Run summary
-# --------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -489,183 +248,3 @@ def summarize(
         **lat,
     )
 
-
-# --------------------------------------------------------------------------------------
-# MLPerf LoadGen early stopping
-# --------------------------------------------------------------------------------------
-#
-# LoadGen (loadgen/early_stopping.cc, results.cc) treats each query as a Bernoulli trial
-# that is "over latency" with probability 1 - p if the true p-quantile sat exactly at the
-# bound.  odds(h, t, p) = P(X <= t), X ~ Binomial(h + t, 1 - p), is the chance of seeing at
-# most t over-latency queries among h + t; LoadGen writes it as BetaRegularized[p, h, 1 + t].
-# find_min_passing(t) is the least h with odds(h, t, p) < 1 - c.  For a percentile estimate
-# (SingleStream / MultiStream) it takes the largest t with n >= h(t) + t and reports the t-th
-# largest latency; that estimate is under the bound iff at most t - 1 queries are over it.
-# So with k queries over the bound the claim passes iff n >= h(k + 1) + k + 1, and the
-# minimum run (k = 0) is h(1) + 1 queries: 64 for p90 and 662 for p99 at c = 0.99.
-
-
-def _check_fraction(name: str, v: float, hint: str) -> None:
-    if not isinstance(v, numbers.Real) or isinstance(v, bool) or not 0.0 < v < 1.0:
-        raise ConfigError(name, v, "a fraction in (0, 1)", hint=hint)
-
-
-def _check_pc(percentile: float, confidence: float) -> None:
-    _check_fraction("percentile", percentile, "use 0.90 for p90, 0.99 for p99")
-    _check_fraction("confidence", confidence, "MLPerf uses 0.99")
-
-
-def binomial_cdf(k: int, n: int, q: float) -> float:
-    """``P(X <= k)`` for ``X ~ Binomial(n, q)``, summed in log space (no scipy).
-
-    ``log pmf(x) = lgamma(n+1) - lgamma(x+1) - lgamma(n-x+1) + x log q + (n-x) log(1-q)``;
-    the log binomial coefficients of ``x = 0..k`` are built as a cumulative sum of
-    ``log((n-x)/(x+1))`` (vectorised; agrees with ``math.lgamma`` to ~1e-12 relative) and
-    the terms are added with log-sum-exp, so large ``n`` neither underflows nor is slow.
-    """
-    if k < 0:
-        return 0.0
-    if k >= n:
-        return 1.0
-    if q <= 0.0:
-        return 1.0
-    if q >= 1.0:
-        return 0.0
-    lq, lp = math.log(q), math.log1p(-q)
-    x = np.arange(k, dtype=float)
-    steps = np.log(n - x) - np.log(x + 1.0) + (lq - lp)
-    logs = n * lp + np.concatenate(([0.0], np.cumsum(steps)))
-    m = float(logs.max())
-    return min(1.0, math.exp(m) * float(np.exp(logs - m).sum()))
-
-
-def _odds(h: int, t: int, p: float) -> float:
-    return binomial_cdf(t, h + t, 1.0 - p)
-
-
-def min_passing_under(t: int, percentile: float, confidence: float = 0.99) -> int:
-    """LoadGen's ``find_min_passing``: least ``h >= 0`` with ``P(Bin(h + t, 1 - p) <= t) < 1 - c``.
-
-    The number of under-latency queries that, next to ``t`` over-latency ones, supports
-    "the p-quantile is under the bound" at confidence ``c``.
-    """
-    _check_pc(percentile, confidence)
-    if t < 0:
-        raise ConfigError("t", t, "a non-negative integer")
-    target = 1.0 - confidence
-    # odds is decreasing in h and odds(0) = 1 >= target: bracket [lo, hi) then bisect.
-    lo = 0
-    hi = max(1, math.ceil(t * percentile / (1.0 - percentile)))
-    while _odds(hi, t, percentile) >= target:
-        lo, hi = hi, hi * 2
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if _odds(mid, t, percentile) < target:
-            hi = mid
-        else:
-            lo = mid
-    return hi
-
-
-def min_queries(percentile: float, confidence: float = 0.99) -> int:
-    """Fewest queries for any early-stopping claim at ``percentile``: ``h(1) + 1``.
-
-    64 for p90 and 662 for p99 at confidence 0.99 (LoadGen's "Need to process at least").
-    """
-    return min_passing_under(1, percentile, confidence) + 1
-
-
-def early_stopping(
-    n_total: int, n_over_bound: int, percentile: float, confidence: float = 0.99
-) -> dict[str, Any]:
-    """MLPerf LoadGen's early-stopping verdict on "p-quantile <= bound".
-
-    Given ``n_total`` queries of which ``n_over_bound`` (k) exceeded the bound, returns:
-
-    * ``min_queries``: ``h(1) + 1``, the fewest queries for any claim;
-    * ``valid``: ``n_total >= min_queries`` (otherwise "not enough queries", never a pass);
-    * ``required_queries``: ``h(k + 1) + k + 1``, the run length a pass needs with k over;
-    * ``max_over_allowed``: the largest k' with ``n_total >= h(k' + 1) + k' + 1`` (i.e.
-      LoadGen's largest t, minus one), None when not valid;
-    * ``passed``: ``valid and k <= max_over_allowed``;
-
-    plus the inputs (``n``, ``n_over``, ``percentile``, ``confidence``), where
-    ``h(t) = min_passing_under(t, percentile, confidence)``.
-    """
-    _check_pc(percentile, confidence)
-    if not isinstance(n_total, numbers.Integral) or n_total < 0:
-        raise ConfigError("n_total", n_total, "a non-negative integer")
-    if not isinstance(n_over_bound, numbers.Integral) or not 0 <= n_over_bound <= n_total:
-        raise ConfigError("n_over_bound", n_over_bound, f"an integer in [0, n_total={n_total}]")
-
-    def need(t: int) -> int:  # queries needed to support the t-th largest as the estimate
-        return min_passing_under(t, percentile, confidence) + t
-
-    min_q = need(1)
-    valid = n_total >= min_q
-    max_over: int | None = None
-    if valid:
-        # need(t) increases with t: largest t in [1, n_total] with need(t) <= n_total.
-        # Invariant need(lo) <= n_total < need(hi).  need(t) >= t rules out t > n_total, and
-        # need(t) is close to t / (1 - p), so t ~ n_total * (1 - p) + 1 usually brackets it
-        # already (checked, because the shortcut is not a theorem for every confidence).
-        lo, hi = 1, n_total + 1
-        guess = min(hi, int(n_total * (1.0 - percentile)) + 2)
-        if guess > lo and need(guess) > n_total:
-            hi = guess
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if need(mid) <= n_total:
-                lo = mid
-            else:
-                hi = mid
-        max_over = lo - 1
-    required = need(int(n_over_bound) + 1)
-    return {
-        "n": int(n_total),
-        "n_over": int(n_over_bound),
-        "percentile": float(percentile),
-        "confidence": float(confidence),
-        "min_queries": min_q,
-        "valid": valid,
-        "required_queries": required,
-        "max_over_allowed": max_over,
-        "passed": valid and n_total >= required,
-    }
-
-
-def tail_claim(
-    latencies_ms: Iterable[float | None], bound_ms: float, percentile: float, confidence: float = 0.99
-) -> dict[str, Any]:
-    """Pass/fail of "the ``percentile`` latency is <= ``bound_ms``" by MLPerf early stopping.
-
-    A latency counts as over the bound when strictly greater (as in LoadGen).  ``None``
-    entries (undefined samples, e.g. TPOT of a one-token answer) are dropped; pass a failed
-    request as ``math.inf`` to count it as over the bound.  Returns :func:`early_stopping`'s
-    dict plus ``bound_ms``, ``estimate_ms`` (LoadGen's early-stopping percentile estimate:
-    the (max_over_allowed + 1)-th largest latency, None when not valid) and a human
-    ``reason`` such as ``"not enough queries: 40 < 64"``.
-    """
-    if not isinstance(bound_ms, numbers.Real) or isinstance(bound_ms, bool) or not bound_ms > 0:
-        raise ConfigError("bound_ms", bound_ms, "a positive number of milliseconds")
-    sample = sorted(float(v) for v in latencies_ms if v is not None)
-    n = len(sample)
-    n_over = sum(1 for v in sample if v > bound_ms)
-    res = early_stopping(n, n_over, percentile, confidence)
-    pname = f"p{percentile * 100:g}"
-    estimate = sample[n - res["max_over_allowed"] - 1] if res["valid"] else None
-    if not res["valid"]:
-        reason = f"not enough queries: {n} < {res['min_queries']}"
-    elif res["passed"]:
-        reason = (
-            f"{pname} <= {bound_ms:g} ms at {confidence:.0%} confidence: {n_over} of {n} queries over "
-            f"the bound (at most {res['max_over_allowed']} allowed)"
-        )
-    else:
-        reason = (
-            f"{pname} > {bound_ms:g} ms: {n_over} of {n} queries over the bound, at most "
-            f"{res['max_over_allowed']} allowed at {n} queries (a pass with {n_over} over needs "
-            f"{res['required_queries']} queries)"
-        )
-    res.update(bound_ms=float(bound_ms), estimate_ms=estimate, reason=reason)
-    return res

@@ -1,22 +1,24 @@
 """The load generator: seeded Poisson schedules, scenarios' scheduled times, the in-process target,
-batched streaming in the engine base, and the CLI's load path."""
+batched streaming in the engine base, and the CLI's load path (the peak search: test_peak.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import numpy as np
 import pytest
 
 from testbed.cli import main
-from testbed.client.bench import find_peak, meets_slo
+from testbed.client.bench import report
 from testbed.client.loadgen import LoadSpec, poisson_offsets_ns, run
-from testbed.client.targets import InprocTarget
+from testbed.client.targets import InprocTarget, Target
+from testbed.clock import now_ns
 from testbed.config import EngineConfig
 from testbed.datasets import Example
 from testbed.engines.fake.engine import FakeEngine, NullEngine
 from testbed.engines.registry import create_engine
-from testbed.errors import ConfigError, TestbedError
+from testbed.errors import ConfigError
 from testbed.metrics import summary as S
 from testbed.serve.batcher import BatchConfig
 
@@ -99,16 +101,6 @@ def test_rejections_inproc_are_counted_not_timed():
     assert set(summ.errors) == {"status 429 (rejected: queue full)"}
 
 
-def test_find_peak_brackets_and_bisects(null):
-    slo = S.SLO(e2e_ms=1000.0)
-    res = find_peak(lambda: InprocTarget(null), EXAMPLES, LoadSpec(num_requests=20, warmup=0), slo,
-                    {"target": "inproc null"}, progress=False, start_rate=100.0, max_trials=2, bisect_steps=1)
-    assert [t["rate"] for t in res["trials"]] == [100.0, 200.0] and res["peak_rate"] == 200.0
-    assert meets_slo(res["records"], slo)[0]
-    with pytest.raises(TestbedError, match="needs an SLO"):
-        find_peak(lambda: InprocTarget(null), EXAMPLES, LoadSpec(), S.SLO(), {}, progress=False)
-
-
 def test_cli_load_inproc_writes_the_run(tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["bench", "--engine", "null", "--target", "inproc", "--scenario", "concurrency", "--concurrency", "4",
@@ -120,7 +112,8 @@ def test_cli_load_inproc_writes_the_run(tmp_path, capsys):
     summ = json.loads((out / "summary.json").read_text())
     assert summ["summary"]["completed"] == 40 and summ["summary"]["total_output_tokens"] == 240
     assert summ["summary"]["rejected"] == 0 and summ["summary"]["slo_attainment_pct"] == 100.0
-    assert summ["tail_claims"]["p99_ttft"]["valid"] is False
+    assert summ["tail_claims"]["p99_ttft"]["enough_queries"] is False
+    assert summ["tail_claim_rule"].startswith("MLPerf LoadGen early stopping, SingleStream rule")
     assert len((out / "records.jsonl").read_text().splitlines()) == 45  # 5 warm-up + 40
     assert (out / "latency_cdf.png").stat().st_size > 0
 
@@ -130,3 +123,26 @@ def test_cli_refuses_inconsistent_targets(capsys):
     assert "needs --url" in capsys.readouterr().err
     assert main(["bench", "--engine", "null", "--scenario", "server"]) == 2
     assert "rate" in capsys.readouterr().err
+
+
+class _EchoOutOfOrder(Target):
+    """Scripted target: answers with the source text; example i takes 3 - i % 3 turns of the event loop,
+    so with several users a later request finishes first (no sleeps, no clock)."""
+
+    label = "scripted echo"
+
+    async def send(self, ex, rec):
+        rec.send_ns = now_ns()
+        for _ in range(3 - int(ex.id) % 3):
+            await asyncio.sleep(0)
+        rec.chunk_ns, rec.chunk_tokens = [now_ns()], [4]
+        rec.n_out, rec.output, rec.done_ns = 4, ex.text, now_ns()
+
+
+def test_concurrency_bleu_pairs_each_output_with_its_own_reference():
+    spec = LoadSpec("concurrency", concurrency=3, num_requests=30, warmup=0)
+    recs = run(_EchoOutOfOrder(), EXAMPLES, spec)
+    order = [int(r.request_id.split(":")[0]) for r in recs]
+    assert order != sorted(order)  # completion order differs from issue order: the case under test
+    res = report(recs, spec, S.SLO(), {"target": "scripted"}, EXAMPLES, None, "t")
+    assert res["accuracy"]["bleu"] == 100.0 and res["accuracy"]["n"] == 30  # echo == reference, when paired right
