@@ -40,7 +40,7 @@ from testbed.engines.registry import ENGINES, create_engine, engine_class, is_av
 from testbed.io import write_text_atomic  # noqa: E402
 from testbed.metrics import summary as S  # noqa: E402
 from testbed.metrics.accuracy import score  # noqa: E402
-from testbed.signature import result_header  # noqa: E402
+from testbed.signature import git_sha, result_header  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -243,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    git_sha()  # the tree measured is the one at the start (cached): later edits do not relabel the run
 
     extra = [int(x) for x in args.extra_threads.split(",") if x.strip()]
     pruning = [x for x in args.pruning.split(",") if x.strip()]
