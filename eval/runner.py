@@ -134,17 +134,17 @@ def accuracy(
                            "vs_references": None, "vs_fp32": None, "length_ratio": None, "bleu_diff": None}
     has_refs = all(r is not None for r in refs)
     if has_refs:
-        acc["vs_references"] = score(hyps, [str(r) for r in refs])
+        acc["vs_references"] = score(hyps, [str(r) for r in refs], ndigits=None)
     if ref_outputs is not None:
         fp32 = [o["output"] for o in ref_outputs]
-        acc["vs_fp32"] = score(hyps, fp32)
+        acc["vs_fp32"] = score(hyps, fp32, ndigits=None)
         acc["length_ratio"] = length_ratio([o["n_out"] for o in outputs], [o["n_out"] for o in ref_outputs])
         if has_refs:
             acc["bleu_diff"] = paired_bootstrap(hyps, fp32, [str(r) for r in refs],
                                                 samples=sweep.bootstrap_samples, seed=sweep.seed)
     ref_bleu = None
     if ref_outputs is not None and has_refs:
-        ref_bleu = score([o["output"] for o in ref_outputs], [str(r) for r in refs])["bleu"]
+        ref_bleu = score([o["output"] for o in ref_outputs], [str(r) for r in refs], ndigits=None)["bleu"]
     bleu = acc["vs_references"]["bleu"] if acc["vs_references"] else None
     if bleu is None and acc["vs_fp32"] is not None:
         # no human references: the gate compares BLEU against the fp32 output itself (100 = identical)

@@ -69,7 +69,7 @@ def test_sweep_rows_skips_failures_and_gate(tmp_path):
     assert len(rows) == len(sweep.configs) == 6 and f.calls[0] == "fp32"  # the reference runs first
     ref = by["fake/fp32/cpu/t1/b3"]
     assert ref["status"] == "ok" and ref["is_reference"] and ref["gate"]["passed"] is True
-    assert ref["accuracy"]["vs_fp32"]["bleu"] == 100.0 and ref["accuracy"]["length_ratio"] == 1.0
+    assert ref["accuracy"]["vs_fp32"]["bleu"] == pytest.approx(100.0) and ref["accuracy"]["length_ratio"] == 1.0
     assert ref["offline"]["n"] == 8 and ref["singlestream"]["completed"] == 4
     assert ref["singlestream"]["same_output_as_offline_pct"] == 100.0
     assert ref["signature"]["model_id"].startswith("fake:fake-en-de@") and ref["signature"]["batch"] == 3
