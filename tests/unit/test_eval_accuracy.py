@@ -41,5 +41,5 @@ def test_gate_compares_unrounded_bleu(tmp_path):
     sweep = _sweep(tmp_path)
     acc, g = accuracy(sweep, _outs(CONFIG), _outs(FP32))
     assert g["passed"] is False
-    assert g["bleu_margin"] == pytest.approx(exact - 0.99 * exact_fp32, abs=1e-9)
+    assert g["margin"] == pytest.approx(exact - 0.99 * exact_fp32, abs=1e-9)
     assert acc["vs_references"]["bleu"] == pytest.approx(exact, abs=1e-9)
