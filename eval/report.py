@@ -154,7 +154,19 @@ def _session_lines(meta: dict[str, Any]) -> list[str]:
     ends = ", ".join(_f(s.get("load1_end")) for s in sessions)
     out.append(f"- load average (1 min) at the end of each session: {ends} (the machine is shared: see the load "
                "columns of results.csv and the ranges below)")
+    walls = ", ".join(_wall(s) for s in sessions)
+    out.append(f"- wall time of each session (engine loads and artefact builds included): {walls}")
     return [*out, ""]
+
+
+def _wall(session: dict[str, Any]) -> str:
+    import datetime as _dt
+
+    try:
+        t0, t1 = (_dt.datetime.fromisoformat(session[k]) for k in ("started_at", "finished_at"))
+    except (KeyError, TypeError, ValueError):
+        return "n/a (unfinished)"
+    return f"{(t1 - t0).total_seconds():.0f} s"
 
 
 def _method_lines(st: dict[str, Any], sig: dict[str, Any], rows: Sequence[Row]) -> list[str]:

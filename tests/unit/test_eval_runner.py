@@ -243,11 +243,13 @@ def test_report_shows_verdicts_with_intervals_and_the_session_header(tmp_path):
     meta = {"name": "t", "settings": {"interleave": True, "warmup": 5, "singlestream_requests": 64,
                                       "gate_metric": "bleu", "gate_reference": "references", "gate_ratio": 0.99},
             "sessions": [{"header": "- command: `testbed eval --sweep default`\n- machine: cpu (avx2)\n",
-                          "load1_end": 2.5}, {"started_at": "later", "command": "testbed eval", "load1_start": 1.0,
-                                              "load1_end": 1.5}]}
+                          "load1_end": 2.5, "started_at": "2026-11-30T11:00:05+00:00",
+                          "finished_at": "2026-11-30T11:09:12+00:00"},
+                         {"started_at": "later", "command": "testbed eval", "load1_start": 1.0, "load1_end": 1.5}]}
     md = markdown(rows, meta)
     assert md.startswith("- command: `testbed eval --sweep default`\n- machine: cpu (avx2)\n- resumed later:")
     assert "load average (1 min) at the end of each session: 2.50, 1.50" in md
+    assert "- wall time of each session (engine loads and artefact builds included): 547 s, n/a (unfinished)" in md
     lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "`" in ln]
     assert [ln.split("`")[1] for ln in lines] == ["ct2/int8", "torch/fp32", "ort/int8", "torch/int8"]
     assert "| **within noise** (-0.07) | 26.66 | -0.34 [-0.68, -0.03] |" in lines[2]
