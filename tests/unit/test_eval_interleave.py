@@ -216,3 +216,32 @@ def test_chat_style_gate_against_the_fp32_outputs(tmp_path):
     md = (tmp_path / "run" / "report.md").read_text()
     assert "gate: chrF against the fp32 reference's outputs" in md and "ΔchrF vs fp32 [95% CI]" in md
     assert json.loads((tmp_path / "run" / "sweep.json").read_text())["settings"]["gate_reference"] == "fp32"
+
+
+def test_offline_warmup_batch_is_excluded_from_the_timed_set_and_reported():
+    from testbed.datasets import Example
+    from testbed.eval.scenarios import offline
+
+    class Clock:
+        """A scripted clock: every batch the engine decodes costs exactly 1 s (plus 1 ns per read)."""
+
+        t = 0
+
+        def __call__(self) -> int:
+            self.t += 1
+            return self.t
+
+    clock = Clock()
+
+    class Timed(FakeEngine):
+        def _generate_batch(self, prepared):  # type: ignore[no-untyped-def]
+            clock.t += 1_000_000_000
+            return super()._generate_batch(prepared)
+
+    eng = Timed(EngineConfig(model="fake-en-de", engine="fake", threads=1), clock=clock).load()
+    examples = [Example(str(i), s, None, s) for i, s in enumerate(SENTENCES)]
+    outs, off_ns, warm_ns = offline(eng, examples, batch=3, max_new_tokens=32, warmup_batches=1)
+    assert round(off_ns / 1e9) == 3 and round(warm_ns / 1e9) == 1  # batches 3 + 3 + 2 timed; the warm-up apart
+    assert [o["output"] for o in outs] == SENTENCES  # input order, whatever the batching order
+    _, off_ns, warm_ns = offline(eng, examples, batch=3, max_new_tokens=32, warmup_batches=0)
+    assert round(off_ns / 1e9) == 3 and warm_ns < 1e9
