@@ -154,6 +154,7 @@ def _session_lines(meta: dict[str, Any]) -> list[str]:
     ends = ", ".join(_f(s.get("load1_end")) for s in sessions)
     out.append(f"- load average (1 min) at the end of each session: {ends} (the machine is shared: see the load "
                "columns of results.csv and the ranges below)")
+    out += [f"- **warning**: {w}" for w in dict.fromkeys(s["warning"] for s in sessions if s.get("warning"))]
     walls = ", ".join(_wall(s) for s in sessions)
     out.append(f"- wall time of each session (engine loads and artefact builds included): {walls}")
     return [*out, ""]

@@ -283,6 +283,26 @@ def _open_session(sweep: Sweep, out_dir: Path, command: str, session: str, resum
     return meta
 
 
+def thread_note(sweep: Sweep) -> str | None:
+    """A warning when interleaving rows of one engine that differ in ``threads``.
+
+    Every engine stays loaded in one process during the rounds; an engine whose thread setting is
+    process-wide (torch's ``set_num_threads`` at load) then runs all its rows with the setting of
+    the one loaded last.  Thread counts are compared with ``--no-interleave``.
+    """
+    if not sweep.interleave:
+        return None
+    threads: dict[str, set[int | None]] = {}
+    for c in sweep.configs:
+        threads.setdefault(c.engine, set()).add(c.threads)
+    mixed = sorted(e for e, t in threads.items() if len(t) > 1)
+    if not mixed:
+        return None
+    return (f"rows of {', '.join(mixed)} differ in threads while interleaved in one process: an engine whose "
+            "thread setting is process-wide (torch) runs them all with the last one loaded; compare thread counts "
+            "with --no-interleave")
+
+
 def run_sweep(
     sweep: Sweep, out_dir: Path, resume: bool = True, progress: bool = True, log: Log | None = None,
     create: EngineFactory | None = None, render: bool = True, command: str | None = None,
@@ -293,6 +313,10 @@ def run_sweep(
     meta = _open_session(sweep, out_dir, command or f"run_sweep({sweep.path!r})", run.session, resume)
     if run.done:
         say(f"resuming: {len(run.done)} of {len(sweep.configs)} configurations already done in {out_dir}")
+    note = thread_note(sweep)
+    if note:
+        say(f"warning: {note}")
+        meta["sessions"][-1]["warning"] = note
     if sweep.interleave:
         _interleaved(run)
     else:

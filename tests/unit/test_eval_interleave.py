@@ -245,3 +245,18 @@ def test_offline_warmup_batch_is_excluded_from_the_timed_set_and_reported():
     assert [o["output"] for o in outs] == SENTENCES  # input order, whatever the batching order
     _, off_ns, warm_ns = offline(eng, examples, batch=3, max_new_tokens=32, warmup_batches=0)
     assert round(off_ns / 1e9) == 3 and warm_ns < 1e9
+
+
+def test_interleaving_rows_of_one_engine_with_different_threads_is_flagged(tmp_path):
+    from testbed.eval.runner import thread_note
+
+    mixed = load_sweep(sweep_file(tmp_path, '[[configs]]\nengine = "fake"\nthreads = [1, 2]\n'))
+    assert "rows of fake differ in threads" in (thread_note(mixed) or "")
+    import dataclasses
+
+    assert thread_note(dataclasses.replace(mixed, interleave=False)) is None
+    assert thread_note(load_sweep(sweep_file(tmp_path, CONFIGS))) is None
+    logs: list[str] = []
+    run_sweep(mixed, tmp_path / "run", progress=False, create=factory(), log=logs.append)
+    assert any(m.startswith("warning: rows of fake differ in threads") for m in logs)
+    assert "- **warning**: rows of fake differ in threads" in (tmp_path / "run" / "report.md").read_text()
