@@ -7,6 +7,8 @@ print.  Nothing heavy is imported until a subcommand runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -18,13 +20,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from testbed.eval.sweep import load_sweep
 
     sweep = load_sweep(args.sweep)
+    if args.no_interleave:
+        sweep = dataclasses.replace(sweep, interleave=False)
     out = Path(args.out) if args.out else Path("runs") / f"eval-{sweep.name}"
+    how = "interleaved rounds" if sweep.interleave else "one configuration after another"
     print(f"sweep {sweep.name!r} ({sweep.path}): {len(sweep.configs)} configurations; "
-          f"Offline + BLEU on the first {sweep.offline_examples} examples of {sweep.dataset!r}, "
-          f"SingleStream on the first {sweep.singlestream_requests} ({sweep.warmup} warm-up); out: {out}",
-          file=sys.stderr)
+          f"Offline + accuracy on the first {sweep.offline_examples} examples of {sweep.dataset!r} "
+          f"(the first {len(sweep.divergence_set)} at batch 1 too), SingleStream on the first "
+          f"{sweep.singlestream_requests} ({sweep.warmup} warm-up; {how}); out: {out}", file=sys.stderr)
+    command = "testbed " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     t0 = time.perf_counter()
-    run_sweep(sweep, out, resume=args.resume, progress=not args.no_progress,
+    run_sweep(sweep, out, resume=args.resume, progress=not args.no_progress, command=command,
               log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"sweep wall time {time.perf_counter() - t0:.0f} s; results in {out}/ "
@@ -43,9 +49,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 def add_parsers(sub: Any) -> None:
     e = sub.add_parser(
         "eval", help="BLEU-vs-latency sweep: Offline + SingleStream + accuracy gate per configuration",
-        description="Run every configuration of a sweep file (TOML, see eval/sweeps/): SingleStream latency, "
-                    "Offline throughput, BLEU/chrF vs references and vs fp32, the gate; writes results.jsonl, "
-                    "results.csv, report.md and pareto.png.  An interrupted sweep resumes where it stopped.")
+        description="Run every configuration of a sweep file (TOML, see eval/sweeps/): Offline throughput, "
+                    "BLEU/chrF vs references and vs fp32, batch divergence (batch 1 vs the row's batch), the gate "
+                    "(pass / fail / within noise), then SingleStream latency in rounds across configurations; "
+                    "writes results.jsonl, results.csv, report.md and pareto.png.  An interrupted sweep resumes "
+                    "where it stopped.")
     e.add_argument("--sweep", default="default",
                    help="a sweep .toml file, or the name of a shipped one: default, chat (default: default)")
     e.add_argument("--out", default=None, help="run directory (default: runs/eval-<sweep name>)")
@@ -55,6 +63,9 @@ def add_parsers(sub: Any) -> None:
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start over (the previous results.jsonl is kept as results.jsonl.prev)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
+    e.add_argument("--no-interleave", action="store_true",
+                   help="SingleStream one configuration after another, each right after loading (the old order) "
+                        "instead of rounds across all loaded configurations")
     e.set_defaults(func=cmd_eval)
 
     r = sub.add_parser("report", help="re-render report.md, results.csv and pareto.png of a sweep directory",

@@ -1,12 +1,21 @@
-"""The accuracy gate, the paired bootstrap and the Pareto frontier: pure functions, no I/O.
+"""The accuracy gate, its verdict, the paired bootstrap and the Pareto frontier: pure functions, no I/O.
 
-Gate (MLPerf style, METRICS.md): a configuration passes if ``BLEU >= ratio x BLEU_fp32``
+Gate (MLPerf style, METRICS.md): a configuration passes if ``score >= ratio x score_fp32``
 (ratio 0.99 by default) and the output-length ratio ``sum(N_q) / sum(N_fp32)`` (tokens counted
-from token ids) lies in ``[low, high]`` (``[0.9, 1.1]``).  The margins say by how much.
+from token ids) lies in ``[low, high]`` (``[0.9, 1.1]``).  The score is BLEU (or chrF) against the
+human references, or -- where references say little, as for chat -- against the fp32 reference's
+own outputs (MLPerf's LLM tasks: within 99% of the fp32 run, which scores 100 against itself).
+The margins say by how much.
 
 The paired bootstrap resamples sentences (the same indices for both systems, seeded) and
-recomputes corpus BLEU from sacrebleu's per-sentence sufficient statistics -- the method of
-sacrebleu's own ``--paired-bs`` -- giving a 95% interval of ``BLEU(config) - BLEU(fp32)``.
+recomputes the corpus score from sacrebleu's per-sentence sufficient statistics -- the method of
+sacrebleu's own ``--paired-bs`` -- giving a 95% interval of ``score(config) - score(fp32)``.
+
+The **verdict** reads that interval against the threshold (``(ratio - 1) x score_fp32`` in the
+same difference units): ``pass`` when the whole interval lies at or above it, ``fail`` when the
+whole interval lies below it (or the length ratio is outside its bounds), ``within noise`` when
+the interval straddles it -- the test set cannot tell.  Without an interval the point estimate
+decides and the verdict says so.
 """
 
 from __future__ import annotations
@@ -14,41 +23,68 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+PASS, FAIL, NOISE = "pass", "fail", "within noise"
+
 
 def gate(
-    bleu: float | None, bleu_fp32: float | None, length_ratio: float | None,
-    bleu_ratio: float = 0.99, length_bounds: tuple[float, float] = (0.9, 1.1),
+    score: float | None, score_fp32: float | None, length_ratio: float | None,
+    ratio: float = 0.99, length_bounds: tuple[float, float] = (0.9, 1.1),
+    interval: Sequence[float] | None = None, metric: str = "BLEU",
 ) -> dict[str, Any]:
-    """Pass/fail with margins.
+    """Pass/fail with margins, and the verdict against the noise of the test set.
 
-    Returns ``passed`` (True, False, or None when it cannot be decided: no fp32 BLEU), ``reasons``
-    (why it failed or is undecided), ``bleu_threshold`` (= ratio x fp32), ``bleu_margin``
-    (BLEU - threshold: >= 0 passes), ``bleu_pct_of_fp32`` and ``length_margin`` (distance of the
-    length ratio inside the nearer bound; negative = outside).
+    ``score`` / ``score_fp32`` are the gate metric's unrounded scores (``metric`` names it: BLEU or
+    chrF); ``interval`` is the 95% interval of ``score - score_fp32`` (:func:`paired_bootstrap`).
+    Returns ``passed`` (the point estimate's rule: True, False, or None when it cannot be decided:
+    no fp32 score), ``verdict`` (``pass`` / ``fail`` / ``within noise``, or None when undecided),
+    ``reasons`` (why it failed or is undecided), ``threshold`` (= ratio x fp32), ``margin``
+    (score - threshold: >= 0 passes), ``diff_threshold`` (the threshold as a difference from fp32),
+    ``interval``, ``pct_of_fp32`` and ``length_margin`` (distance of the length ratio inside the
+    nearer bound; negative = outside).
     """
-    out: dict[str, Any] = {"passed": None, "reasons": [], "bleu_ratio_required": bleu_ratio,
-                           "length_bounds": list(length_bounds), "bleu_threshold": None, "bleu_margin": None,
-                           "bleu_pct_of_fp32": None, "length_ratio": length_ratio, "length_margin": None}
-    if bleu_fp32 is None:
-        out["reasons"].append("no fp32 reference BLEU")
+    out: dict[str, Any] = {"passed": None, "verdict": None, "reasons": [], "metric": metric, "score": score,
+                           "score_fp32": score_fp32, "ratio_required": ratio, "threshold": None, "margin": None,
+                           "pct_of_fp32": None, "diff_threshold": None,
+                           "interval": list(interval) if interval is not None else None,
+                           "length_ratio": length_ratio, "length_bounds": list(length_bounds), "length_margin": None}
+    if score_fp32 is None:
+        out["reasons"].append(f"no fp32 reference {metric}")
         return out
-    if bleu is None or length_ratio is None:
-        out["reasons"].append("no BLEU or length ratio for this configuration")
+    if score is None or length_ratio is None:
+        out["reasons"].append(f"no {metric} or length ratio for this configuration")
         return out
     lo, hi = length_bounds
-    threshold = bleu_ratio * bleu_fp32
-    out["bleu_threshold"] = threshold
-    out["bleu_margin"] = bleu - threshold
-    out["bleu_pct_of_fp32"] = 100.0 * bleu / bleu_fp32 if bleu_fp32 > 0 else None
-    out["length_margin"] = min(length_ratio - lo, hi - length_ratio)
-    ok_bleu = bleu >= threshold
+    threshold = ratio * score_fp32
+    out.update(threshold=threshold, margin=score - threshold, diff_threshold=threshold - score_fp32,
+               pct_of_fp32=100.0 * score / score_fp32 if score_fp32 > 0 else None,
+               length_margin=min(length_ratio - lo, hi - length_ratio))
+    ok_score = score >= threshold
     ok_len = lo <= length_ratio <= hi
-    if not ok_bleu:
-        out["reasons"].append(f"BLEU {bleu:.2f} < {bleu_ratio:g} x fp32 {bleu_fp32:.2f} = {threshold:.2f}")
+    if not ok_score:
+        out["reasons"].append(f"{metric} {score:.2f} < {ratio:g} x fp32 {score_fp32:.2f} = {threshold:.2f}")
     if not ok_len:
         out["reasons"].append(f"length ratio {length_ratio:.3f} outside [{lo:g}, {hi:g}]")
-    out["passed"] = ok_bleu and ok_len
+    out["passed"] = ok_score and ok_len
+    out["verdict"] = v = verdict(out["passed"], ok_len, out["diff_threshold"], interval)
+    if interval is not None and ok_len and v != (PASS if ok_score else FAIL):
+        where = "straddles" if v == NOISE else ("lies above" if v == PASS else "lies below")
+        out["reasons"].append(f"the 95% interval of {metric} - fp32, [{interval[0]:+.2f}, {interval[1]:+.2f}], "
+                              f"{where} the threshold {out['diff_threshold']:+.2f}")
     return out
+
+
+def verdict(passed: bool, length_ok: bool, diff_threshold: float, interval: Sequence[float] | None) -> str:
+    """``pass`` / ``fail`` / ``within noise`` (see the module docstring); the point rule without an interval."""
+    if not length_ok:
+        return FAIL
+    if interval is None:
+        return PASS if passed else FAIL
+    lo, hi = interval
+    if lo >= diff_threshold:
+        return PASS
+    if hi < diff_threshold:
+        return FAIL
+    return NOISE
 
 
 def length_ratio(n_out: Sequence[int], n_out_fp32: Sequence[int]) -> float | None:
@@ -59,30 +95,40 @@ def length_ratio(n_out: Sequence[int], n_out_fp32: Sequence[int]) -> float | Non
     return sum(n_out) / total if total > 0 else None
 
 
+METRICS = ("bleu", "chrf")
+
+
 def paired_bootstrap(
     hyps: Sequence[str], hyps_fp32: Sequence[str], refs: Sequence[str], samples: int = 1000, seed: int = 0,
+    metric: str = "bleu",
 ) -> dict[str, Any]:
-    """95% interval of ``BLEU(hyps) - BLEU(hyps_fp32)`` against ``refs`` by paired bootstrap.
+    """95% interval of ``score(hyps) - score(hyps_fp32)`` against ``refs`` by paired bootstrap.
 
-    ``diff`` is the difference on the full set (as the corpus scores give it); ``ci95`` the 2.5th
-    and 97.5th percentiles of the resampled differences; ``significant`` whether 0 lies outside it.
+    ``metric`` is ``bleu`` or ``chrf`` (sacrebleu defaults).  ``refs`` may be the fp32 outputs
+    themselves (``hyps_fp32 == refs``): the interval is then that of the agreement score minus
+    the fp32 run's own (100).  ``diff`` is the difference on the full set (as the corpus scores
+    give it); ``ci95`` the 2.5th and 97.5th percentiles of the resampled differences;
+    ``significant`` whether 0 lies outside it.
     """
     import numpy as np
-    from sacrebleu.metrics import BLEU
+    from sacrebleu.metrics import BLEU, CHRF
 
     if not len(hyps) == len(hyps_fp32) == len(refs):
         raise ValueError(f"{len(hyps)} hypotheses, {len(hyps_fp32)} fp32 hypotheses, {len(refs)} references: "
                          "they must pair one to one")
-    bleu = BLEU()
+    if metric not in METRICS:
+        raise ValueError(f"metric {metric!r} is not supported; allowed: {', '.join(METRICS)}")
+    scorer: Any = BLEU() if metric == "bleu" else CHRF()
     ref_docs = [list(refs)]
-    a = np.asarray(bleu._extract_corpus_statistics(list(hyps), ref_docs), dtype=np.int64)
-    b = np.asarray(bleu._extract_corpus_statistics(list(hyps_fp32), ref_docs), dtype=np.int64)
+    a = np.asarray(scorer._extract_corpus_statistics(list(hyps), ref_docs), dtype=np.int64)
+    b = np.asarray(scorer._extract_corpus_statistics(list(hyps_fp32), ref_docs), dtype=np.int64)
 
     def corpus(stats: Any) -> float:
-        return float(bleu._compute_score_from_stats(stats.tolist()).score)
+        return float(scorer._compute_score_from_stats(stats.tolist()).score)
 
     diff = corpus(a.sum(0)) - corpus(b.sum(0))
-    out: dict[str, Any] = {"diff": diff, "ci95": None, "samples": samples, "seed": seed, "significant": None}
+    out: dict[str, Any] = {"diff": diff, "ci95": None, "samples": samples, "seed": seed, "significant": None,
+                           "metric": metric}
     if samples > 0 and len(hyps) > 1:
         rng = np.random.default_rng(seed)
         idx = rng.integers(0, len(hyps), size=(samples, len(hyps)))

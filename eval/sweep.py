@@ -11,13 +11,18 @@ configuration, then a list (or matrix) of serving configurations.  Shape::
 
     [offline]
     num_examples = 1200             # the first N examples (omit: the whole set); the BLEU set
+    warmup_batches = 1              # batches run first and excluded (their time is reported)
     [singlestream]
     num_requests = 64               # the first N examples, one at a time, after the warm-up
     warmup = 5
+    interleave = true               # rounds across configurations (false: one configuration after another)
     [accuracy]
     bootstrap_samples = 1000
-    gate_bleu_ratio = 0.99          # pass if BLEU >= ratio x BLEU(fp32) ...
+    gate_metric = "bleu"            # bleu | chrf
+    gate_reference = "references"   # references (human) | fp32 (the fp32 reference's outputs: chat)
+    gate_ratio = 0.99               # pass if score >= ratio x score(fp32) ...
     gate_length_ratio = [0.9, 1.1]  # ... and sum(N) / sum(N_fp32) lies in this interval
+    divergence_examples = 64        # the first N also decoded at batch 1: batch divergence
     [reference]                     # the fp32 reference (defaults: engine torch, precision fp32)
     engine = "torch"
     [defaults]                      # applied to every configuration
@@ -60,10 +65,13 @@ CONFIG_KEYS = ("engine", "precision", "pruning", "device", "threads", "batch")
 TOP_KEYS = ("name", "description", "model", "dataset", "references", "max_new_tokens", "seed",
             "offline", "singlestream", "accuracy", "reference", "defaults", "configs")
 TABLE_KEYS = {
-    "offline": ("num_examples",),
-    "singlestream": ("num_requests", "warmup"),
-    "accuracy": ("bootstrap_samples", "gate_bleu_ratio", "gate_length_ratio"),
+    "offline": ("num_examples", "warmup_batches"),
+    "singlestream": ("num_requests", "warmup", "interleave"),
+    "accuracy": ("bootstrap_samples", "gate_metric", "gate_reference", "gate_ratio", "gate_bleu_ratio",
+                 "gate_length_ratio", "divergence_examples"),
 }
+GATE_METRICS = ("bleu", "chrf")
+GATE_REFERENCES = ("references", "fp32")
 DEFAULT_BATCH = 16
 
 
@@ -110,13 +118,18 @@ class Sweep:
     singlestream_requests: int
     warmup: int
     bootstrap_samples: int
-    gate_bleu_ratio: float
+    gate_ratio: float
     gate_length_ratio: tuple[float, float]
     reference: ServingConfig
     configs: tuple[ServingConfig, ...]  # the reference first
     examples: tuple[Example, ...] = field(repr=False)
     dataset_sha256: str = ""
     description: str = ""
+    gate_metric: str = "bleu"
+    gate_reference: str = "references"
+    offline_warmup_batches: int = 1
+    divergence_examples: int = 64
+    interleave: bool = True
 
     @property
     def offline_set(self) -> tuple[Example, ...]:
@@ -126,6 +139,20 @@ class Sweep:
     def singlestream_set(self) -> tuple[Example, ...]:
         return self.examples[: self.singlestream_requests]
 
+    @property
+    def divergence_set(self) -> tuple[Example, ...]:
+        """The first examples of the Offline set, decoded at batch 1 as well (batch divergence)."""
+        return self.examples[: min(self.divergence_examples, self.offline_examples)]
+
+    @property
+    def has_references(self) -> bool:
+        return all(e.reference is not None for e in self.offline_set)
+
+    @property
+    def gated_against(self) -> str:
+        """What the gate scores against: ``references``, or ``fp32`` (asked for, or no references)."""
+        return self.gate_reference if self.has_references else "fp32"
+
     def settings(self) -> dict[str, Any]:
         """Everything shared by the configurations: the contents that make rows comparable."""
         return {
@@ -133,8 +160,11 @@ class Sweep:
             "references": self.references, "max_new_tokens": self.max_new_tokens, "decoding": "greedy",
             "seed": self.seed, "offline_examples": self.offline_examples,
             "singlestream_requests": self.singlestream_requests, "warmup": self.warmup,
-            "bootstrap_samples": self.bootstrap_samples, "gate_bleu_ratio": self.gate_bleu_ratio,
-            "gate_length_ratio": list(self.gate_length_ratio), "reference": self.reference.to_dict(),
+            "interleave": self.interleave, "offline_warmup_batches": self.offline_warmup_batches,
+            "bootstrap_samples": self.bootstrap_samples, "gate_metric": self.gate_metric,
+            "gate_reference": self.gate_reference, "gate_ratio": self.gate_ratio,
+            "gate_length_ratio": list(self.gate_length_ratio), "divergence_examples": len(self.divergence_set),
+            "reference": self.reference.to_dict(),
         }
 
     @property
@@ -253,23 +283,9 @@ def load_sweep(name_or_path: str | Path) -> Sweep:
     return parse_sweep(doc, path)
 
 
-def parse_sweep(doc: dict[str, Any], path: str = "<sweep>") -> Sweep:
-    for k in doc:
-        if k not in TOP_KEYS:
-            raise SweepError(f"{path}: unknown key {k!r}; allowed: {', '.join(TOP_KEYS)}")
-    model = doc.get("model", "marian-en-de")
-    if not isinstance(model, str) or not model.strip():
-        raise _err(path, "model", model, "a registry name, a local directory or a hub id")
-    dataset = doc.get("dataset", "test")
-    if not isinstance(dataset, str) or not dataset:
-        raise _err(path, "dataset", dataset, f"{', '.join(BUILTIN)} or a path to a .tsv, .txt or .jsonl file")
-    max_new = doc.get("max_new_tokens", 128)
-    if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= 4096:
-        raise _err(path, "max_new_tokens", max_new, "an integer in [1, 4096]")
-    seed = doc.get("seed", 0)
-    _int(path, "seed", seed, lo=0)
-
-    # the test set: loaded now, so a missing file or a count mismatch fails before anything runs
+def _examples(path: str, doc: dict[str, Any], dataset: str) -> tuple[list[Example], str, str | None]:
+    """The test set with its references: loaded now, so a missing file or a count mismatch fails before
+    anything runs.  Returns ``(examples, dataset path, references key)``."""
     base = Path(path).parent
     ds_path = dataset if dataset in BUILTIN else str(_relative(dataset, base))
     try:
@@ -294,26 +310,57 @@ def parse_sweep(doc: dict[str, Any], path: str = "<sweep>") -> Sweep:
     if 0 < n_refs < len(examples):
         raise SweepError(f"{path}: dataset {dataset!r} has references for {n_refs} of its {len(examples)} "
                          "examples: give a reference for every example, or none")
+    return examples, ds_path, refs
 
+
+def _scenarios(path: str, doc: dict[str, Any], n_examples: int) -> dict[str, Any]:
+    """The [offline] and [singlestream] tables, as :class:`Sweep` fields."""
     off = _table(path, doc, "offline")
-    n_off = off.get("num_examples", len(examples))
+    n_off = off.get("num_examples", n_examples)
     _int(path, "offline.num_examples", n_off)
+    off_warm = _int(path, "offline.warmup_batches", off.get("warmup_batches", 1), lo=0)
     ss = _table(path, doc, "singlestream")
-    n_ss = _int(path, "singlestream.num_requests", ss.get("num_requests", min(64, len(examples))))
+    n_ss = _int(path, "singlestream.num_requests", ss.get("num_requests", min(64, n_examples)))
     warmup = _int(path, "singlestream.warmup", ss.get("warmup", 5), lo=0)
+    interleave = ss.get("interleave", True)
+    if not isinstance(interleave, bool):
+        raise _err(path, "singlestream.interleave", interleave, "true (rounds across configurations) or false")
     for where, n in (("offline.num_examples", n_off), ("singlestream.num_requests", n_ss)):
-        if n > len(examples):
-            raise _err(path, where, n, f"at most the dataset's {len(examples)} examples")
+        if n > n_examples:
+            raise _err(path, where, n, f"at most the dataset's {n_examples} examples")
+    return {"offline_examples": n_off, "offline_warmup_batches": off_warm, "singlestream_requests": n_ss,
+            "warmup": warmup, "interleave": interleave}
+
+
+def _accuracy(path: str, doc: dict[str, Any], n_off: int) -> dict[str, Any]:
+    """The [accuracy] table, as :class:`Sweep` fields."""
     acc = _table(path, doc, "accuracy")
     n_boot = _int(path, "accuracy.bootstrap_samples", acc.get("bootstrap_samples", 1000), lo=0)
-    ratio = acc.get("gate_bleu_ratio", 0.99)
+    if "gate_ratio" in acc and "gate_bleu_ratio" in acc:
+        raise SweepError(f"{path}: accuracy.gate_bleu_ratio is the old name of accuracy.gate_ratio: give one")
+    ratio_key = "gate_bleu_ratio" if "gate_bleu_ratio" in acc else "gate_ratio"
+    ratio = acc.get(ratio_key, 0.99)
     if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not 0 < ratio <= 1:
-        raise _err(path, "accuracy.gate_bleu_ratio", ratio, "a number in (0, 1], e.g. 0.99 (MLPerf) or 0.999")
+        raise _err(path, f"accuracy.{ratio_key}", ratio, "a number in (0, 1], e.g. 0.99 (MLPerf) or 0.999")
+    metric = acc.get("gate_metric", "bleu")
+    if metric not in GATE_METRICS:
+        raise _err(path, "accuracy.gate_metric", metric, ", ".join(GATE_METRICS))
+    against = acc.get("gate_reference", "references")
+    if against not in GATE_REFERENCES:
+        raise _err(path, "accuracy.gate_reference", against,
+                   "references (the human references) or fp32 (the fp32 reference's outputs)")
+    n_div = _int(path, "accuracy.divergence_examples", acc.get("divergence_examples", min(64, n_off)), lo=0)
     lr = acc.get("gate_length_ratio", [0.9, 1.1])
     if (not isinstance(lr, list) or len(lr) != 2 or not all(isinstance(x, (int, float)) for x in lr)
             or not 0 < lr[0] <= 1 <= lr[1]):
         raise _err(path, "accuracy.gate_length_ratio", lr, "[low, high] with 0 < low <= 1 <= high, e.g. [0.9, 1.1]")
+    return {"bootstrap_samples": n_boot, "gate_ratio": float(ratio), "gate_metric": metric,
+            "gate_reference": against, "divergence_examples": n_div,
+            "gate_length_ratio": (float(lr[0]), float(lr[1]))}
 
+
+def _configs(path: str, doc: dict[str, Any], model: str, max_new: int) -> tuple[ServingConfig, list[ServingConfig]]:
+    """The reference and the configurations (the reference first, duplicates dropped)."""
     defaults = _config_values(path, "defaults", _table(path, doc, "defaults"))
     for k, v in defaults.items():
         if len(v) != 1:
@@ -342,11 +389,30 @@ def parse_sweep(doc: dict[str, Any], path: str = "<sweep>") -> Sweep:
             cfg = _make_config(path, where, {**base_values, **dict(zip(keys, combo))}, model, max_new)
             if cfg not in configs:
                 configs.append(cfg)
-    name = doc.get("name", Path(path).stem)
+    return reference, configs
+
+
+def parse_sweep(doc: dict[str, Any], path: str = "<sweep>") -> Sweep:
+    for k in doc:
+        if k not in TOP_KEYS:
+            raise SweepError(f"{path}: unknown key {k!r}; allowed: {', '.join(TOP_KEYS)}")
+    model = doc.get("model", "marian-en-de")
+    if not isinstance(model, str) or not model.strip():
+        raise _err(path, "model", model, "a registry name, a local directory or a hub id")
+    dataset = doc.get("dataset", "test")
+    if not isinstance(dataset, str) or not dataset:
+        raise _err(path, "dataset", dataset, f"{', '.join(BUILTIN)} or a path to a .tsv, .txt or .jsonl file")
+    max_new = doc.get("max_new_tokens", 128)
+    if not isinstance(max_new, int) or isinstance(max_new, bool) or not 1 <= max_new <= 4096:
+        raise _err(path, "max_new_tokens", max_new, "an integer in [1, 4096]")
+    seed = doc.get("seed", 0)
+    _int(path, "seed", seed, lo=0)
+    examples, ds_path, refs = _examples(path, doc, dataset)
+    scen = _scenarios(path, doc, len(examples))
+    acc = _accuracy(path, doc, scen["offline_examples"])
+    reference, configs = _configs(path, doc, model, max_new)
     return Sweep(
-        path=path, name=str(name), model=model, dataset=dataset, references=refs, max_new_tokens=max_new,
-        seed=seed, offline_examples=n_off, singlestream_requests=n_ss, warmup=warmup,
-        bootstrap_samples=n_boot, gate_bleu_ratio=float(ratio), gate_length_ratio=(float(lr[0]), float(lr[1])),
-        reference=reference, configs=tuple(configs), examples=tuple(examples),
-        dataset_sha256=_dataset_hash(ds_path), description=str(doc.get("description", "")),
+        path=path, name=str(doc.get("name", Path(path).stem)), model=model, dataset=dataset, references=refs,
+        max_new_tokens=max_new, seed=seed, reference=reference, configs=tuple(configs), examples=tuple(examples),
+        dataset_sha256=_dataset_hash(ds_path), description=str(doc.get("description", "")), **scen, **acc,
     )

@@ -12,8 +12,12 @@ from typing import Any
 from testbed.errors import TestbedError
 
 
-def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any]:
-    """``{"bleu": float, "bleu_signature": str, "chrf": float, "chrf_signature": str, "n": int}``."""
+def score(hypotheses: Sequence[str], references: Sequence[str], ndigits: int | None = 2) -> dict[str, Any]:
+    """``{"bleu": float, "bleu_signature": str, "chrf": float, "chrf_signature": str, "n": int}``.
+
+    Scores are rounded to ``ndigits`` decimals for display; ``ndigits=None`` keeps sacrebleu's exact
+    value, which is what any comparison (a gate threshold, a difference) must use.
+    """
     from sacrebleu.metrics import BLEU, CHRF
 
     if len(hypotheses) != len(references):
@@ -26,7 +30,10 @@ def score(hypotheses: Sequence[str], references: Sequence[str]) -> dict[str, Any
     refs = [list(references)]
     b = bleu.corpus_score(list(hypotheses), refs)
     c = chrf.corpus_score(list(hypotheses), refs)
+    def r(x: float) -> float:
+        return x if ndigits is None else round(x, ndigits)
+
     return {
-        "bleu": round(b.score, 2), "bleu_signature": str(bleu.get_signature()),
-        "chrf": round(c.score, 2), "chrf_signature": str(chrf.get_signature()), "n": len(hypotheses),
+        "bleu": r(b.score), "bleu_signature": str(bleu.get_signature()),
+        "chrf": r(c.score), "chrf_signature": str(chrf.get_signature()), "n": len(hypotheses),
     }

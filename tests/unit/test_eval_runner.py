@@ -69,7 +69,7 @@ def test_sweep_rows_skips_failures_and_gate(tmp_path):
     assert len(rows) == len(sweep.configs) == 6 and f.calls[0] == "fp32"  # the reference runs first
     ref = by["fake/fp32/cpu/t1/b3"]
     assert ref["status"] == "ok" and ref["is_reference"] and ref["gate"]["passed"] is True
-    assert ref["accuracy"]["vs_fp32"]["bleu"] == 100.0 and ref["accuracy"]["length_ratio"] == 1.0
+    assert ref["accuracy"]["vs_fp32"]["bleu"] == pytest.approx(100.0) and ref["accuracy"]["length_ratio"] == 1.0
     assert ref["offline"]["n"] == 8 and ref["singlestream"]["completed"] == 4
     assert ref["singlestream"]["same_output_as_offline_pct"] == 100.0
     assert ref["signature"]["model_id"].startswith("fake:fake-en-de@") and ref["signature"]["batch"] == 3
@@ -78,8 +78,8 @@ def test_sweep_rows_skips_failures_and_gate(tmp_path):
     assert "RuntimeError: the runtime crashed" in by["fake/bf16/cpu/t1/b3"]["error"]
     half = by["fake/int8/cpu/t1/b3"]
     assert half["status"] == "ok" and half["gate"]["passed"] is False
-    assert half["accuracy"]["length_ratio"] < 0.9 and half["gate"]["bleu_margin"] < 0
-    assert half["accuracy"]["bleu_diff"]["diff"] < 0
+    assert half["accuracy"]["length_ratio"] < 0.9 and half["gate"]["margin"] < 0 and half["gate"]["verdict"] == "fail"
+    assert half["accuracy"]["gate_diff"]["diff"] < 0
     assert by["fake/fp16/cpu/t1/b3"]["gate"]["passed"] is True
     skipped = by["not-built-yet/int8-static/cpu/t1/b3"]
     assert skipped["status"] == "skipped" and "unknown engine" in skipped["error"]
@@ -130,7 +130,7 @@ def test_failed_reference_makes_the_gate_say_so(tmp_path):
     rows = run_sweep(sweep, out, progress=False, create=again, render=False)
     assert again.calls == ["fp32"]
     int8 = next(r for r in rows if r["label"].startswith("fake/int8"))
-    assert int8["gate"]["passed"] is True and int8["gate"]["bleu_fp32"] is not None
+    assert int8["gate"]["passed"] is True and int8["gate"]["score_fp32"] is not None
 
 
 def test_a_directory_of_another_sweep_is_refused(tmp_path):
@@ -154,9 +154,10 @@ def _row(label: str, passed: bool | None, p90: float, bleu: float, status: str =
         "accuracy": {"vs_references": {"bleu": bleu, "chrf": 55.0, "bleu_signature": "nrefs:1|tok:13a",
                                        "chrf_signature": "nrefs:1|nc:6"},
                      "vs_fp32": {"bleu": 80.0, "chrf": 90.0}, "length_ratio": 1.01,
-                     "bleu_diff": {"diff": bleu - 27.0, "ci95": [bleu - 27.5, bleu - 26.5]}},
-        "gate": {"passed": passed, "bleu_margin": bleu - 26.73, "bleu_pct_of_fp32": 100 * bleu / 27.0,
-                 "bleu_threshold": 26.73, "bleu_fp32": 27.0,
+                     "gate_diff": {"diff": bleu - 27.0, "ci95": [bleu - 27.5, bleu - 26.5]}},
+        "gate": {"passed": passed, "verdict": {True: "pass", False: "fail", None: None}[passed],
+                 "margin": bleu - 26.73, "pct_of_fp32": 100 * bleu / 27.0, "metric": "BLEU",
+                 "threshold": 26.73, "score": bleu, "score_fp32": 27.0,
                  "reasons": [] if passed else [f"BLEU {bleu} < 0.99 x fp32 27.00 = 26.73"]},
         "signature": {"model_id": "marian-en-de@abc", "git_sha": "f00", "machine": {"cpu": "cpu", "cores": 2}},
     }
@@ -185,7 +186,7 @@ def test_report_rendering_from_a_synthetic_results_file(tmp_path):
     assert "sacreBLEU: `nrefs:1|tok:13a`" in md
     rows = list(csv.DictReader(paths["csv"].open()))  # type: ignore[union-attr]
     assert [r["label"] for r in rows][:2] == ["ct2/int8", "ort/int8"] and rows[-1]["status"] == "skipped"
-    assert rows[0]["p90_e2e_ms"] == "40.0" and rows[0]["gate_passed"] == "True"
+    assert rows[0]["p90_e2e_ms"] == "40.0" and rows[0]["verdict"] == "pass"
     assert paths["plot"] is not None and paths["plot"].stat().st_size > 1000
 
 
@@ -228,3 +229,34 @@ def test_report_says_when_the_best_passing_row_is_no_faster_than_the_reference(t
     # and not said when the best passing row is faster
     (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in SYNTHETIC))
     assert "not faster" not in render_dir(tmp_path)["report"].read_text()  # type: ignore[union-attr]
+
+
+def test_report_shows_verdicts_with_intervals_and_the_session_header(tmp_path):
+    noisy = _row("ort/int8", False, 30.0, 26.66)
+    noisy["gate"].update(verdict="within noise", reasons=["the 95% interval of BLEU - fp32, [-0.68, -0.03], "
+                                                          "straddles the threshold -0.27"])
+    noisy["accuracy"]["gate_diff"] = {"diff": -0.34, "ci95": [-0.68, -0.03]}
+    noisy["batch1"] = {"n": 64, "batch": 32, "batch_divergence": 0.125, "differing": 8,
+                       "at_batch1": {"bleu": 27.5}, "at_batch": {"bleu": 27.25}}
+    rows = [_row("torch/fp32", True, 200.0, 27.0, ref=True), noisy, _row("ct2/int8", True, 40.0, 26.8),
+            _row("torch/int8", False, 150.0, 26.0)]
+    meta = {"name": "t", "settings": {"interleave": True, "warmup": 5, "singlestream_requests": 64,
+                                      "gate_metric": "bleu", "gate_reference": "references", "gate_ratio": 0.99},
+            "sessions": [{"header": "- command: `testbed eval --sweep default`\n- machine: cpu (avx2)\n",
+                          "load1_end": 2.5, "started_at": "2026-11-30T11:00:05+00:00",
+                          "finished_at": "2026-11-30T11:09:12+00:00"},
+                         {"started_at": "later", "command": "testbed eval", "load1_start": 1.0, "load1_end": 1.5}]}
+    md = markdown(rows, meta)
+    assert md.startswith("- command: `testbed eval --sweep default`\n- machine: cpu (avx2)\n- resumed later:")
+    assert "load average (1 min) at the end of each session: 2.50, 1.50" in md
+    assert "- wall time of each session (engine loads and artefact builds included): 547 s, n/a (unfinished)" in md
+    lines = [ln for ln in md.splitlines() if ln.startswith("| ") and "`" in ln]
+    assert [ln.split("`")[1] for ln in lines] == ["ct2/int8", "torch/fp32", "ort/int8", "torch/int8"]
+    assert "| **within noise** (-0.07) | 26.66 | -0.34 [-0.68, -0.03] |" in lines[2]
+    assert "| 12.5% (8/64 at b32) | 27.50 / 27.25 |" in lines[2]
+    assert "**FAIL** (-0.73)" in lines[3]
+    assert "**interleaved**: every engine loaded once" in md
+    assert "Best passing configuration: `ct2/int8`" in md
+    # ort/int8 (30 ms) is faster than the best passing row (40 ms) but its interval straddles the threshold
+    assert "Faster, but within noise (this test set cannot tell whether they pass): `ort/int8` (p90 E2E 30.0 ms)." in md
+    assert "* within noise: `ort/int8`: the 95% interval of BLEU - fp32, [-0.68, -0.03], straddles" in md

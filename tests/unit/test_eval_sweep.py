@@ -79,6 +79,19 @@ def test_bad_keys_and_values_name_field_value_and_allowed(tmp_path, data, extra,
     (("max_new_tokens = 16", "max_new_tokens = 0"), r"max_new_tokens = 0 is not valid; allowed: an integer in"),
     (("[reference]", "[reference]\nbatch = [1, 2]"), r"\[reference\] takes one value per key"),
     (("[offline]", "[offline]\nsize = 3"), r"unknown key offline.'size'; allowed in \[offline\]: num_examples"),
+    (("[reference]", "[accuracy]\ngate_metric = \"rouge\"\n[reference]"),
+     r"accuracy.gate_metric = 'rouge' is not valid; allowed: bleu, chrf"),
+    (("[reference]", "[accuracy]\ngate_reference = \"humans\"\n[reference]"),
+     r"accuracy.gate_reference = 'humans' is not valid; allowed: references .* or fp32"),
+    (("[reference]", "[accuracy]\ngate_ratio = 1.5\n[reference]"),
+     r"accuracy.gate_ratio = 1.5 is not valid; allowed: a number in \(0, 1\]"),
+    (("[reference]", "[accuracy]\ngate_ratio = 0.9\ngate_bleu_ratio = 0.9\n[reference]"),
+     r"gate_bleu_ratio is the old name of accuracy.gate_ratio: give one"),
+    (("[reference]", "[accuracy]\ndivergence_examples = -1\n[reference]"),
+     r"accuracy.divergence_examples = -1 is not valid; allowed: an integer >= 0"),
+    (("warmup = 1", "warmup = 1\ninterleave = \"yes\""),
+     r"singlestream.interleave = 'yes' is not valid; allowed: true"),
+    (("[offline]", "[offline]\nwarmup_batches = -2"), r"offline.warmup_batches = -2 is not valid"),
 ])
 def test_bad_tables(tmp_path, data, base_edit, match):
     with pytest.raises(SweepError, match=match):
@@ -139,8 +152,12 @@ def test_shipped_sweeps_validate():
     engines = {c.engine for c in d.configs}
     assert {"torch", "onnxruntime", "ctranslate2"} <= engines
     assert any(c.pruning != "none" for c in d.configs)
+    assert d.offline_examples == len(d.examples) == 1200  # the whole test set for accuracy
+    assert d.interleave and d.offline_warmup_batches == 1 and d.gate_reference == "references"
     chat = load_sweep("chat")
     assert chat.model == "smollm2-135m-instruct" and chat.examples[0].messages
+    assert chat.gate_reference == "fp32" and chat.gated_against == "fp32" and chat.offline_examples >= 300
+    assert {"torch", "onnxruntime", "ctranslate2"} <= {c.engine for c in chat.configs}
 
 
 def test_parse_sweep_dict_defaults_threads_to_cores(data):
@@ -148,3 +165,14 @@ def test_parse_sweep_dict_defaults_threads_to_cores(data):
                      "configs": [{"engine": "fake"}]}, "mem")
     assert s.reference.threads == (os.cpu_count() or 1)
     assert s.offline_examples == 6 and s.singlestream_requests == 6
+    assert len(s.divergence_set) == 6 and s.gate_ratio == 0.99 and s.interleave is True
+
+
+def test_old_gate_bleu_ratio_name_is_read_and_interleave_is_in_the_key(data):
+    base = {"model": "fake-en-de", "dataset": str(data), "reference": {"engine": "fake"},
+            "configs": [{"engine": "fake"}]}
+    s = parse_sweep({**base, "accuracy": {"gate_bleu_ratio": 0.999}}, "mem")
+    assert s.gate_ratio == 0.999
+    import dataclasses
+
+    assert dataclasses.replace(s, interleave=False).sweep_key != s.sweep_key
