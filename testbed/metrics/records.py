@@ -8,7 +8,9 @@ adapter, or the client's reader) and consumed by the pure functions of
 * ``schedule_ns`` = s_i (scheduled issue time), ``send_ns`` = a_i (actual send),
 * ``chunk_ns[k]`` = t_ik (receipt of token chunk k), ``chunk_tokens[k]`` its token count,
 * ``first_token_ns`` = f_i is ``chunk_ns[0]`` and ``last_token_ns`` = e_i is ``chunk_ns[-1]``,
-* ``n_out`` = N_i counted from token ids, ``n_in`` the prompt tokens.
+* ``n_out`` = N_i counted from token ids, ``n_in`` the prompt tokens,
+* ``last_visible_ns``: receipt of the last chunk with non-empty text (an EOS streamed as an
+  event of its own has none), so E2E can also be read as clients that time text only do.
 
 A failed request keeps ``ok=False`` and its ``error``; it never yields a latency sample.
 """
@@ -28,6 +30,7 @@ class RequestRecord:
     send_ns: int
     chunk_ns: list[int] = field(default_factory=list)
     chunk_tokens: list[int] = field(default_factory=list)
+    last_visible_ns: int | None = None
     done_ns: int | None = None
     n_in: int = 0
     n_out: int = 0
