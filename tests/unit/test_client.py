@@ -103,6 +103,36 @@ def test_lean_client_reads_the_same_stream(vllm_like):
     assert S.timed_tokens(rec) == 3
 
 
+class CutOff(socketserver.BaseRequestHandler):
+    """Answers 200 with one SSE event, then closes the connection mid-stream (or stays silent)."""
+
+    silent = False
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        if self.silent:
+            self.request.recv(1)  # until the client gives up
+            return
+        head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        event = b'data: {"choices":[{"index":0,"text":"a","finish_reason":null}]}\n\n'
+        self.request.sendall(head + b"%x\r\n%s\r\n" % (len(event), event))
+
+
+@pytest.mark.parametrize("silent", [False, True])
+def test_lean_client_fails_a_cut_or_silent_stream_instead_of_hanging(silent):
+    handler = type("H", (CutOff,), {"silent": silent})
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        rec = send_one(T.HttpTarget(f"http://127.0.0.1:{srv.server_address[1]}", "m", client="lean", timeout_s=0.3))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert not rec.ok and S.ttft_ms(rec) is None  # counted as failed, never timed
+    assert rec.error.startswith("TimeoutError" if silent else "ConnectionError")
+
+
 def test_tpot_divides_by_timed_tokens_scripted_record():
     ms = 1_000_000
     rec = RequestRecord("r", schedule_ns=0, send_ns=0, chunk_ns=[10 * ms, 20 * ms, 30 * ms], chunk_tokens=[1, 1, 1],
