@@ -57,8 +57,10 @@ class _Exchange:
         if self.buf:
             data = self.buf + data
         *lines, self.buf = data.split(b"\n")
+        on_line = self.on_line
         for line in lines:
-            self.on_line(line, t)
+            if line and line != b"\r":  # blank lines only separate SSE events
+                on_line(line, t)
 
     def _end(self, result: Result | None, exc: BaseException | None) -> None:
         end, self.on_end = self.on_end, None
