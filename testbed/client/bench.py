@@ -23,6 +23,8 @@ from testbed.io import write_json_atomic, write_text_atomic
 from testbed.metrics import summary as S
 from testbed.metrics.early_stopping import ESTIMATE_RULE, RULES, SERVER_RULE
 from testbed.metrics.records import RequestRecord
+from testbed.metrics.saturation import ClientLimits, run_verdict, verdict_text
+from testbed.metrics.visible import visible_stats
 from testbed.report.text import fmt_ms, kv_table, latency_table
 from testbed.signature import signature
 
@@ -110,10 +112,18 @@ def run_records(make_target: TargetFactory, examples: Sequence[Example], spec: L
 
 
 def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: dict[str, Any],
-           examples: Sequence[Example], out_dir: Path | None, title: str, extra_head: dict[str, Any] | None = None
-           ) -> dict[str, Any]:
-    """Summary, tail claims, accuracy, Markdown, and the files in ``out_dir``."""
+           examples: Sequence[Example], out_dir: Path | None, title: str, extra_head: dict[str, Any] | None = None,
+           limits: ClientLimits | None = None) -> dict[str, Any]:
+    """Summary, tail claims, accuracy, Markdown, and the files in ``out_dir``.
+
+    The summary also holds E2E to the last visible token (:mod:`testbed.metrics.visible`) and
+    the client verdict (:mod:`testbed.metrics.saturation`: ``client_limited``, loop lag, client
+    CPU per request) against ``limits``.
+    """
     summ = S.summarize(records, slo, scenario=spec.scenario).to_dict()
+    summ.update(visible_stats(records))
+    verdict = run_verdict(records, spec.scenario, limits)
+    summ.update(verdict)
     live = [r for r in records if not r.warmup]
     rejected = sum(1 for r in live if not r.ok and is_rejection(r.error))
     summ["rejected"] = rejected
@@ -146,6 +156,13 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
     head["dispatch delay p50 / p99 / max (ms)"] = (f"{fmt_ms(summ['median_dispatch_delay_ms'], 3)} / "
                                                    f"{fmt_ms(summ['p99_dispatch_delay_ms'], 3)} / "
                                                    f"{fmt_ms(summ['max_dispatch_delay_ms'], 3)}")
+    head["event-loop lag p50 / p99 / max (ms)"] = (f"{fmt_ms(summ['median_loop_lag_ms'], 3)} / "
+                                                   f"{fmt_ms(summ['p99_loop_lag_ms'], 3)} / "
+                                                   f"{fmt_ms(summ['max_loop_lag_ms'], 3)}")
+    head["client"] = (f"{verdict_text(verdict)}; {fmt_ms(summ['client_cpu_ms_per_request'], 3)} ms CPU per request, "
+                      f"{summ['client_procs']} process(es)")
+    head["E2E to the last visible token p50 / p99 (ms)"] = (f"{fmt_ms(summ['median_e2el_visible_ms'], 2)} / "
+                                                            f"{fmt_ms(summ['p99_e2el_visible_ms'], 2)}")
     if not slo.is_empty:
         head["goodput (req/s) / SLO attainment"] = (f"{fmt_ms(summ['request_goodput'], 2)} / "
                                                     f"{fmt_ms(summ['slo_attainment_pct'], 1)} %")
@@ -157,8 +174,9 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
         head["BLEU / chrF"] = f"{acc['bleu']:.2f} / {acc['chrf']:.2f}{note}"
     md = (f"## {title}\n\n{kv_table(head)}\n\n{latency_table(records)}\n\n"
           f"Percentiles: {S.PERCENTILE_METHOD}. Latency from the scheduled send time s_i: TTFT = first token - s_i; "
-          "TPOT = (last - first)/(N-1), N>=2; E2E = last token - s_i; failed and rejected requests are counted, "
-          "never timed.")
+          "TPOT = (last - first)/(N-1), N>=2 (N: tokens in timed chunks); E2E = last token chunk - s_i (testbed's "
+          "server streams EOS as its own event: E2E ends there, the visible-token E2E at the last text); failed and "
+          "rejected requests are counted, never timed.")
     if out_dir is not None:
         write_text_atomic(out_dir / "records.jsonl", "".join(r.to_json() + "\n" for r in records))
         from testbed.report.plots import latency_cdf
@@ -175,7 +193,8 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
 
 
 def load_bench(make_target: TargetFactory, examples: Sequence[Example], spec: LoadSpec, slo: S.SLO,
-               describe: dict[str, Any], out_dir: Path | None = None, progress: bool = True) -> dict[str, Any]:
+               describe: dict[str, Any], out_dir: Path | None = None, progress: bool = True,
+               limits: ClientLimits | None = None) -> dict[str, Any]:
     records = run_records(make_target, examples, spec, progress)
     title = f"{spec.scenario.capitalize()}, {describe.get('target')}"
-    return report(records, spec, slo, describe, examples, out_dir, title)
+    return report(records, spec, slo, describe, examples, out_dir, title, limits=limits)

@@ -37,7 +37,17 @@ def add_load_args(b: argparse.ArgumentParser) -> None:
                    help="endpoint: chat for message datasets, completions for text (auto, default)")
     g.add_argument("--served-model", default=None,
                    help="the model name to send (default: --model); a vLLM/TGI server's own model id")
-    g.add_argument("--http-client", default="aiohttp", choices=["aiohttp", "httpx"])
+    g.add_argument("--http-client", default="lean", choices=["lean", "aiohttp", "httpx"],
+                   help="lean (asyncio + httptools, the default), or aiohttp / httpx for comparison")
+    g.add_argument("--client-procs", type=int, default=1,
+                   help="server scenario: client processes, each with its own event loop and an independent "
+                        "share of the Poisson stream (default 1)")
+    g.add_argument("--client-limit-ms", type=float, default=None,
+                   help="flag the run client-limited when the p99 dispatch delay or p99 event-loop lag passes "
+                        "this (ms; default 1)")
+    g.add_argument("--ignore-eos", action="store_true",
+                   help="ask for exactly --max-new-tokens tokens per answer (vLLM's ignore_eos; refused by "
+                        "engines that cannot mask EOS)")
     g.add_argument("--return-timing", action="store_true",
                    help="ask a testbed server for its engine-side timestamps (kept in each record's extra)")
     g.add_argument("--max-batch-size", type=int, default=1, help="inproc target: dynamic batch size at most")
@@ -66,6 +76,21 @@ def wants_load(args: argparse.Namespace) -> bool:
     return bool(args.url or args.target or args.find_peak or args.scenario != "singlestream")
 
 
+def client_limits(args: argparse.Namespace, target: str) -> Any:
+    """Check the client options against the scenario and target; the client-limited thresholds."""
+    from testbed.errors import TestbedError
+    from testbed.metrics.saturation import ClientLimits
+
+    if args.client_procs != 1 and not (args.scenario == "server" or args.find_peak):
+        raise TestbedError(f"--client-procs {args.client_procs}: several client processes split a Poisson stream; "
+                           "use it with --scenario server (or --find-peak)")
+    if args.client_procs != 1 and target != "http":
+        raise TestbedError("--client-procs needs --url: an in-process target cannot be shared between processes")
+    if args.client_limit_ms is None:
+        return ClientLimits()
+    return ClientLimits(args.client_limit_ms, args.client_limit_ms)
+
+
 def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dict[str, Any]:
     from testbed.client.bench import load_bench
     from testbed.client.loadgen import LoadSpec
@@ -84,10 +109,12 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
     slo = SLO.parse(args.slo)
     if args.find_peak and args.num_requests:
         raise TestbedError("--find-peak sizes each trial by --duration and --peak-min-queries: drop --num-requests")
+    limits = client_limits(args, target)
     # --find-peak: the spec gives size, warm-up and seed; each trial sets scenario=server and its rate
     spec = LoadSpec(scenario=args.scenario if not args.find_peak else "singlestream", num_requests=args.num_requests,
                     duration_s=args.duration, rate=args.rate if not args.find_peak else None,
-                    concurrency=args.concurrency, warmup=args.warmup, seed=args.seed)
+                    concurrency=args.concurrency, warmup=args.warmup, seed=args.seed,
+                    client_procs=args.client_procs)
     examples = load_dataset(args.dataset or default_dataset)
     if args.num_requests and args.num_requests < len(examples) and not args.duration:
         examples = examples[: args.num_requests]
@@ -99,10 +126,12 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
 
         def make() -> Any:
             return HttpTarget(args.url, model, api=args.api, max_tokens=max_tokens,
-                              return_timing=args.return_timing, client=args.http_client)
+                              return_timing=args.return_timing, client=args.http_client,
+                              ignore_eos=args.ignore_eos)
 
         describe: dict[str, Any] = {"target": f"http {args.url}", "served_model": model,
-                                    "http_client": args.http_client, "max_tokens": max_tokens}
+                                    "http_client": args.http_client, "max_tokens": max_tokens,
+                                    "ignore_eos": args.ignore_eos}
         engine = None
     else:
         from testbed.client.targets import InprocTarget
@@ -114,7 +143,7 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
         engine = create_engine(config)
 
         def make() -> Any:
-            return InprocTarget(engine, batch, max_tokens=max_tokens)
+            return InprocTarget(engine, batch, max_tokens=max_tokens, ignore_eos=args.ignore_eos)
 
         describe = {**_describe(engine), "target": f"inproc {config.label()} {batch.label()}"}
     out = Path(args.out) if args.out else None
@@ -124,7 +153,7 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
                                 max_trials=args.peak_trials, bisect_steps=args.peak_steps)
             return find_peak(make, examples, spec, slo, describe, out, progress=not args.no_progress, search=search,
                              on_trial=_print_trial)
-        return load_bench(make, examples, spec, slo, describe, out, progress=not args.no_progress)
+        return load_bench(make, examples, spec, slo, describe, out, progress=not args.no_progress, limits=limits)
     finally:
         if engine is not None:
             engine.close()

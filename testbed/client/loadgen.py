@@ -13,6 +13,12 @@ dispatch delay ``a_i - s_i`` shows when the generator itself falls behind.  For 
 arrivals are fired by a timer thread (``time.sleep`` to each ``s_i``, then a thread-safe call
 into the loop): an asyncio timer alone wakes up to 1 ms late (epoll's millisecond timeout).
 Warm-up requests run first, one at a time, flagged ``warmup`` and excluded by the summaries.
+
+The client watches itself: an event-loop lag probe (:mod:`testbed.client.lag`) runs through the
+measured part, and the client's CPU time is taken around warm-up and run; both come back on the
+:class:`RunRecords` and feed the client-limited verdict (:mod:`testbed.metrics.saturation`).
+With ``client_procs > 1`` the server scenario runs in several processes, each with its own loop
+and an independent share of the Poisson stream (:mod:`testbed.client.multiproc`).
 """
 
 from __future__ import annotations
@@ -21,10 +27,11 @@ import asyncio
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from testbed.client.lag import LagProbe
 from testbed.clock import now_ns
 from testbed.datasets import Example
 from testbed.errors import ConfigError
@@ -32,6 +39,7 @@ from testbed.metrics.records import RequestRecord
 
 SCENARIOS = ("singlestream", "server", "offline", "concurrency")
 Progress = Callable[[int], None]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class LoadSpec:
     concurrency: int = 1
     warmup: int = 5
     seed: int = 0
+    client_procs: int = 1  # server scenario: client processes sharing the Poisson stream (others: 1)
 
     def __post_init__(self) -> None:
         if self.scenario not in SCENARIOS:
@@ -65,10 +74,35 @@ class LoadSpec:
                               "use --num-requests")
         if not isinstance(self.warmup, int) or self.warmup < 0:
             raise ConfigError("warmup", self.warmup, "a non-negative integer")
+        if not isinstance(self.client_procs, int) or isinstance(self.client_procs, bool) \
+                or not 1 <= self.client_procs <= 64:
+            raise ConfigError("client_procs", self.client_procs, "an integer in [1, 64]")
 
     def describe(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "num_requests": self.num_requests, "duration_s": self.duration_s,
-                "rate": self.rate, "concurrency": self.concurrency, "warmup": self.warmup, "seed": self.seed}
+                "rate": self.rate, "concurrency": self.concurrency, "warmup": self.warmup, "seed": self.seed,
+                "client_procs": self.procs}
+
+    @property
+    def procs(self) -> int:
+        """Client processes this spec runs in: ``client_procs`` for the server scenario, else 1."""
+        return self.client_procs if self.scenario == "server" else 1
+
+
+class RunRecords(list[RequestRecord]):
+    """The records of one run (warm-up ones first), with what the client measured about itself:
+    ``loop_lag_ns`` (the lag probe's samples), ``client_cpu_s`` (CPU seconds of the client
+    process(es) over warm-up and run), ``client_procs``."""
+
+    def __init__(self, records: Sequence[RequestRecord] = (), loop_lag_ns: Sequence[int] = (),
+                 client_cpu_s: float | None = None, client_procs: int = 1) -> None:
+        super().__init__(records)
+        self.loop_lag_ns = list(loop_lag_ns)
+        self.client_cpu_s = client_cpu_s
+        self.client_procs = client_procs
+
+    def __repr__(self) -> str:  # not thousands of records
+        return f"RunRecords({len(self)} records, {len(self.loop_lag_ns)} lag samples, {self.client_procs} procs)"
 
 
 def poisson_offsets_ns(rate: float, seed: int, n: int | None = None, duration_s: float | None = None) -> list[int]:
@@ -113,22 +147,87 @@ class _Ticker(threading.Thread):
             self.loop.call_soon_threadsafe(self.fire, i)
 
 
-async def run_load(target: Any, examples: Sequence[Example], spec: LoadSpec,
-                   progress: Progress | None = None) -> list[RequestRecord]:
-    """Run ``spec`` against a started ``target``; returns every record (warm-up ones first)."""
-    records: list[RequestRecord] = []
-    m = len(examples)
+def new_record(examples: Sequence[Example], k: int, s: int, warm: bool = False) -> tuple[Example, RequestRecord]:
+    """Request ``k`` of a run (example ``k mod len(examples)``), scheduled at ``s``."""
+    ex = examples[k % len(examples)]
+    rid = f"{'w' if warm else ''}{k}:{ex.id}"
+    return ex, RequestRecord(request_id=rid, schedule_ns=s, send_ns=s, warmup=warm)
 
-    def new(k: int, s: int, warm: bool = False) -> tuple[Example, RequestRecord]:
-        ex = examples[k % m]
-        rid = f"{'w' if warm else ''}{k}:{ex.id}"
-        return ex, RequestRecord(request_id=rid, schedule_ns=s, send_ns=s, warmup=warm)
 
-    for k in range(spec.warmup):
-        ex, rec = new(k, now_ns(), warm=True)
+async def warm_up(target: Any, examples: Sequence[Example], ks: Iterable[int]) -> list[RequestRecord]:
+    """Warm-up requests ``ks``, one at a time (flagged ``warmup``: run, then excluded)."""
+    out = []
+    for k in ks:
+        ex, rec = new_record(examples, k, now_ns(), warm=True)
         await target.send(ex, rec)
-        records.append(rec)
+        out.append(rec)
+    return out
 
+
+async def fire_schedule(target: Any, pairs: Sequence[tuple[Example, RequestRecord]],
+                        progress: Callable[[], None] | None = None) -> None:
+    """Send each ``(example, record)`` at its ``record.schedule_ns`` (absolute ``perf_counter_ns``).
+
+    A timer thread sleeps to each time and hands the arrival to the loop (thread-safe); the loop
+    starts it at once through ``target.send_nowait`` when the target can (no task: the lean client
+    on an idle connection), else as a task running ``target.send``.  No cap on outstanding
+    requests.  Returns when every request has finished.
+    """
+    if not pairs:
+        return
+    loop = asyncio.get_running_loop()
+    finished = loop.create_future()
+    remaining = len(pairs)
+    tasks: set[asyncio.Task[None]] = set()
+    nowait = getattr(target, "send_nowait", None)  # a target that can start a request without a task
+
+    def one_done() -> None:
+        nonlocal remaining
+        if progress:
+            progress()
+        remaining -= 1
+        if remaining == 0 and not finished.done():
+            finished.set_result(None)
+
+    async def one(i: int) -> None:
+        ex, rec = pairs[i]
+        await target.send(ex, rec)
+        one_done()
+
+    def fire(i: int) -> None:
+        if nowait is not None:
+            ex, rec = pairs[i]
+            try:
+                if nowait(ex, rec, one_done):
+                    return
+            except Exception as exc:  # never leave a request unfinished (the run would not end)
+                rec.fail(f"{type(exc).__name__}: {exc}", now_ns())
+                one_done()
+                return
+        task = loop.create_task(one(i))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    ticker = _Ticker(loop, [rec.schedule_ns for _, rec in pairs], fire)
+    switch = sys.getswitchinterval()
+    # the ticker must get the GIL at once when its sleep ends, not after up to 5 ms
+    sys.setswitchinterval(1e-4)
+    try:
+        ticker.start()
+        await finished
+    finally:
+        ticker.stopped = True
+        sys.setswitchinterval(switch)
+
+
+async def run_load(target: Any, examples: Sequence[Example], spec: LoadSpec,
+                   progress: Progress | None = None) -> RunRecords:
+    """Run ``spec`` against a started ``target`` in this process; every record (warm-up ones first)."""
+    cpu0 = time.process_time()
+    if hasattr(target, "prebuild"):
+        target.prebuild(examples)
+    records = await warm_up(target, examples, range(spec.warmup))
+    m = len(examples)
     n = spec.num_requests
     end_ns = now_ns() + int(spec.duration_s * 1e9) if spec.duration_s is not None else None
     if n is None and end_ns is None:
@@ -145,89 +244,75 @@ async def run_load(target: Any, examples: Sequence[Example], spec: LoadSpec,
         return (n is None or k < n) and (end_ns is None or now_ns() < end_ns)
 
     live: list[RequestRecord] = []
-    if spec.scenario == "singlestream":
-        k = 0
-        while more(k):
-            ex, rec = new(k, now_ns())
-            await target.send(ex, rec)
-            live.append(rec)
-            tick()
-            k += 1
-    elif spec.scenario == "concurrency":
-        counter = iter(range(10**12))
-
-        async def user() -> None:
-            while True:
-                k = next(counter)
-                if not more(k):
-                    return
-                ex, rec = new(k, now_ns())
+    probe = LagProbe(asyncio.get_running_loop()).start()
+    try:
+        if spec.scenario == "singlestream":
+            k = 0
+            while more(k):
+                ex, rec = new_record(examples, k, now_ns())
                 await target.send(ex, rec)
                 live.append(rec)
                 tick()
+                k += 1
+        elif spec.scenario == "concurrency":
+            counter = iter(range(10**12))
 
-        await asyncio.gather(*(user() for _ in range(spec.concurrency)))
-    elif spec.scenario == "offline":
-        t0 = now_ns()
-        pairs = [new(k, t0) for k in range(n or m)]
+            async def user() -> None:
+                while True:
+                    k = next(counter)
+                    if not more(k):
+                        return
+                    ex, rec = new_record(examples, k, now_ns())
+                    await target.send(ex, rec)
+                    live.append(rec)
+                    tick()
 
-        async def send_one(ex: Example, rec: RequestRecord) -> None:
-            await target.send(ex, rec)
-            tick()
+            await asyncio.gather(*(user() for _ in range(spec.concurrency)))
+        elif spec.scenario == "offline":
+            t0 = now_ns()
+            pairs = [new_record(examples, k, t0) for k in range(n or m)]
 
-        await asyncio.gather(*(send_one(ex, rec) for ex, rec in pairs))
-        live = [rec for _, rec in pairs]
-    else:  # server: Poisson arrivals fired by a timer thread
-        assert spec.rate is not None
-        offsets = poisson_offsets_ns(spec.rate, spec.seed, n=n, duration_s=None if n else spec.duration_s)
-        t0 = now_ns() + 20_000_000  # 20 ms to start the ticker
-        due = [t0 + o for o in offsets]
-        pairs = [new(k, d) for k, d in enumerate(due)]
-        loop = asyncio.get_running_loop()
-        finished = loop.create_future()
-        remaining = len(pairs)
-        tasks: set[asyncio.Task[None]] = set()
+            async def send_one(ex: Example, rec: RequestRecord) -> None:
+                await target.send(ex, rec)
+                tick()
 
-        async def one(i: int) -> None:
-            nonlocal remaining
-            ex, rec = pairs[i]
-            await target.send(ex, rec)
-            tick()
-            remaining -= 1
-            if remaining == 0 and not finished.done():
-                finished.set_result(None)
-
-        def fire(i: int) -> None:
-            task = loop.create_task(one(i))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        ticker = _Ticker(loop, due, fire)
-        switch = sys.getswitchinterval()
-        # the ticker must get the GIL at once when its sleep ends, not after up to 5 ms
-        sys.setswitchinterval(1e-4)
-        try:
-            if pairs:
-                ticker.start()
-                await finished
-        finally:
-            ticker.stopped = True
-            sys.setswitchinterval(switch)
-        live = [rec for _, rec in pairs]
-    return records + live
+            await asyncio.gather(*(send_one(ex, rec) for ex, rec in pairs))
+            live = [rec for _, rec in pairs]
+        else:  # server: Poisson arrivals fired by a timer thread
+            assert spec.rate is not None
+            offsets = poisson_offsets_ns(spec.rate, spec.seed, n=n, duration_s=None if n else spec.duration_s)
+            t0 = now_ns() + 20_000_000  # 20 ms to start the ticker
+            pairs = [new_record(examples, k, t0 + o) for k, o in enumerate(offsets)]
+            await fire_schedule(target, pairs, tick)
+            live = [rec for _, rec in pairs]
+    finally:
+        lag = probe.stop()
+    return RunRecords(records + live, loop_lag_ns=lag, client_cpu_s=time.process_time() - cpu0)
 
 
 def run(target: Any, examples: Sequence[Example], spec: LoadSpec, progress: Progress | None = None
-        ) -> list[RequestRecord]:
-    """Synchronous wrapper: start the target, run, close it (uvloop when installed)."""
+        ) -> RunRecords:
+    """Synchronous wrapper: start the target, run, close it (uvloop when installed).
 
-    async def main() -> list[RequestRecord]:
+    With ``spec.procs > 1`` the run goes to :func:`testbed.client.multiproc.run_procs`.
+    """
+    if spec.procs > 1:
+        from testbed.client.multiproc import run_procs
+
+        return run_procs(target, examples, spec, progress)
+
+    async def main() -> RunRecords:
         await target.start()
         try:
             return await run_load(target, examples, spec, progress)
         finally:
             await target.close()
 
+    return run_in_loop(main())
+
+
+def run_in_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to completion on a fresh event loop (uvloop when installed)."""
     try:
         import uvloop
 
@@ -235,4 +320,4 @@ def run(target: Any, examples: Sequence[Example], spec: LoadSpec, progress: Prog
     except ImportError:
         factory = None
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main())
+        return runner.run(coro)

@@ -7,9 +7,10 @@ target's engine token ids).  A request that is refused or fails is recorded fail
 label shared by both targets (:func:`error_label`), so rejections are counted, never timed.
 
 * :class:`HttpTarget`: ``POST /v1/completions`` (text) or ``/v1/chat/completions`` (messages)
-  with ``stream: true``; one persistent connection pool (aiohttp, or httpx); parses SSE lines.
-  A chunk counts ``len(token_ids)`` tokens when the server sends them (testbed does), else 1
-  per non-empty text piece (vLLM, TGI: ``n_out`` still comes from ``usage``);
+  with ``stream: true``; one persistent connection pool: the lean client
+  (:mod:`testbed.client.lean`, the default), aiohttp or httpx (kept for comparison); every one
+  feeds the same SSE reader (:class:`testbed.client.sse.SseReader`: token counts, the last
+  visible token, tokens the server counted but never streamed in a timed chunk);
 * :class:`InprocTarget`: the same dynamic batcher the server runs
   (:class:`testbed.serve.batcher.Batcher`), without HTTP: served minus in-process is the cost
   of the transport and the web stack.
@@ -20,23 +21,20 @@ from __future__ import annotations
 import asyncio
 import json
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from testbed.client.sse import SseReader, error_label
 from testbed.clock import now_ns
 from testbed.datasets import Example
 from testbed.engines.base import Engine, GenerationRequest
 from testbed.errors import TestbedError
 from testbed.metrics.records import RequestRecord
+from testbed.metrics.summary import NO_TOKENS_ERROR
 
-REASONS = {400: "bad request", 404: "not found", 413: "too large", 429: "rejected: queue full",
-           500: "server error", 503: "rejected: unavailable", 504: "deadline exceeded"}
 REJECTED = (429, 503)
-
-
-def error_label(status: int) -> str:
-    """The error string of a request that got HTTP ``status`` (same for both targets)."""
-    return f"status {status} ({REASONS.get(status, 'error')})"
+HEADERS = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+HTTP_CLIENTS = ("lean", "aiohttp", "httpx")
 
 
 def is_rejection(error: str | None) -> bool:
@@ -63,21 +61,35 @@ class Target(ABC):
 # ---------------------------------------------------------------------- HTTP
 class HttpTarget(Target):
     def __init__(self, url: str, model: str, api: str = "auto", max_tokens: int | None = None,
-                 return_timing: bool = False, client: str = "aiohttp", timeout_s: float = 600.0) -> None:
+                 return_timing: bool = False, client: str = "lean", timeout_s: float = 600.0,
+                 ignore_eos: bool = False) -> None:
         if api not in ("auto", "completions", "chat"):
             raise TestbedError(f"--api {api!r}: give auto, completions or chat")
-        if client not in ("aiohttp", "httpx"):
-            raise TestbedError(f"--http-client {client!r}: give aiohttp or httpx")
+        if client not in HTTP_CLIENTS:
+            raise TestbedError(f"--http-client {client!r}: give {', '.join(HTTP_CLIENTS)}")
         self.url = url.rstrip("/")
         if self.url.endswith("/v1"):
             self.url = self.url[:-3]
         self.model, self.api, self.max_tokens = model, api, max_tokens
         self.return_timing, self.client, self.timeout_s = return_timing, client, timeout_s
+        self.ignore_eos = ignore_eos
         self.label = f"http {self.url} ({client})"
         self._session: Any = None
+        self._built: dict[int, tuple[Example, tuple[str, bytes, bool]]] = {}
+        if client == "lean":
+            from testbed.client.lean import LeanClient
+
+            LeanClient.check_url(self.url)
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to client processes before start()
+        return {**self.__dict__, "_session": None, "_built": {}}
 
     async def start(self) -> None:
-        if self.client == "aiohttp":
+        if self.client == "lean":
+            from testbed.client.lean import LeanClient
+
+            self._session = LeanClient(self.url, self.timeout_s)
+        elif self.client == "aiohttp":
             import aiohttp
 
             self._session = aiohttp.ClientSession(
@@ -91,8 +103,24 @@ class HttpTarget(Target):
 
     async def close(self) -> None:
         if self._session is not None:
-            await (self._session.close() if self.client == "aiohttp" else self._session.aclose())
+            await (self._session.aclose() if self.client == "httpx" else self._session.close())
             self._session = None
+        self._built = {}
+
+    def prebuild(self, examples: Sequence[Example]) -> None:
+        """Encode every example's request once, after :meth:`start` and before the run, so JSON
+        encoding is not part of the dispatch path (``a_i - s_i``)."""
+        self._built = {id(ex): (ex, self._request(ex)) for ex in examples}
+
+    def _request(self, ex: Example) -> tuple[str, bytes, bool]:
+        """(path, what to send, chat?): the JSON body, or for the lean client the whole request."""
+        hit = self._built.get(id(ex))
+        if hit is not None and hit[0] is ex:
+            return hit[1]
+        path, data, chat = self.body(ex)
+        if self.client == "lean":
+            data = self._session.request_bytes(path, data)
+        return path, data, chat
 
     def body(self, ex: Example) -> tuple[str, bytes, bool]:
         """(path, JSON body, chat?) of one example; built before the send time is taken."""
@@ -107,38 +135,69 @@ class HttpTarget(Target):
             body["prompt"] = ex.text
         if self.max_tokens:
             body["max_tokens"] = self.max_tokens
+        if self.ignore_eos:
+            body["ignore_eos"] = True
         if self.return_timing:
             body["return_timing"] = True
         path = "/v1/chat/completions" if chat else "/v1/completions"
         return path, json.dumps(body, ensure_ascii=False).encode(), chat
 
     async def send(self, ex: Example, rec: RequestRecord) -> None:
-        path, data, chat = self.body(ex)
-        url = self.url + path
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        path, data, chat = self._request(ex)
+        reader = SseReader(rec, chat)
         try:
+            if self.client == "lean":
+                rec.send_ns = now_ns()
+                self._ended(rec, reader, await self._session.stream(data, reader.line), None)
+                return
             if self.client == "aiohttp":
                 rec.send_ns = now_ns()
-                async with self._session.post(url, data=data, headers=headers) as resp:
+                async with self._session.post(self.url + path, data=data, headers=HEADERS) as resp:
                     if resp.status != 200:
                         self._failed(rec, resp.status, await resp.text(), resp.headers.get("Retry-After"))
                         return
-                    await self._consume(resp.content, rec, chat)
+                    async for line in resp.content:
+                        if reader.line(line, now_ns()):
+                            break
             else:
                 rec.send_ns = now_ns()
-                async with self._session.stream("POST", url, content=data, headers=headers) as resp:
+                async with self._session.stream("POST", self.url + path, content=data, headers=HEADERS) as resp:
                     if resp.status_code != 200:
                         self._failed(rec, resp.status_code, (await resp.aread()).decode(errors="replace"),
                                      resp.headers.get("Retry-After"))
                         return
-                    await self._consume(self._lines(resp), rec, chat)
+                    async for text_line in resp.aiter_lines():
+                        if reader.line(text_line.encode(), now_ns()):
+                            break
+            reader.finish(now_ns())
         except Exception as exc:
             rec.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, now_ns())
 
-    @staticmethod
-    async def _lines(resp: Any) -> AsyncIterator[bytes]:
-        async for line in resp.aiter_lines():
-            yield line.encode()
+    def send_nowait(self, ex: Example, rec: RequestRecord, done: Callable[[], None]) -> bool:
+        """Issue ``ex`` now without a task (the lean client on an idle connection): ``done()`` is called
+        once ``rec`` is complete.  False, with nothing sent, when it cannot (then use :meth:`send`)."""
+        if self.client != "lean" or self._session is None:
+            return False
+        path, raw, chat = self._request(ex)
+        reader = SseReader(rec, chat)
+
+        def end(result: Any, exc: BaseException | None) -> None:
+            self._ended(rec, reader, result, exc)
+            done()
+
+        rec.send_ns = now_ns()
+        return bool(self._session.start(raw, reader.line, end))
+
+    def _ended(self, rec: RequestRecord, reader: SseReader, result: Any, exc: BaseException | None) -> None:
+        """The lean client's response has ended (``result``) or failed (``exc``): complete ``rec``."""
+        if exc is not None:
+            rec.fail(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, now_ns())
+            return
+        status, text, retry_after = result
+        if status != 200:
+            self._failed(rec, status, text, retry_after)
+            return
+        reader.finish(now_ns())
 
     @staticmethod
     def _failed(rec: RequestRecord, status: int, text: str, retry_after: str | None) -> None:
@@ -151,64 +210,19 @@ class HttpTarget(Target):
         if retry_after is not None:
             rec.extra["retry_after"] = retry_after
 
-    @staticmethod
-    async def _consume(lines: Any, rec: RequestRecord, chat: bool) -> None:
-        pieces: list[str] = []
-        usage: dict[str, Any] | None = None
-        async for line in lines:
-            t = now_ns()
-            if not line.startswith(b"data:"):
-                continue
-            payload = line[5:].strip()
-            if payload == b"[DONE]":
-                break
-            obj = json.loads(payload)
-            if "error" in obj:
-                err = obj["error"] if isinstance(obj["error"], dict) else {"message": str(obj["error"])}
-                code = err.get("code")
-                rec.fail(error_label(code) if isinstance(code, int) else "error event in stream", t)
-                rec.extra["error_message"] = err.get("message")
-                return
-            choices = obj.get("choices")
-            if choices:
-                c = choices[0]
-                piece = (c.get("delta") or {}).get("content") if chat else c.get("text")
-                ids = c.get("token_ids")
-                count = len(ids) if ids else (1 if piece else 0)
-                if count:
-                    rec.chunk_ns.append(t)
-                    rec.chunk_tokens.append(count)
-                    pieces.append(piece or "")
-                if c.get("finish_reason"):
-                    rec.finish_reason = c["finish_reason"]
-            if obj.get("usage"):
-                usage = obj["usage"]
-            if obj.get("timing"):
-                rec.extra["server_timing"] = obj["timing"]
-        rec.done_ns = now_ns()
-        rec.output = "".join(pieces)
-        if usage and isinstance(usage.get("completion_tokens"), int):
-            rec.n_out = usage["completion_tokens"]
-            rec.n_in = int(usage.get("prompt_tokens") or 0)
-        else:  # a server that sends no usage: chunks counted, and the record says so
-            rec.n_out = sum(rec.chunk_tokens)
-            rec.extra["n_out_source"] = "chunks (no usage from the server)"
-        if not rec.chunk_ns:
-            from testbed.metrics.summary import NO_TOKENS_ERROR
-
-            rec.fail(NO_TOKENS_ERROR, rec.done_ns)
-
 
 # ---------------------------------------------------------------------- in-process
 class InprocTarget(Target):
     """The engine behind the same :class:`~testbed.serve.batcher.Batcher` the server uses, no HTTP."""
 
-    def __init__(self, engine: Engine, batch: Any = None, max_tokens: int | None = None) -> None:
+    def __init__(self, engine: Engine, batch: Any = None, max_tokens: int | None = None,
+                 ignore_eos: bool = False) -> None:
         from testbed.serve.batcher import BatchConfig, Batcher
 
         self.engine = engine.load()
         self.batcher = Batcher(engine, batch or BatchConfig())
         self.max_tokens = max_tokens
+        self.ignore_eos = ignore_eos
         self.label = f"inproc {engine.config.label()} {self.batcher.config.label()}"
         self._mailbox: Any = None
 
@@ -224,7 +238,8 @@ class InprocTarget(Target):
         if self._mailbox is None:
             self._mailbox = LoopMailbox(asyncio.get_running_loop())
         q: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
-        req = GenerationRequest(text=ex.text, messages=ex.messages, max_new_tokens=self.max_tokens, request_id=ex.id)
+        req = GenerationRequest(text=ex.text, messages=ex.messages, max_new_tokens=self.max_tokens, request_id=ex.id,
+                                ignore_eos=self.ignore_eos)
         rec.send_ns = now_ns()
         try:
             job = self.batcher.submit(req, self._mailbox.sink(q.put_nowait), rec.send_ns)
@@ -238,9 +253,12 @@ class InprocTarget(Target):
                 msg = await q.get()
                 kind = msg[0]
                 if kind == "token":
-                    rec.chunk_ns.append(now_ns())
+                    t = now_ns()
+                    rec.chunk_ns.append(t)
                     rec.chunk_tokens.append(1)
                     pieces.append(msg[2])
+                    if msg[2]:
+                        rec.last_visible_ns = t
                 elif kind == "admitted":
                     rec.n_in = msg[1]
                     if msg[2]:
@@ -258,8 +276,6 @@ class InprocTarget(Target):
                     rec.encoder_done_ns = timing.get("encoder_done_ns")
                     rec.output = "".join(pieces)
                     if not rec.chunk_ns:
-                        from testbed.metrics.summary import NO_TOKENS_ERROR
-
                         rec.fail(NO_TOKENS_ERROR, rec.done_ns)
                     return
         except asyncio.CancelledError:

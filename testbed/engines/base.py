@@ -52,6 +52,9 @@ class Capabilities:
     precision_devices: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # whether the engine can run a pruned model (EngineConfig.pruning other than "none")
     pruning: bool = False
+    # whether decoding honours Prepared.min_new_tokens (EOS masked until then; ignore_eos masks it
+    # to the end): the server refuses min_tokens / ignore_eos with a 400 on an engine without it
+    eos_control: bool = False
 
     def check(self, engine: str, config: EngineConfig) -> None:
         if config.pruning != "none" and not self.pruning:
@@ -71,12 +74,19 @@ class Capabilities:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One request: ``text`` (a source sentence or a raw prompt) or chat ``messages``."""
+    """One request: ``text`` (a source sentence or a raw prompt) or chat ``messages``.
+
+    Length control (vLLM's extensions, honoured by engines with ``capabilities.eos_control``):
+    ``min_new_tokens`` masks EOS until that many tokens were generated; ``ignore_eos`` masks it
+    to the end, so decoding runs to ``max_new_tokens``.
+    """
 
     text: str | None = None
     messages: tuple[dict[str, str], ...] | None = None
     max_new_tokens: int | None = None
     request_id: str = ""
+    min_new_tokens: int = 0
+    ignore_eos: bool = False
 
     @classmethod
     def of(cls, x: str | GenerationRequest | Sequence[dict[str, str]], **kw: Any) -> GenerationRequest:
@@ -89,12 +99,21 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A tokenised request, ready for ``_decode`` / ``_generate_batch``."""
+    """A tokenised request, ready for ``_decode`` / ``_generate_batch``.
+
+    ``min_new_tokens``: EOS may not be chosen while fewer tokens than this were generated
+    (``ignore_eos`` sets it to ``max_new_tokens``); 0 for ordinary greedy decoding.
+    """
 
     request: GenerationRequest
     input_ids: list[int]
     max_new_tokens: int
     warnings: tuple[str, ...] = ()
+    min_new_tokens: int = 0
+
+    def eos_allowed(self, generated: int) -> bool:
+        """May EOS be chosen as the next token, with ``generated`` tokens already produced?"""
+        return generated >= self.min_new_tokens
 
 
 @dataclass(frozen=True)
@@ -421,7 +440,15 @@ class Engine(ABC):
         max_new = request.max_new_tokens or self.config.max_new_tokens
         if max_new < 1:
             raise InputError(f"max_new_tokens={max_new}: must be >= 1")
-        return Prepared(request, ids, max_new, warnings)
+        min_new = max_new if request.ignore_eos else request.min_new_tokens
+        if request.ignore_eos or min_new:
+            if not self.capabilities.eos_control:
+                field_ = "ignore_eos" if request.ignore_eos else "min_new_tokens"
+                raise InputError(f"{field_} is not honoured by engine {self.name}: it cannot mask EOS "
+                                 "(capabilities.eos_control is false); leave it unset or use another engine")
+            if not 0 <= min_new <= max_new:
+                raise InputError(f"min_new_tokens={min_new}: must be in [0, max_new_tokens={max_new}]")
+        return Prepared(request, ids, max_new, warnings, min_new)
 
     def stream(self, request: str | GenerationRequest | Sequence[dict[str, str]]) -> Stream:
         """Start one request; iterate the returned :class:`Stream` for timed token events."""

@@ -35,6 +35,7 @@ __all__ = [
     "e2e_ms",
     "encoder_ms",
     "queue_ms",
+    "timed_tokens",
     "failure_reason",
     "is_completed",
     "itl_ms",
@@ -104,16 +105,31 @@ def e2e_ms(r: RequestRecord) -> float | None:
     return _ms(r.chunk_ns[-1] - r.schedule_ns)
 
 
+def timed_tokens(r: RequestRecord) -> int:
+    """Tokens that arrived in timed chunks: ``min(N_i, sum(chunk_tokens))``.
+
+    Equal to ``N_i`` when every token came in a chunk (testbed's server, the engine).  Smaller
+    when the server counts a token in ``usage`` that no timed chunk carried -- a server that
+    sends EOS as an empty chunk without token ids: ``e_i - f_i`` then spans one gap less.
+    """
+    if len(r.chunk_tokens) != len(r.chunk_ns):  # records without per-chunk counts
+        return r.n_out
+    return min(r.n_out, sum(r.chunk_tokens))
+
+
 def tpot_ms(r: RequestRecord) -> float | None:
     """Time per output token ``(e_i - f_i) / (N_i - 1)`` in ms, TTFT excluded.
 
-    Undefined (None) for ``N_i < 2`` -- excluded from samples, never 0 -- and also when all
-    tokens arrived in a single chunk (``e_i == f_i`` by construction, so no inter-token time
-    was observed; a 0 ms value there would be a fabricated sample).  None if not completed.
+    ``N_i`` here counts what was timed (:func:`timed_tokens`): tokens that came in no timed
+    chunk (an EOS sent as an empty chunk) are not divided into ``e_i - f_i``, which does not
+    cover them.  Undefined (None) for ``N_i < 2`` -- excluded from samples, never 0 -- and also
+    when all tokens arrived in a single chunk (``e_i == f_i`` by construction, so no inter-token
+    time was observed; a 0 ms value there would be a fabricated sample).  None if not completed.
     """
-    if not is_completed(r) or r.n_out < 2 or len(r.chunk_ns) < 2:
+    n = timed_tokens(r)
+    if not is_completed(r) or n < 2 or len(r.chunk_ns) < 2:
         return None
-    return _ms(r.chunk_ns[-1] - r.chunk_ns[0]) / (r.n_out - 1)
+    return _ms(r.chunk_ns[-1] - r.chunk_ns[0]) / (n - 1)
 
 
 def itl_ms(r: RequestRecord) -> list[float] | None:

@@ -8,7 +8,9 @@ adapter, or the client's reader) and consumed by the pure functions of
 * ``schedule_ns`` = s_i (scheduled issue time), ``send_ns`` = a_i (actual send),
 * ``chunk_ns[k]`` = t_ik (receipt of token chunk k), ``chunk_tokens[k]`` its token count,
 * ``first_token_ns`` = f_i is ``chunk_ns[0]`` and ``last_token_ns`` = e_i is ``chunk_ns[-1]``,
-* ``n_out`` = N_i counted from token ids, ``n_in`` the prompt tokens.
+* ``n_out`` = N_i counted from token ids, ``n_in`` the prompt tokens,
+* ``last_visible_ns``: receipt of the last chunk with non-empty text (an EOS streamed as an
+  event of its own has none), so E2E can also be read as clients that time text only do.
 
 A failed request keeps ``ok=False`` and its ``error``; it never yields a latency sample.
 """
@@ -38,6 +40,8 @@ class RequestRecord:
     # start of the encoder pass for seq2seq), and the end of the encoder pass (engines that report it)
     decode_start_ns: int | None = None
     encoder_done_ns: int | None = None
+    # receipt of the last chunk that carried visible text (a trailing EOS event has none)
+    last_visible_ns: int | None = None
     # free-form: the output text, finish reason, truncation notice, ...
     output: str | None = None
     finish_reason: str | None = None

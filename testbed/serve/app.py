@@ -4,8 +4,11 @@ Endpoints:
 
 * ``POST /v1/completions`` (``prompt``) and ``POST /v1/chat/completions`` (``messages``), with
   ``stream: true`` (server-sent events, **one event per generated token**, the token's id in
-  ``choices[0].token_ids``; then a chunk with the ``finish_reason``, a chunk with ``usage``
-  counted from token ids, and ``data: [DONE]``) or without (one JSON answer with ``usage``);
+  ``choices[0].token_ids``, EOS included as an event of its own with empty text; then a chunk
+  with the ``finish_reason``, a chunk with ``usage`` counted from token ids, and ``data: [DONE]``;
+  ``stream_options.continuous_usage_stats`` adds the usage so far to every chunk) or without
+  (one JSON answer with ``usage``); ``min_tokens`` / ``ignore_eos`` are honoured (or refused
+  with a 400 on an engine that cannot mask EOS, :mod:`testbed.serve.protocol`);
   ``"return_timing": true`` (an extension) adds the engine-side timestamps of the request
   (``timing``: arrival, batch start, encoder end, every token, end; ``perf_counter_ns``);
 * ``GET /health`` (model, queue depth, running rows), ``GET /v1/models``, ``GET /metrics``
@@ -46,6 +49,15 @@ FINISH = {"eos": "stop", "length": "length", "cancelled": "abort", "error": "err
 
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def _chunk_end(n_in: int, n_out: int, usage: bool) -> str:
+    """The end of a streamed chunk: ``}]}``, or with ``stream_options.continuous_usage_stats`` the
+    usage so far (``n_out`` tokens sent, as vLLM reports it)."""
+    if not usage:
+        return "}]}\n\n"
+    return (f'}}],"usage":{{"prompt_tokens":{n_in},"completion_tokens":{n_out},'
+            f'"total_tokens":{n_in + n_out}}}}}\n\n')
 
 
 class Server:
@@ -126,6 +138,7 @@ class Server:
             if chat and not self.engine.is_chat:
                 raise ApiError(400, f"{self.model_name!r} is a translation model: POST /v1/completions with a "
                                     "'prompt' (the source sentence) instead of /v1/chat/completions", param="messages")
+            self._check_length_control(parsed)
             if self._mailbox is None:
                 self._mailbox = LoopMailbox(asyncio.get_running_loop())
             try:
@@ -150,6 +163,15 @@ class Server:
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         return await self._collect(request, job, queue, parsed, rid, n_in, warnings, endpoint)
+
+    def _check_length_control(self, p: ParsedRequest) -> None:
+        """min_tokens / ignore_eos on an engine that cannot mask EOS: a 400 naming the field, never ignored."""
+        req = p.request
+        if (req.ignore_eos or req.min_new_tokens) and not self.engine.capabilities.eos_control:
+            name, value = ("ignore_eos", True) if req.ignore_eos else ("min_tokens", req.min_new_tokens)
+            raise ApiError(400, f"{name}={value!r} is not supported by this server's engine "
+                                f"({self.engine.config.label()}): it cannot mask EOS, so the length would not be "
+                                f"what was asked for; leave {name} unset", param=name)
 
     def _observe(self, timing: dict[str, Any], n_out: int) -> None:
         m = self.metrics
@@ -218,6 +240,7 @@ class Server:
                 '"choices":[{"index":0,')
         key = '"delta":{"content":' if p.chat else '"text":'
         close = "}" if p.chat else ""
+        cont = p.continuous_usage
         finished = False
         n_out = 0
         try:
@@ -231,8 +254,9 @@ class Server:
                     events = []
                     while True:
                         n_out += 1
+                        end = _chunk_end(n_in, n_out, cont)
                         events.append(f'{head}{key}{_dumps(msg[2])}{close},"token_ids":[{msg[1]}],'
-                                      '"finish_reason":null}]}\n\n')
+                                      f'"finish_reason":null{end}')
                         if queue.empty() or queue._queue[0][0] != "token":  # type: ignore[attr-defined]
                             break
                         msg = queue.get_nowait()
@@ -242,7 +266,8 @@ class Server:
                     finished = True
                     self._observe(timing, len(token_ids))
                     empty = '"delta":{}' if p.chat else '"text":""'
-                    yield f'{head}{empty},"finish_reason":"{FINISH.get(reason, reason)}"}}]}}\n\n'
+                    end = _chunk_end(n_in, n_out, cont)
+                    yield f'{head}{empty},"finish_reason":"{FINISH.get(reason, reason)}"{end}'
                     tail: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": self.model_name,
                                             "choices": []}
                     if p.include_usage:

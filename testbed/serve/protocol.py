@@ -4,7 +4,17 @@ Pure functions (no I/O): a body that cannot be served raises :class:`ApiError`, 
 names the field, the value and what is accepted, and whose ``status`` is the HTTP status
 (400 bad request, 404 unknown model).  Decoding is greedy: sampling parameters are accepted
 for compatibility with existing clients and ignored (``temperature`` and ``top_p`` are
-reported back in ``warnings`` when they ask for sampling); ``n`` > 1 is refused.
+reported back in ``warnings`` when they ask for sampling; ``seed``, ``top_k``, ``min_p`` change
+nothing in greedy decoding); ``n`` > 1 is refused.
+
+Length control, as benchmark clients (guidellm, AIPerf, vLLM's ``benchmark_serving``) send it
+with vLLM's extensions, is **honoured, never silently ignored**: ``min_tokens`` (EOS masked until
+that many tokens were generated) and ``ignore_eos`` (EOS masked to the end: the answer has
+exactly ``max_tokens`` tokens) go into the :class:`GenerationRequest`; the server refuses them
+(400 naming the field) on an engine that cannot mask EOS.  ``stream_options.continuous_usage_stats``
+puts ``usage`` (tokens so far) in every streamed chunk.  Fields that would change the answer
+and that testbed does not implement (:data:`REFUSED`: stop strings, penalties, logprobs, ...)
+get a 400 naming the field when set to anything but their no-op default.
 """
 
 from __future__ import annotations
@@ -15,6 +25,23 @@ from typing import Any
 from testbed.engines.base import GenerationRequest
 
 ROLES = ("system", "user", "assistant")
+
+#: Fields that change what is generated or returned, which testbed does not implement: refused
+#: (400) unless absent or equal to a no-op value (a client that sends the defaults is served).
+REFUSED: dict[str, tuple[Any, ...]] = {
+    "stop": (None, [], ""),
+    "stop_token_ids": (None, []),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "bad_words": (None, []),
+    "use_beam_search": (None, False),
+}
 
 
 class ApiError(Exception):
@@ -39,6 +66,7 @@ class ParsedRequest:
     include_usage: bool
     return_timing: bool
     warnings: tuple[str, ...]
+    continuous_usage: bool = False
 
 
 def _bad(param: str, value: Any, accepted: str) -> ApiError:
@@ -103,9 +131,15 @@ def parse_body(body: Any, *, chat: bool, served_model: str, max_tokens_limit: in
     ):
         raise _bad(tkey, max_tokens, f"an integer in [1, {max_tokens_limit}] (this server's limit; "
                                     "start it with a larger --max-new-tokens to allow more)")
+    min_tokens, ignore_eos = _length_control(body, max_tokens, max_tokens_limit, tkey)
     n = body.get("n", 1)
     if n != 1:
         raise _bad("n", n, "1 (one choice per request)")
+    for name, noop in REFUSED.items():
+        v = body.get(name)
+        if not _is_noop(v, noop):
+            raise _bad(name, v, f"unset or {_noop_text(noop)}: testbed decodes greedily to EOS or max_tokens "
+                                "and does not implement it")
     for name in ("temperature", "top_p"):
         v = body.get(name)
         if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
@@ -117,8 +151,42 @@ def parse_body(body: Any, *, chat: bool, served_model: str, max_tokens_limit: in
     if opts is not None and not isinstance(opts, dict):
         raise _bad("stream_options", opts, "an object such as {\"include_usage\": true}")
     include_usage = True if opts is None else _bool(opts, "include_usage", True)
+    continuous = False if opts is None else _bool(opts, "continuous_usage_stats")
     return ParsedRequest(
-        GenerationRequest(text=text, messages=messages, max_new_tokens=max_tokens),
+        GenerationRequest(text=text, messages=messages, max_new_tokens=max_tokens, min_new_tokens=min_tokens,
+                          ignore_eos=ignore_eos),
         chat=chat, stream=stream, include_usage=include_usage,
         return_timing=_bool(body, "return_timing"), warnings=tuple(warnings),
+        continuous_usage=continuous and include_usage,
     )
+
+
+def _length_control(body: dict[str, Any], max_tokens: int | None, limit: int, tkey: str) -> tuple[int, bool]:
+    """``min_tokens`` (an integer in ``[0, max_tokens]``) and ``ignore_eos`` (a boolean), validated."""
+    ignore_eos = _bool(body, "ignore_eos")
+    v = body.get("min_tokens")
+    if v is None:
+        return 0, ignore_eos
+    top = max_tokens if max_tokens is not None else limit
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v <= top:
+        where = f"{tkey}={max_tokens}" if max_tokens is not None else f"this server's limit {limit}"
+        raise _bad("min_tokens", v, f"an integer in [0, {top}] (at most {where})")
+    return v, ignore_eos
+
+
+def _is_noop(v: Any, noop: tuple[Any, ...]) -> bool:
+    """``v`` equals one of the no-op values (``True`` is not ``1``; ``1`` and ``1.0`` are equal)."""
+    for d in noop:
+        if isinstance(d, bool) or isinstance(v, bool) or d is None or v is None:
+            if v is d:
+                return True
+        elif isinstance(v, (int, float)) and isinstance(d, (int, float)):
+            if v == d:
+                return True
+        elif type(v) is type(d) and v == d:
+            return True
+    return False
+
+
+def _noop_text(noop: tuple[Any, ...]) -> str:
+    return " or ".join(repr(d) for d in noop if d is not None)

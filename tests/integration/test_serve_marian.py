@@ -65,6 +65,35 @@ def test_served_batched_translations_equal_the_engine(marian, sentences):
             assert long.status_code == 400 and "at most 256" in long.json()["error"]["message"]
 
 
+def test_torch_honours_ignore_eos_and_min_tokens(marian, sentences):
+    from testbed.engines.base import GenerationRequest
+
+    text = sentences[1].text
+    eos = marian.eos_token_ids
+    plain = marian.stream(GenerationRequest(text=text, max_new_tokens=60)).run()
+    assert plain.finish_reason == "eos" and len(plain.token_ids) < 40
+    forced = marian.stream(GenerationRequest(text=text, max_new_tokens=40, ignore_eos=True)).run()
+    assert len(forced.token_ids) == 40 and not eos & set(forced.token_ids) and forced.finish_reason == "length"
+    # greedy is unchanged until the step where EOS would have been chosen
+    n = len(plain.token_ids)
+    assert forced.token_ids[: n - 1] == plain.token_ids[: n - 1]
+    m = n + 4
+    longer = marian.stream(GenerationRequest(text=text, max_new_tokens=60, min_new_tokens=m)).run()
+    assert len(longer.token_ids) > m and not eos & set(longer.token_ids[:m])
+    assert longer.token_ids[: n - 1] == plain.token_ids[: n - 1]
+    # the batched path (the server's) masks per row
+    prepared = [marian.prepare(GenerationRequest(text=text, max_new_tokens=40, ignore_eos=True)),
+                marian.prepare(GenerationRequest(text=text, max_new_tokens=60))]
+    bs = marian.stream_batch(prepared)
+    for _ in bs:
+        pass
+    assert [r.token_ids for r in bs.rows] == [forced.token_ids, plain.token_ids]
+    with BackgroundServer(marian, BatchConfig(max_batch_size=2, max_wait_ms=1)) as srv, \
+            httpx.Client(base_url=srv.url, timeout=60) as c:
+        r = c.post("/v1/completions", json={"prompt": text, "max_tokens": 40, "ignore_eos": True}).json()
+        assert r["usage"]["completion_tokens"] == 40 and r["choices"][0]["token_ids"] == forced.token_ids
+
+
 @pytest.mark.gpu
 def test_cuda_batched_serving_equals_single_streams(sentences):
     eng = create_engine(EngineConfig(model="marian-en-de", device="cuda", precision="fp32", on_overflow="refuse"))

@@ -44,7 +44,8 @@ class WordTokenizer:
 
 class FakeEngine(Engine):
     name = "fake"
-    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=("fp32", "bf16", "fp16", "int8"))
+    capabilities = Capabilities(devices=("cpu", "cuda"), precisions=("fp32", "bf16", "fp16", "int8"),
+                                eos_control=True)
 
     def _resolve_model(self, model: str) -> ModelInfo:
         chat = "chat" in model or "smollm" in model
@@ -59,8 +60,17 @@ class FakeEngine(Engine):
         self.model_max_input = 256
 
     def _echo(self, prepared: Prepared) -> list[int]:
+        """The input's words, then EOS; while EOS is masked (``min_new_tokens``) the words repeat."""
         words = [i for i in prepared.input_ids if i != EOS_ID]
-        return (words + [EOS_ID])[: prepared.max_new_tokens]
+        if not words:  # nothing to echo (a chat whose last message is empty)
+            return [EOS_ID]
+        out: list[int] = []
+        for k in range(prepared.max_new_tokens):
+            if k >= len(words) and prepared.eos_allowed(k):
+                out.append(EOS_ID)
+                break
+            out.append(words[k % len(words)])
+        return out
 
     def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
         if self.model_info.architecture == "seq2seq":
@@ -77,6 +87,7 @@ class NullEngine(FakeEngine):
     The tokens cycle through the input's words (so the text is readable and deterministic) and
     EOS is never produced, so every request costs the same number of tokens whatever its input:
     what remains of a measured latency is the path (scheduling, transport, parsing) alone.
+    (So ``min_new_tokens`` / ``ignore_eos`` are honoured trivially: it always runs to the limit.)
     """
 
     name = "null"

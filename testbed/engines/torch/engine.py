@@ -30,6 +30,7 @@ class TorchEngine(Engine):
         batching=True,
         precision_devices={"fp16": ("cuda",), "int8": ("cpu",)},
         pruning=True,
+        eos_control=True,
     )
 
     def _load(self) -> None:
@@ -93,19 +94,24 @@ class TorchEngine(Engine):
             self._torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ helpers
-    def _pick(self, logits: Any) -> Any:
-        """Greedy choice over the last position's logits (banned ids masked)."""
+    def _pick(self, logits: Any, no_eos: list[int] | None = None) -> Any:
+        """Greedy choice over the last position's logits (banned ids masked; EOS masked in rows ``no_eos``)."""
         if self.banned:
             logits[:, self.banned] = float("-inf")
+        if no_eos:
+            eos = sorted(self.eos_token_ids)
+            for r in no_eos:
+                logits[r, eos] = float("-inf")
         return logits.argmax(-1)
 
     # ------------------------------------------------------------------ decoding
-    def _start(self, ids: Any, mask: Any) -> tuple[Callable[[Any], Any], Any]:
+    def _start(self, ids: Any, mask: Any) -> tuple[Callable[..., Any], Any]:
         """Begin greedy decoding of a (padded) batch: returns ``step`` and the first step input.
 
         For seq2seq the encoder runs here, once; for a decoder-only model the prompt is the
-        first step's input (prefill).  ``step(inp)`` runs one forward with the KV cache (updated
-        in place) and returns the next token id of each row.  Call under inference mode.
+        first step's input (prefill).  ``step(inp, no_eos)`` runs one forward with the KV cache
+        (updated in place) and returns the next token id of each row, EOS masked in the rows
+        listed in ``no_eos`` (min_tokens / ignore_eos).  Call under inference mode.
         """
         from transformers import DynamicCache, EncoderDecoderCache
 
@@ -116,10 +122,10 @@ class TorchEngine(Engine):
             enc = self.model.get_encoder()(input_ids=ids, attention_mask=mask)
             cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
-            def seq2seq_step(inp: Any) -> Any:
+            def seq2seq_step(inp: Any, no_eos: list[int] | None = None) -> Any:
                 out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=inp,
                                  **{kw: cache}, use_cache=True)
-                return self._pick(out.logits[:, -1, :].float())
+                return self._pick(out.logits[:, -1, :].float(), no_eos)
 
             return seq2seq_step, torch.full((n, 1), self.start_id, dtype=torch.long, device=self.device)
 
@@ -127,12 +133,12 @@ class TorchEngine(Engine):
         state = {"mask": mask, "pos": (mask.cumsum(-1) - 1).clamp(min=0)}  # left padding aware
         one = torch.ones((n, 1), dtype=mask.dtype, device=self.device)
 
-        def causal_step(inp: Any) -> Any:
+        def causal_step(inp: Any, no_eos: list[int] | None = None) -> Any:
             out = self.model(input_ids=inp, attention_mask=state["mask"], position_ids=state["pos"],
                              **{kw: cache}, use_cache=True, logits_to_keep=1)
             state["mask"] = torch.cat([state["mask"], one], dim=1)
             state["pos"] = state["pos"][:, -1:] + 1
-            return self._pick(out.logits[:, -1, :].float())
+            return self._pick(out.logits[:, -1, :].float(), no_eos)
 
         return causal_step, ids
 
@@ -164,9 +170,9 @@ class TorchEngine(Engine):
             step, inp = self._start(*self._pad([prepared]))
         if self.model_info.architecture == "seq2seq":
             yield self._encoder_done()
-        for _ in range(prepared.max_new_tokens):
+        for k in range(prepared.max_new_tokens):
             with torch.inference_mode():
-                nxt = step(inp)
+                nxt = step(inp, None if prepared.eos_allowed(k) else [0])
             tid = int(nxt.item())
             yield tid
             if tid in eos:
@@ -194,8 +200,9 @@ class TorchEngine(Engine):
         if self.model_info.architecture == "seq2seq":
             yield self._encoder_done()
         for _ in range(max(limits)):
+            no_eos = [i for i, p in enumerate(prepared) if not done[i] and not p.eos_allowed(len(outs[i]))]
             with self._torch.inference_mode():
-                nxt = step(inp)
+                nxt = step(inp, no_eos)
             picked = nxt.tolist()
             live = [not d for d in done]
             finished = self._collect(picked, outs, done, limits, self.eos_token_ids)
