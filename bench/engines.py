@@ -37,6 +37,7 @@ from testbed.config import EngineConfig  # noqa: E402
 from testbed.datasets import Example, load_dataset  # noqa: E402
 from testbed.engines.base import Engine, GenerationRequest  # noqa: E402
 from testbed.engines.registry import ENGINES, create_engine, engine_class, is_available  # noqa: E402
+from testbed.eval.divergence import batch_divergence  # noqa: E402
 from testbed.io import write_text_atomic  # noqa: E402
 from testbed.metrics import summary as S  # noqa: E402
 from testbed.metrics.accuracy import score  # noqa: E402
@@ -163,7 +164,8 @@ def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[
             "failed": sum(1 for r in recs if not r.ok),
             "sps": row.batch_n / (row.batch_ns / 1e9) if row.batch_ns else None,
         }
-        st["divergence"] = batch_divergence(row.single_ids, row.batch_ids)
+        pairs = [(a, b) for a, b in zip(row.single_ids, row.batch_ids) if a is not None and b is not None]
+        st["divergence"] = batch_divergence([a for a, _ in pairs], [b for _, b in pairs])
         if translation and all(r is not None for r in refs) and st["failed"] < len(recs):
             acc = score([r.output or "" for r in recs], [str(x) for x in refs])
             st.update(bleu=acc["bleu"], chrf=acc["chrf"])
@@ -203,12 +205,6 @@ def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[
             f"| {S.fmt(sps, '.1f')} | {thr_t} | {thr_c} | {st['failed']} "
             f"| {'n/a' if div is None else f'{100 * div:.0f}%'} |{acc}")
     return "\n".join(lines), stats
-
-
-def batch_divergence(single: list[list[int] | None], batched: list[list[int] | None]) -> float | None:
-    """Fraction of sentences whose batched token ids differ from batch 1 (pairs where both exist)."""
-    pairs = [(a, b) for a, b in zip(single, batched) if a is not None and b is not None]
-    return sum(a != b for a, b in pairs) / len(pairs) if pairs else None
 
 
 def header(command: str, model: str, n: int, dataset: str, rounds: int, batch: int, max_new: int,
