@@ -61,7 +61,7 @@ if want serve && [ -d testbed/serve ]; then
     pid=$!
     for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/health" >/dev/null && break; sleep 1; done
     timeout ${PEAK_TIMEOUT:-150} python3 -m testbed bench --url "http://127.0.0.1:$port" --scenario server --find-peak --slo e2e=500 \
-      --num-requests 300 --warmup 10 --seed 0 --no-progress --out "$WORK/serve_b$bs"
+      --duration 5 --warmup 10 --seed 0 --no-progress --out "$WORK/serve_b$bs"
     cp "$WORK/serve_b$bs/find_peak.json" "$OUT/find_peak_b$bs.json"
     kill "$pid"; wait "$pid" 2>/dev/null
   done
