@@ -24,6 +24,8 @@ import statistics
 import sys
 from typing import Any
 
+from testbed.signature import git_sha, result_header  # load average and git SHA at the start
+
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -36,7 +38,9 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", help="device of the torch configuration (cuda where there is one)")
     ap.add_argument("--chromium", default="/usr/bin/chromium")
     ap.add_argument("--json", default=None, help="also write the samples to this file")
+    ap.add_argument("--out", default=None, help="also write the table (with its header) to this file")
     args = ap.parse_args()
+    git_sha()
 
     from playwright.sync_api import sync_playwright
 
@@ -93,15 +97,13 @@ def main() -> int:
     finally:
         demo.close()
 
-    from testbed.signature import result_header
-
-    print("# The Gradio floor\n\n" + result_header("python bench/ui_overhead.py " + " ".join(sys.argv[1:]), rounds=1,
-                                                      answers=f"{args.requests} per configuration",
-                                                      warmup=f"{args.warmup} excluded"))
-    print(f"Interleaved (A then B per click); load average at the end {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} CPUs.\n")
-    print("| configuration | n | engine TTFT p50 ms | served TTFT p50 ms | overhead p50 ms | overhead p90 ms |")
-    print("|---|---:|---:|---:|---:|---:|")
+    lines = ["# The Gradio floor\n", result_header("python bench/ui_overhead.py " + " ".join(sys.argv[1:]), rounds=1,
+                                                    answers=f"{args.requests} per configuration",
+                                                    warmup=f"{args.warmup} excluded"),
+             f"Interleaved (A then B per click), {os.cpu_count()} CPUs shared by the browser, the demo and this "
+             "script.\n",
+             "| configuration | n | engine TTFT p50 ms | served TTFT p50 ms | overhead p50 ms | overhead p90 ms |",
+             "|---|---:|---:|---:|---:|---:|"]
     out: dict[str, Any] = {}
     for slot, rows in samples.items():
         eng = percentiles([e for _, e in rows], (50, 90))
@@ -109,12 +111,20 @@ def main() -> int:
         ovh = percentiles([s - e for s, e in rows], (50, 90))
         out[labels.get(slot, slot)] = {"samples": rows, "engine": eng, "served": srv, "overhead": ovh}
         f = lambda v: "n/a" if v is None else f"{v:.1f}"  # noqa: E731
-        print(f"| {labels.get(slot, slot)} | {len(rows)} | {f(eng['p50'])} | {f(srv['p50'])} | {f(ovh['p50'])} | "
-              f"{f(ovh['p90'])} |")
+        lines.append(f"| {labels.get(slot, slot)} | {len(rows)} | {f(eng['p50'])} | {f(srv['p50'])} | "
+                     f"{f(ovh['p50'])} | {f(ovh['p90'])} |")
     if samples["a"] and samples["b"]:
         oa = statistics.median(s - e for s, e in samples["a"])
         ob = statistics.median(s - e for s, e in samples["b"])
-        print(f"overhead ratio (marian / fake floor): {ob / oa:.2f}" if oa > 0 else "")
+        lines.append(f"\noverhead ratio (marian / fake floor): {ob / oa:.2f}" if oa > 0 else "")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        from pathlib import Path
+
+        from testbed.io import write_text_atomic
+
+        write_text_atomic(Path(args.out), text)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=2)

@@ -70,24 +70,33 @@ def machine_line() -> str:
     return f"{m['cpu']} ({', '.join(m['isa']) or 'no AVX2/AVX-512/AMX'}) x{m['cores']}"
 
 
-def result_header(command: str, **facts: Any) -> str:
-    """The header every committed result file starts with (Markdown, one bullet per fact).
-
-    Names the command, the date, the CPU model and ISA, the load average when the run started,
-    the git SHA of the tree that produced it (``+dirty`` when uncommitted changes were present)
-    and the package versions; ``facts`` (rounds, requests, ...) are added as given.
-    """
-    import datetime as _dt
+def _loadavg() -> str:
     import os
 
     try:
-        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
     except OSError:
-        load = "n/a"
+        return "n/a"
+
+
+_LOAD_AT_IMPORT = _loadavg()  # a bench script imports this module before it measures
+
+
+def result_header(command: str, **facts: Any) -> str:
+    """The header every committed result file starts with (Markdown, one bullet per fact).
+
+    Names the command, the date, the CPU model and ISA, the load average (1, 5, 15 min) when this
+    module was imported (the run's start) and when the header was written (its end), the git SHA
+    of the tree that produced it (``+dirty`` when uncommitted changes were present; call
+    :func:`git_sha` at the start so later edits cannot relabel the run) and the package versions;
+    ``facts`` (rounds, requests, ...) are added as given.
+    """
+    import datetime as _dt
+
     v = package_versions()
     lines = [f"- command: `{command}`",
              f"- date: {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}",
-             f"- machine: {machine_line()}; load average at start {load}",
+             f"- machine: {machine_line()}; load average at start {_LOAD_AT_IMPORT}, at the end {_loadavg()}",
              f"- git: {git_sha()}",
              "- versions: " + ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "ctranslate2", "transformers")
                                        if k in v)]
