@@ -275,7 +275,9 @@ def _open_session(sweep: Sweep, out_dir: Path, command: str, session: str, resum
     entry = {"started_at": session.split("/")[0], "session": session, "command": command,
              "load1_start": load1(), "load1_end": None,
              "header": result_header(command, sweep=f"{sweep.name} ({len(sweep.configs)} configurations)",
-                                     singlestream=method)}
+                                     singlestream=method,
+                                     rounds=f"{sweep.warmup} warm-up (excluded) + {sweep.singlestream_requests} "
+                                            "SingleStream rounds; Offline once per configuration")}
     meta = {"name": sweep.name, "path": sweep.path, "description": sweep.description, "sweep_key": sweep.sweep_key,
             "settings": sweep.settings(), "configs": [{"key": sweep.key(c), **c.to_dict()} for c in sweep.configs],
             "sessions": [*sessions, entry]}
