@@ -274,7 +274,8 @@ def _open_session(sweep: Sweep, out_dir: Path, command: str, session: str, resum
               else "sequential, one configuration after another")
     entry = {"started_at": session.split("/")[0], "session": session, "command": command,
              "load1_start": load1(), "load1_end": None,
-             "header": result_header(command, sweep=f"{sweep.name} ({len(sweep.configs)} configurations)",
+             "header": result_header(command, at_end=False,
+                                     sweep=f"{sweep.name} ({len(sweep.configs)} configurations)",
                                      singlestream=method,
                                      rounds=f"{sweep.warmup} warm-up (excluded) + {sweep.singlestream_requests} "
                                             "SingleStream rounds; Offline once per configuration")}

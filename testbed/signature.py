@@ -82,21 +82,23 @@ def _loadavg() -> str:
 _LOAD_AT_IMPORT = _loadavg()  # a bench script imports this module before it measures
 
 
-def result_header(command: str, **facts: Any) -> str:
+def result_header(command: str, at_end: bool = True, **facts: Any) -> str:
     """The header every committed result file starts with (Markdown, one bullet per fact).
 
     Names the command, the date, the CPU model and ISA, the load average (1, 5, 15 min) when this
     module was imported (the run's start) and when the header was written (its end), the git SHA
     of the tree that produced it (``+dirty`` when uncommitted changes were present; call
     :func:`git_sha` at the start so later edits cannot relabel the run) and the package versions;
-    ``facts`` (rounds, requests, ...) are added as given.
+    ``facts`` (rounds, requests, ...) are added as given.  ``at_end=False`` for a header written
+    when the run starts (the sweep's), which reports its end load itself.
     """
     import datetime as _dt
 
     v = package_versions()
     lines = [f"- command: `{command}`",
              f"- date: {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}",
-             f"- machine: {machine_line()}; load average at start {_LOAD_AT_IMPORT}, at the end {_loadavg()}",
+             f"- machine: {machine_line()}; load average at start {_LOAD_AT_IMPORT}"
+             + (f", at the end {_loadavg()}" if at_end else ""),
              f"- git: {git_sha()}",
              "- versions: " + ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "ctranslate2", "transformers")
                                        if k in v)]
