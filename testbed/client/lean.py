@@ -39,7 +39,7 @@ class _Exchange:
     """One request's response: status, ``Retry-After``, SSE lines to ``on_line`` or an error body;
     ``on_end(result, None)`` once it has ended, ``on_end(None, exc)`` if it failed (called once)."""
 
-    __slots__ = ("on_line", "on_end", "status", "retry_after", "buf", "err", "timer")
+    __slots__ = ("on_line", "on_end", "status", "retry_after", "buf", "err", "timer", "framed")
 
     def __init__(self, on_line: LineSink, on_end: EndSink) -> None:
         self.on_line = on_line
@@ -49,6 +49,7 @@ class _Exchange:
         self.buf = b""
         self.err: list[bytes] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.framed = False  # Content-Length or chunked: the end is in the stream, not the close
 
     def body(self, data: bytes, t: int) -> None:
         if self.status != 200:
@@ -114,13 +115,22 @@ class _Conn(asyncio.Protocol):
         self.closed = True
         self.client._forget(self)
         ex, self.ex = self.ex, None
-        if ex is not None:
+        if ex is None:
+            return
+        if exc is None and ex.status and not ex.framed:  # a close-delimited body ends with the close
+            ex.done(now_ns())
+        else:
             ex.fail(exc or ConnectionError("the server closed the connection before the response ended"))
 
     # ---------------------------------------------------------------- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.ex is not None and name.lower() == b"retry-after":
+        if self.ex is None:
+            return
+        key = name.lower()
+        if key == b"retry-after":
             self.ex.retry_after = value.decode("latin-1")
+        elif key == b"content-length" or (key == b"transfer-encoding" and b"chunked" in value.lower()):
+            self.ex.framed = True
 
     def on_headers_complete(self) -> None:
         if self.ex is not None:

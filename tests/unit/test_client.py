@@ -133,6 +133,28 @@ def test_lean_client_fails_a_cut_or_silent_stream_instead_of_hanging(silent):
     assert rec.error.startswith("TimeoutError" if silent else "ConnectionError")
 
 
+class CloseDelimited(socketserver.BaseRequestHandler):
+    """An HTTP/1.0-style answer: no Content-Length, no chunking; the body ends when the server closes."""
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        events = [b'data: {"choices":[{"index":0,"text":"%s","finish_reason":null}]}\n\n' % w for w in (b"a", b" b")]
+        self.request.sendall(b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\n" + b"".join(events))
+
+
+def test_lean_client_reads_a_close_delimited_stream():
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), CloseDelimited)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        rec = send_one(T.HttpTarget(f"http://127.0.0.1:{srv.server_address[1]}", "m", client="lean"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rec.ok and rec.output == "a b" and rec.n_out == 2
+    assert rec.extra["n_out_source"] == "chunks (no usage from the server)"
+
+
 def test_tpot_divides_by_timed_tokens_scripted_record():
     ms = 1_000_000
     rec = RequestRecord("r", schedule_ns=0, send_ns=0, chunk_ns=[10 * ms, 20 * ms, 30 * ms], chunk_tokens=[1, 1, 1],
