@@ -188,6 +188,27 @@ class HttpTarget(Target):
         rec.send_ns = now_ns()
         return bool(self._session.start(raw, reader.line, end))
 
+    def send_from_thread(self, ex: Example, rec: RequestRecord, done: Callable[[], None]) -> bool:
+        """:meth:`send_nowait` from the load generator's timer thread: a prebuilt request written at once
+        on an idle connection, the loop reading the response (``done()`` runs on the loop).  False,
+        with nothing sent, when it cannot: another client, no idle connection, a request not prebuilt."""
+        if self.client != "lean" or self._session is None:
+            return False
+        hit = self._built.get(id(ex))
+        if hit is None or hit[0] is not ex:  # no JSON encoding on the timer thread
+            return False
+        _, raw, chat = hit[1]
+        reader = SseReader(rec, chat)
+
+        def end(result: Any, exc: BaseException | None) -> None:
+            self._ended(rec, reader, result, exc)
+            done()
+
+        def stamp() -> None:
+            rec.send_ns = now_ns()
+
+        return bool(self._session.start_from_thread(raw, reader.line, end, stamp))
+
     def _ended(self, rec: RequestRecord, reader: SseReader, result: Any, exc: BaseException | None) -> None:
         """The lean client's response has ended (``result``) or failed (``exc``): complete ``rec``."""
         if exc is not None:

@@ -300,3 +300,23 @@ def test_client_limited_flag_shows_in_the_bench_summary(tmp_path, capsys, limit,
     assert summary["client_limited"] is flag and summary["client_procs"] == 1
     assert summary["client_cpu_ms_per_request"] > 0 and summary["median_e2el_visible_ms"] is not None
     assert needle in capsys.readouterr().out and needle in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_requests_go_out_from_the_timer_thread_on_idle_connections():
+    eng = FakeEngine(EngineConfig(engine="fake", max_new_tokens=8)).load()
+    examples = [Example(str(i), f"w{i} a b") for i in range(30)]
+    sent_from_thread: list[bool] = []
+    with BackgroundServer(eng, BatchConfig(max_batch_size=4, max_wait_ms=1)) as srv:
+        target = T.HttpTarget(srv.url, "marian-en-de")
+        original = target.send_from_thread
+
+        def counting(ex, rec, done):
+            sent_from_thread.append(original(ex, rec, done))
+            return sent_from_thread[-1]
+
+        target.send_from_thread = counting
+        recs = run(target, examples, LoadSpec("server", rate=200, num_requests=30, warmup=2, seed=2))
+    live = [r for r in recs if not r.warmup]
+    assert len(sent_from_thread) == 30 and sent_from_thread[0]  # after the warm-up a connection is idle
+    assert all(S.is_completed(r) and r.schedule_ns <= r.send_ns <= r.chunk_ns[0] for r in live)
+    assert sorted(r.output for r in live) == sorted(f"w{i} a b" for i in range(30))
