@@ -4,7 +4,8 @@ Against the null engine (no model, no work: N tokens per request) served by `tes
 separate process on 127.0.0.1, measured side by side, interleaved, in one run:
 
 1. dispatch: Poisson runs (testbed's seeded schedule) at each rate, for each client: testbed's lean
-   client (asyncio + httptools) in one process and in `lean:K` processes sharing the stream, aiohttp
+   client (asyncio + httptools; the timer thread sends) in one process, as `lean-loop` (arrivals
+   handed to the event loop instead) and in `lean:K` processes sharing the stream, aiohttp
    (testbed's previous client) and Locust's FastHttpUser (`bench/locust_poisson.py`, a child process).
    Per rate and client, medians over the rounds of: the p99 dispatch delay (a_i - s_i), the achieved
    rate, the p99 event-loop lag (testbed's clients), TTFT, and the client and server CPU time per
@@ -131,7 +132,10 @@ def measure(client: str, url: str, examples: list, rate: float, seconds: float, 
     else:
         name, _, procs = client.partition(":")
         spec = LoadSpec("server", rate=rate, num_requests=n, warmup=WARMUP, seed=seed, client_procs=int(procs or 1))
-        recs = run(HttpTarget(url, "marian-en-de", max_tokens=tokens, client=name), examples, spec)
+        # lean-loop: the lean client with every arrival handed to its loop (no send from the timer thread)
+        target = HttpTarget(url, "marian-en-de", max_tokens=tokens, client=name.removesuffix("-loop"),
+                            thread_send=not name.endswith("-loop"))
+        recs = run(target, examples, spec)
     server_ms = (cpu_s(server_pid) - s0) * 1e3 / len(recs)
     s = S.summarize(recs)
     v = run_verdict(recs, "server")
@@ -226,9 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="seed of the Poisson schedule (round r uses seed + r)")
     ap.add_argument("-n", "--requests", type=int, default=300, help="requests at concurrency 1, per target")
     ap.add_argument("--blocks", type=int, default=6, help="interleaved blocks at concurrency 1")
-    ap.add_argument("--clients", default="floor,lean,lean:2,aiohttp,locust",
-                    help="lean, lean:K (K client processes), aiohttp, httpx, locust, and floor: a bare thread "
-                         "sleeping to each scheduled time (the OS wake-up latency every client pays)")
+    ap.add_argument("--clients", default="floor,lean,lean-loop,lean:2,aiohttp,locust",
+                    help="lean, lean:K (K client processes), lean-loop (arrivals handed to the loop, no send "
+                         "from the timer thread), aiohttp, httpx, locust, and floor: a bare thread sleeping to "
+                         "each scheduled time (the OS wake-up latency every client pays)")
     ap.add_argument("--server-batch", type=int, default=8, help="the null server's max batch size")
     ap.add_argument("--no-transport", action="store_true", help="skip section 2 (concurrency 1)")
     ap.add_argument("--out", default=None, help="also write the result file (header + tables) here")
