@@ -4,11 +4,15 @@ Against the null engine (no model, no work: N tokens per request) served by `tes
 separate process on 127.0.0.1, measured side by side, interleaved, in one run:
 
 1. dispatch: Poisson runs (testbed's seeded schedule) at each rate, for each client: testbed's lean
-   client (asyncio + httptools) in one process and in `lean:K` processes sharing the stream, aiohttp
+   client (asyncio + httptools; the timer thread sends) in one process, as `lean-loop` (arrivals
+   handed to the event loop instead) and in `lean:K` processes sharing the stream, aiohttp
    (testbed's previous client) and Locust's FastHttpUser (`bench/locust_poisson.py`, a child process).
    Per rate and client, medians over the rounds of: the p99 dispatch delay (a_i - s_i), the achieved
    rate, the p99 event-loop lag (testbed's clients), TTFT, and the client and server CPU time per
-   request.  Goal: p99 dispatch delay < 1 ms at >= 500 req/s;
+   request.  Goal: p99 dispatch delay < 1 ms at >= 500 req/s.  The `floor` row is a bare thread
+   sleeping to the same scheduled times (no HTTP, no loop): the OS wake-up latency of the machine
+   at that moment, which every client's timer pays too -- a p99 above 1 ms there means the machine,
+   not the client, decides the verdict;
 2. transport: at concurrency 1 (SingleStream), served TTFT (HTTP + server) and in-process TTFT
    (the same batcher, no HTTP), in interleaved blocks; the difference of the medians (goal: < 2 ms).
 
@@ -93,25 +97,56 @@ def run_locust(url: str, rate: float, n: int, seed: int, tokens: int) -> RunReco
     return RunRecords(recs, client_cpu_s=json.loads(lines[-1])["cpu_s"])
 
 
+def wake_floor(rate: float, n: int, seed: int) -> RunRecords:
+    """The machine's floor: a bare thread sleeping to each scheduled time (no HTTP, no event loop);
+    its lateness is the OS wake-up latency every client's timer pays too ("send" = wake-up)."""
+    from testbed.client.loadgen import poisson_offsets_ns
+    from testbed.clock import now_ns
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    try:
+        cpu0 = time.process_time()
+        t0 = now_ns() + 20_000_000
+        recs = []
+        for k, o in enumerate(poisson_offsets_ns(rate, seed, n=n)):
+            t = t0 + o
+            while (wait := (t - now_ns()) / 1e9) > 0:
+                time.sleep(min(wait, 0.05))
+            a = now_ns()
+            recs.append(RequestRecord(str(k), schedule_ns=t, send_ns=a, chunk_ns=[a], chunk_tokens=[1], n_out=1))
+        return RunRecords(recs, client_cpu_s=time.process_time() - cpu0)
+    finally:
+        sys.setswitchinterval(switch)
+
+
 def measure(client: str, url: str, examples: list, rate: float, seconds: float, tokens: int, seed: int,
             server_pid: int) -> dict[str, Any]:
     """One Poisson run of ``client`` (``lean``, ``lean:K``, ``aiohttp``, ``locust``) at ``rate``."""
     n = max(50, int(rate * seconds))
     s0 = cpu_s(server_pid)
-    if client == "locust":
+    if client == "floor":
+        recs = wake_floor(rate, n, seed)
+    elif client == "locust":
         recs = run_locust(url, rate, n, seed, tokens)
     else:
         name, _, procs = client.partition(":")
         spec = LoadSpec("server", rate=rate, num_requests=n, warmup=WARMUP, seed=seed, client_procs=int(procs or 1))
-        recs = run(HttpTarget(url, "marian-en-de", max_tokens=tokens, client=name), examples, spec)
+        # lean-loop: the lean client with every arrival handed to its loop (no send from the timer thread)
+        target = HttpTarget(url, "marian-en-de", max_tokens=tokens, client=name.removesuffix("-loop"),
+                            thread_send=not name.endswith("-loop"))
+        recs = run(target, examples, spec)
     server_ms = (cpu_s(server_pid) - s0) * 1e3 / len(recs)
     s = S.summarize(recs)
     v = run_verdict(recs, "server")
     return {"sent": n, "failed": s.failed, "achieved": s.request_throughput,
             "p50_dispatch": s.median_dispatch_delay_ms, "p99_dispatch": s.p99_dispatch_delay_ms,
-            "max_dispatch": s.max_dispatch_delay_ms, "p99_lag": v["p99_loop_lag_ms"] if client != "locust" else None,
-            "p50_ttft": s.median_ttft_ms, "p99_ttft": s.p99_ttft_ms,
-            "client_cpu": v["client_cpu_ms_per_request"], "server_cpu": server_ms}
+            "max_dispatch": s.max_dispatch_delay_ms,
+            "p99_lag": v["p99_loop_lag_ms"] if client not in ("locust", "floor") else None,
+            "p50_ttft": s.median_ttft_ms if client != "floor" else None,
+            "p99_ttft": s.p99_ttft_ms if client != "floor" else None,
+            "client_cpu": v["client_cpu_ms_per_request"] if client != "floor" else None,
+            "server_cpu": server_ms if client != "floor" else None}
 
 
 def median(values: list[Any]) -> float | None:
@@ -195,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="seed of the Poisson schedule (round r uses seed + r)")
     ap.add_argument("-n", "--requests", type=int, default=300, help="requests at concurrency 1, per target")
     ap.add_argument("--blocks", type=int, default=6, help="interleaved blocks at concurrency 1")
-    ap.add_argument("--clients", default="lean,lean:2,aiohttp,locust",
-                    help="lean, lean:K (K client processes), aiohttp, httpx, locust")
+    ap.add_argument("--clients", default="floor,lean,lean-loop,lean:2,aiohttp,locust",
+                    help="lean, lean:K (K client processes), lean-loop (arrivals handed to the loop, no send "
+                         "from the timer thread), aiohttp, httpx, locust, and floor: a bare thread sleeping to "
+                         "each scheduled time (the OS wake-up latency every client pays)")
     ap.add_argument("--server-batch", type=int, default=8, help="the null server's max batch size")
     ap.add_argument("--no-transport", action="store_true", help="skip section 2 (concurrency 1)")
     ap.add_argument("--out", default=None, help="also write the result file (header + tables) here")
@@ -231,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         best = dispatch_table(clients, rates, args, url, examples, proc.pid, out)
         out.append("")
         for client, rate in best.items():
+            if client == "floor":
+                continue
             out.append(f"- highest rate with median p99 dispatch delay < 1 ms and no failure, {client}: "
                        f"{rate:g} req/s (goal >= 500) -> {'met' if rate >= 500 else 'NOT met'}")
         out.append("- CPU ms/req: process CPU time over warm-up and run / requests (all client processes for "

@@ -11,6 +11,13 @@ cookie jar, one timer handle for the deadline.
 Receipt times: one ``now_ns()`` per received segment, taken in ``data_received`` (when the loop
 hands the bytes over); every line of that segment shares it, since they arrived together.
 
+Sends from the timer thread (:meth:`LeanClient.start_from_thread`): the load generator's Poisson
+timer thread can write a prebuilt request itself, on an idle connection, the moment it wakes --
+so the send time ``a_i`` does not wait for an event loop busy parsing other responses.  The
+thread writes to its own duplicate of the connection's descriptor (``os.dup``), under the
+client's lock, which the loop also takes to pool, release and close connections: the descriptor
+is never written after it was closed, and cannot be a reused one.  Reading stays on the loop.
+
 Limits, by design (loopback benchmarks): ``http://`` only, no redirects, compression or proxies.
 A connection the server closed while idle leaves the pool; a request whose connection dies fails
 (no retry: a POST is not idempotent).
@@ -19,6 +26,8 @@ A connection the server closed while idle leaves the pool; a request whose conne
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,7 +48,7 @@ class _Exchange:
     """One request's response: status, ``Retry-After``, SSE lines to ``on_line`` or an error body;
     ``on_end(result, None)`` once it has ended, ``on_end(None, exc)`` if it failed (called once)."""
 
-    __slots__ = ("on_line", "on_end", "status", "retry_after", "buf", "err", "timer")
+    __slots__ = ("on_line", "on_end", "status", "retry_after", "buf", "err", "timer", "framed")
 
     def __init__(self, on_line: LineSink, on_end: EndSink) -> None:
         self.on_line = on_line
@@ -49,6 +58,7 @@ class _Exchange:
         self.buf = b""
         self.err: list[bytes] = []
         self.timer: asyncio.TimerHandle | None = None
+        self.framed = False  # Content-Length or chunked: the end is in the stream, not the close
 
     def body(self, data: bytes, t: int) -> None:
         if self.status != 200:
@@ -88,10 +98,14 @@ class _Conn(asyncio.Protocol):
         self.parser: Any = None
         self.t = 0
         self.closed = False
+        self.wfd = -1  # our duplicate of the socket's descriptor, for sends from the timer thread
 
     # ---------------------------------------------------------------- asyncio side
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.wfd = os.dup(sock.fileno())
 
     def begin(self, ex: _Exchange, raw: bytes) -> None:
         self.ex = ex
@@ -113,14 +127,24 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.client._forget(self)
+        self.client._close_wfd(self)
         ex, self.ex = self.ex, None
-        if ex is not None:
+        if ex is None:
+            return
+        if exc is None and ex.status and not ex.framed:  # a close-delimited body ends with the close
+            ex.done(now_ns())
+        else:
             ex.fail(exc or ConnectionError("the server closed the connection before the response ended"))
 
     # ---------------------------------------------------------------- httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.ex is not None and name.lower() == b"retry-after":
+        if self.ex is None:
+            return
+        key = name.lower()
+        if key == b"retry-after":
             self.ex.retry_after = value.decode("latin-1")
+        elif key == b"content-length" or (key == b"transfer-encoding" and b"chunked" in value.lower()):
+            self.ex.framed = True
 
     def on_headers_complete(self) -> None:
         if self.ex is not None:
@@ -151,6 +175,7 @@ class _Conn(asyncio.Protocol):
     def abort(self) -> None:
         self.closed = True
         self.client._forget(self)
+        self.client._close_wfd(self)
         if self.transport is not None:
             self.transport.abort()
 
@@ -163,6 +188,8 @@ class LeanClient:
         self.timeout_s = timeout_s
         self._idle: list[_Conn] = []
         self._open: set[_Conn] = set()
+        self._lock = threading.Lock()  # the pool and the write descriptors, shared with the timer thread
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._head = (f"Host: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
                       "Accept: text/event-stream\r\nContent-Length: ").encode()
 
@@ -185,15 +212,48 @@ class LeanClient:
         is called once: ``((status, error body, Retry-After), None)`` when the response has ended,
         ``(None, exc)`` on a connection failure or past ``timeout_s``.
         """
-        if not self._idle:
+        conn = self._pop()
+        if conn is None:
             return False
-        self._begin(self._idle.pop(), raw, on_line, on_end)
+        self._begin(conn, raw, on_line, on_end)
         return True
+
+    def start_from_thread(self, raw: bytes, on_line: LineSink, on_end: EndSink, stamp: Callable[[], None]) -> bool:
+        """:meth:`start`, called from another thread (the load generator's timer): ``stamp()`` (the
+        send time), then ``raw`` written at once on an idle connection; the loop reads the response
+        and arms the deadline.  False, with nothing sent, when no connection is idle."""
+        loop = self._loop
+        if loop is None:
+            return False
+        with self._lock:
+            conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed or conn.wfd < 0:
+                return False
+            ex = _Exchange(on_line, on_end)
+            conn.ex = ex
+            conn.parser = httptools.HttpResponseParser(conn)
+            stamp()
+            try:
+                n = os.write(conn.wfd, raw)
+            except BlockingIOError:  # (an idle connection's buffer is empty: not expected)
+                n = 0
+            except OSError as exc:
+                loop.call_soon_threadsafe(conn.fail, exc)
+                return True
+        loop.call_soon_threadsafe(self._armed, conn, ex, raw[n:])
+        return True
+
+    def _armed(self, conn: _Conn, ex: _Exchange, rest: bytes) -> None:
+        """On the loop, after a send from the timer thread: the rest of the request, the deadline."""
+        if rest and conn.transport is not None and not conn.closed:
+            conn.transport.write(rest)
+        if ex.on_end is not None:  # not over yet
+            ex.timer = asyncio.get_running_loop().call_later(self.timeout_s, conn.timeout)
 
     async def stream(self, raw: bytes, on_line: LineSink) -> Result:
         """:meth:`start` as a coroutine (opens a connection when none is idle); returns the result or raises."""
         loop = asyncio.get_running_loop()
-        conn = self._idle.pop() if self._idle else await self._connect(loop)
+        conn = self._pop() or await self._connect(loop)
         fut: asyncio.Future[Result] = loop.create_future()
 
         def end(result: Result | None, exc: BaseException | None) -> None:
@@ -217,22 +277,36 @@ class LeanClient:
         conn.begin(ex, raw)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Conn:
+        self._loop = loop
         _, conn = await loop.create_connection(lambda: _Conn(self), self.host, self.port)
         self._open.add(conn)
         return conn
 
+    def _pop(self) -> _Conn | None:
+        with self._lock:
+            return self._idle.pop() if self._idle else None
+
     def _release(self, conn: _Conn, keep_alive: bool) -> None:
         if keep_alive and not conn.closed:
-            self._idle.append(conn)
+            with self._lock:
+                self._idle.append(conn)
         else:
             conn.abort()
 
     def _forget(self, conn: _Conn) -> None:
         self._open.discard(conn)
-        if conn in self._idle:
-            self._idle.remove(conn)
+        with self._lock:
+            if conn in self._idle:
+                self._idle.remove(conn)
+
+    def _close_wfd(self, conn: _Conn) -> None:
+        with self._lock:  # never while the timer thread writes to it
+            if conn.wfd >= 0:
+                os.close(conn.wfd)
+                conn.wfd = -1
 
     async def close(self) -> None:
         for conn in list(self._open):
             conn.abort()
-        self._idle.clear()
+        with self._lock:
+            self._idle.clear()

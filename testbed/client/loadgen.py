@@ -10,8 +10,9 @@ When each request i is *scheduled* (``s_i``, METRICS.md):
 
 Latency is measured from ``s_i``; the actual send ``a_i`` is taken by the target, so the
 dispatch delay ``a_i - s_i`` shows when the generator itself falls behind.  For ``server`` the
-arrivals are fired by a timer thread (``time.sleep`` to each ``s_i``, then a thread-safe call
-into the loop): an asyncio timer alone wakes up to 1 ms late (epoll's millisecond timeout).
+arrivals are fired by a timer thread (``time.sleep`` to each ``s_i``; then the request is written
+from that thread when the target can, else handed to the loop): an asyncio timer alone wakes up
+to 1 ms late (epoll's millisecond timeout).
 Warm-up requests run first, one at a time, flagged ``warmup`` and excluded by the summaries.
 
 The client watches itself: an event-loop lag probe (:mod:`testbed.client.lag`) runs through the
@@ -24,6 +25,7 @@ and an independent share of the Poisson stream (:mod:`testbed.client.multiproc`)
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import threading
 import time
@@ -40,6 +42,7 @@ from testbed.metrics.records import RequestRecord
 SCENARIOS = ("singlestream", "server", "offline", "concurrency")
 Progress = Callable[[int], None]
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,11 +131,13 @@ def poisson_offsets_ns(rate: float, seed: int, n: int | None = None, duration_s:
 
 
 class _Ticker(threading.Thread):
-    """Fires ``fire(i)`` on the loop at absolute ``perf_counter_ns`` times ``due[i]``."""
+    """At absolute ``perf_counter_ns`` times ``due[i]``: ``direct(i)`` on this thread when given and it
+    returns True (the request went out from here), else ``fire(i)`` on the loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, due: Sequence[int], fire: Callable[[int], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, due: Sequence[int], fire: Callable[[int], None],
+                 direct: Callable[[int], bool] | None = None) -> None:
         super().__init__(name="loadgen-ticker", daemon=True)
-        self.loop, self.due, self.fire = loop, due, fire
+        self.loop, self.due, self.fire, self.direct = loop, due, fire, direct
         self.stopped = False
 
     def run(self) -> None:
@@ -144,6 +149,12 @@ class _Ticker(threading.Thread):
                 if wait <= 0:
                     break
                 time.sleep(min(wait, 0.05))
+            if self.direct is not None:
+                try:
+                    if self.direct(i):
+                        continue
+                except Exception:  # never lose an arrival: the loop's path sends it
+                    log.exception("sending request %d from the timer thread failed", i)
             self.loop.call_soon_threadsafe(self.fire, i)
 
 
@@ -168,10 +179,11 @@ async def fire_schedule(target: Any, pairs: Sequence[tuple[Example, RequestRecor
                         progress: Callable[[], None] | None = None) -> None:
     """Send each ``(example, record)`` at its ``record.schedule_ns`` (absolute ``perf_counter_ns``).
 
-    A timer thread sleeps to each time and hands the arrival to the loop (thread-safe); the loop
-    starts it at once through ``target.send_nowait`` when the target can (no task: the lean client
-    on an idle connection), else as a task running ``target.send``.  No cap on outstanding
-    requests.  Returns when every request has finished.
+    A timer thread sleeps to each time and sends the request itself when the target can
+    (``target.send_from_thread``: the lean client on an idle connection, so ``a_i`` does not wait
+    for a busy loop); else it hands the arrival to the loop (thread-safe), which starts it at once
+    through ``target.send_nowait`` (no task) or as a task running ``target.send``.  No cap on
+    outstanding requests.  Returns when every request has finished.
     """
     if not pairs:
         return
@@ -180,6 +192,7 @@ async def fire_schedule(target: Any, pairs: Sequence[tuple[Example, RequestRecor
     remaining = len(pairs)
     tasks: set[asyncio.Task[None]] = set()
     nowait = getattr(target, "send_nowait", None)  # a target that can start a request without a task
+    from_thread = getattr(target, "send_from_thread", None)  # ... or from the timer thread itself
 
     def one_done() -> None:
         nonlocal remaining
@@ -208,7 +221,11 @@ async def fire_schedule(target: Any, pairs: Sequence[tuple[Example, RequestRecor
         tasks.add(task)
         task.add_done_callback(tasks.discard)
 
-    ticker = _Ticker(loop, [rec.schedule_ns for _, rec in pairs], fire)
+    def direct(i: int) -> bool:
+        ex, rec = pairs[i]
+        return bool(from_thread(ex, rec, one_done))  # type: ignore[misc]
+
+    ticker = _Ticker(loop, [rec.schedule_ns for _, rec in pairs], fire, direct if from_thread else None)
     switch = sys.getswitchinterval()
     # the ticker must get the GIL at once when its sleep ends, not after up to 5 ms
     sys.setswitchinterval(1e-4)

@@ -62,7 +62,7 @@ class Target(ABC):
 class HttpTarget(Target):
     def __init__(self, url: str, model: str, api: str = "auto", max_tokens: int | None = None,
                  return_timing: bool = False, client: str = "lean", timeout_s: float = 600.0,
-                 ignore_eos: bool = False) -> None:
+                 ignore_eos: bool = False, thread_send: bool = True) -> None:
         if api not in ("auto", "completions", "chat"):
             raise TestbedError(f"--api {api!r}: give auto, completions or chat")
         if client not in HTTP_CLIENTS:
@@ -73,6 +73,7 @@ class HttpTarget(Target):
         self.model, self.api, self.max_tokens = model, api, max_tokens
         self.return_timing, self.client, self.timeout_s = return_timing, client, timeout_s
         self.ignore_eos = ignore_eos
+        self.thread_send = thread_send  # lean: the timer thread may write requests itself
         self.label = f"http {self.url} ({client})"
         self._session: Any = None
         self._built: dict[int, tuple[Example, tuple[str, bytes, bool]]] = {}
@@ -187,6 +188,27 @@ class HttpTarget(Target):
 
         rec.send_ns = now_ns()
         return bool(self._session.start(raw, reader.line, end))
+
+    def send_from_thread(self, ex: Example, rec: RequestRecord, done: Callable[[], None]) -> bool:
+        """:meth:`send_nowait` from the load generator's timer thread: a prebuilt request written at once
+        on an idle connection, the loop reading the response (``done()`` runs on the loop).  False,
+        with nothing sent, when it cannot: another client, no idle connection, a request not prebuilt."""
+        if self.client != "lean" or self._session is None or not self.thread_send:
+            return False
+        hit = self._built.get(id(ex))
+        if hit is None or hit[0] is not ex:  # no JSON encoding on the timer thread
+            return False
+        _, raw, chat = hit[1]
+        reader = SseReader(rec, chat)
+
+        def end(result: Any, exc: BaseException | None) -> None:
+            self._ended(rec, reader, result, exc)
+            done()
+
+        def stamp() -> None:
+            rec.send_ns = now_ns()
+
+        return bool(self._session.start_from_thread(raw, reader.line, end, stamp))
 
     def _ended(self, rec: RequestRecord, reader: SseReader, result: Any, exc: BaseException | None) -> None:
         """The lean client's response has ended (``result``) or failed (``exc``): complete ``rec``."""

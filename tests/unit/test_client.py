@@ -133,6 +133,28 @@ def test_lean_client_fails_a_cut_or_silent_stream_instead_of_hanging(silent):
     assert rec.error.startswith("TimeoutError" if silent else "ConnectionError")
 
 
+class CloseDelimited(socketserver.BaseRequestHandler):
+    """An HTTP/1.0-style answer: no Content-Length, no chunking; the body ends when the server closes."""
+
+    def handle(self) -> None:
+        self.request.recv(65536)
+        events = [b'data: {"choices":[{"index":0,"text":"%s","finish_reason":null}]}\n\n' % w for w in (b"a", b" b")]
+        self.request.sendall(b"HTTP/1.0 200 OK\r\ncontent-type: text/event-stream\r\n\r\n" + b"".join(events))
+
+
+def test_lean_client_reads_a_close_delimited_stream():
+    srv = socketserver.ThreadingTCPServer(("127.0.0.1", 0), CloseDelimited)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        rec = send_one(T.HttpTarget(f"http://127.0.0.1:{srv.server_address[1]}", "m", client="lean"))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert rec.ok and rec.output == "a b" and rec.n_out == 2
+    assert rec.extra["n_out_source"] == "chunks (no usage from the server)"
+
+
 def test_tpot_divides_by_timed_tokens_scripted_record():
     ms = 1_000_000
     rec = RequestRecord("r", schedule_ns=0, send_ns=0, chunk_ns=[10 * ms, 20 * ms, 30 * ms], chunk_tokens=[1, 1, 1],
@@ -278,3 +300,23 @@ def test_client_limited_flag_shows_in_the_bench_summary(tmp_path, capsys, limit,
     assert summary["client_limited"] is flag and summary["client_procs"] == 1
     assert summary["client_cpu_ms_per_request"] > 0 and summary["median_e2el_visible_ms"] is not None
     assert needle in capsys.readouterr().out and needle in (tmp_path / "run" / "summary.md").read_text()
+
+
+def test_requests_go_out_from_the_timer_thread_on_idle_connections():
+    eng = FakeEngine(EngineConfig(engine="fake", max_new_tokens=8)).load()
+    examples = [Example(str(i), f"w{i} a b") for i in range(30)]
+    sent_from_thread: list[bool] = []
+    with BackgroundServer(eng, BatchConfig(max_batch_size=4, max_wait_ms=1)) as srv:
+        target = T.HttpTarget(srv.url, "marian-en-de")
+        original = target.send_from_thread
+
+        def counting(ex, rec, done):
+            sent_from_thread.append(original(ex, rec, done))
+            return sent_from_thread[-1]
+
+        target.send_from_thread = counting
+        recs = run(target, examples, LoadSpec("server", rate=200, num_requests=30, warmup=2, seed=2))
+    live = [r for r in recs if not r.warmup]
+    assert len(sent_from_thread) == 30 and sent_from_thread[0]  # after the warm-up a connection is idle
+    assert all(S.is_completed(r) and r.schedule_ns <= r.send_ns <= r.chunk_ns[0] for r in live)
+    assert sorted(r.output for r in live) == sorted(f"w{i} a b" for i in range(30))
