@@ -124,6 +124,13 @@ class _Run:
         upsert(self.rows, row)
         write_rows(self.out, self.rows)
 
+    def finish(self, i: int, cfg: ServingConfig, row: Row) -> None:
+        """A configuration's row is final: note a failed reference, save the row, say one line."""
+        if self.sweep.key(cfg) == self.ref_key and row["status"] != "ok":
+            self.ref_error = f"{row['status']}: {row['error']}"
+        self.save(row)
+        self.say(f"[{i}/{len(self.sweep.configs)}] {cfg.label()}: {_one_line(row)}")
+
     def base_row(self, cfg: ServingConfig) -> Row:
         sweep = self.sweep
         return {"key": sweep.key(cfg), "sweep_key": sweep.sweep_key, "sweep": sweep.name, "label": cfg.label(),
@@ -353,10 +360,7 @@ def _sequential(run: _Run) -> None:
                         records, read_outputs(run.out, key) or [], len(run.sweep.singlestream_set), "sequential")
             finally:
                 engine.close()
-        if key == run.ref_key and row["status"] != "ok":
-            run.ref_error = f"{row['status']}: {row['error']}"
-        run.save(row)
-        run.say(f"[{i}/{len(configs)}] {cfg.label()}: {_one_line(row)}")
+        run.finish(i, cfg, row)
 
 
 def _interleaved(run: _Run) -> None:
@@ -384,10 +388,7 @@ def _interleaved(run: _Run) -> None:
                     engines[key] = engine
                 else:
                     engine.close()
-            if key == run.ref_key and row["status"] != "ok":
-                run.ref_error = f"{row['status']}: {row['error']}"
-            run.save(row)
-            run.say(f"[{i}/{len(configs)}] {cfg.label()}: {_one_line(row)}")
+            run.finish(i, cfg, row)
         run.singlestream_interleaved(engines)
     finally:
         for e in engines.values():
