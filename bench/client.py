@@ -50,7 +50,7 @@ from testbed.metrics.records import RequestRecord
 from testbed.metrics.saturation import run_verdict
 from testbed.serve.batcher import BatchConfig
 from testbed.serve.run import free_port
-from testbed.signature import result_header
+from testbed.signature import load_average, result_header
 
 HERE = Path(__file__).resolve().parent
 WARMUP = 20
@@ -254,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
             versions[mod] = version(mod)
         except PackageNotFoundError:
             pass
-    out = [result_header(command, rounds=args.rounds, seconds_per_run=args.seconds, tokens_per_request=args.tokens,
+    out = [result_header(command, at_end=False, rounds=args.rounds, seconds_per_run=args.seconds,
+                         tokens_per_request=args.tokens,
                          warmup_per_run=WARMUP, clients=", ".join(clients),
                          client_versions=", ".join(f"{k} {v}" for k, v in versions.items())), ""]
     examples = load_dataset("test", limit=400)
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         proc.terminate()
         proc.wait(10)
-    out.append(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())} at the end")
+    out.append(f"\nload average {load_average()} at the end")
     text = "\n".join(out) + "\n"
     print(text)
     if args.out:

@@ -48,17 +48,18 @@ def machine() -> dict[str, Any]:
     """CPU model, the ISA features that matter for int8/bf16 kernels, cores, Python, OS."""
     import os
 
-    cpu = platform.processor() or platform.machine()
+    model: str | None = None
     flags: set[str] = set()
-    try:
+    try:  # the first processor's entries (every core repeats them)
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key = line.split(":", 1)[0].strip()
-            if key == "model name" and cpu in (platform.processor(), platform.machine()):
-                cpu = line.split(":", 1)[1].strip()
+            key, _, value = (part.strip() for part in line.partition(":"))
+            if key == "model name" and model is None:
+                model = value
             elif key in ("flags", "Features") and not flags:
-                flags = set(line.split(":", 1)[1].split())
+                flags = set(value.split())
     except OSError:
         pass
+    cpu = model or platform.processor() or platform.machine()
     isa = [f for f in ISA_FLAGS if f in flags]
     return {"cpu": cpu, "isa": isa, "cores": os.cpu_count(), "python": platform.python_version(),
             "os": platform.platform()}
@@ -70,7 +71,8 @@ def machine_line() -> str:
     return f"{m['cpu']} ({', '.join(m['isa']) or 'no AVX2/AVX-512/AMX'}) x{m['cores']}"
 
 
-def _loadavg() -> str:
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages as ``"0.38 0.78 0.95"`` ("n/a" where the OS has none)."""
     import os
 
     try:
@@ -79,7 +81,7 @@ def _loadavg() -> str:
         return "n/a"
 
 
-_LOAD_AT_IMPORT = _loadavg()  # a bench script imports this module before it measures
+_LOAD_AT_IMPORT = load_average()  # a bench script imports this module before it measures
 
 
 def result_header(command: str, at_end: bool = True, **facts: Any) -> str:
@@ -98,7 +100,7 @@ def result_header(command: str, at_end: bool = True, **facts: Any) -> str:
     lines = [f"- command: `{command}`",
              f"- date: {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}",
              f"- machine: {machine_line()}; load average at start {_LOAD_AT_IMPORT}"
-             + (f", at the end {_loadavg()}" if at_end else ""),
+             + (f", at the end {load_average()}" if at_end else ""),
              f"- git: {git_sha()}",
              "- versions: " + ", ".join(f"{k} {v[k]}" for k in ("torch", "onnxruntime", "ctranslate2", "transformers")
                                        if k in v)]
