@@ -512,7 +512,6 @@ class Engine(ABC):
         no encoder time here either.
         """
         gens: list[Generator[object, None, None] | None] = [self._decode(p) for p in prepared]
-        pending: list[object] = [None] * len(gens)  # a first token already taken while priming
 
         def advance(i: int) -> object:
             g = gens[i]
@@ -525,21 +524,13 @@ class Engine(ABC):
                 return None
 
         try:
-            reported = False
-            for i in range(len(gens)):  # priming: every row's encoder pass (or its first token)
-                item = advance(i)
-                if item is ENCODER_DONE:
-                    reported = True
-                else:
-                    pending[i] = item
-            if reported:
+            step = [advance(i) for i in range(len(gens))]  # every row's encoder pass (or its first token)
+            if any(x is ENCODER_DONE for x in step):
                 yield ENCODER_DONE
-            first = True
-            while any(g is not None for g in gens):
-                step = [pending[i] if first and pending[i] is not None else advance(i) for i in range(len(gens))]
-                first = False
-                if any(x is not None for x in step):
-                    yield step
+                step = [advance(i) if x is ENCODER_DONE else x for i, x in enumerate(step)]
+            while any(x is not None for x in step):
+                yield step
+                step = [advance(i) for i in range(len(gens))]
         finally:
             for g in gens:
                 if g is not None:
