@@ -10,6 +10,7 @@ SHA of a committed tree: ``testbed.signature.result_header``).
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,7 @@ def test_the_checker_finds_numbers_as_written():
     assert quoted(readme) == [(1, "24.6 ms", "bench/results/a.md"), (1, "p90", "bench/results/b.md")]
 
 
+@cache
 def _files() -> dict[str, list[tuple[int, str]]]:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     by_file: dict[str, list[tuple[int, str]]] = {}
