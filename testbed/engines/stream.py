@@ -183,7 +183,7 @@ class BatchStream:
         self.rows: list[Stream] = []
         self.live: set[int] = set()
         self.join_step: dict[int, int] = {}
-        self.joined_with: dict[int, int] = {}  # rows already decoding when a row joined
+        self.joined_with: dict[int, int] = {}  # rows decoding right after a row joined (itself included)
         self.steps = 0
         self.start_ns = clock()
         self.end_ns: int | None = None
@@ -209,7 +209,7 @@ class BatchStream:
             r.decode_start_ns = t0
             self.rows.append(r)
             self.join_step[i] = self.steps
-            self.joined_with[i] = running
+            self.joined_with[i] = running + len(streams)
         try:
             self.batch.admit({i: r.prepared for i, r in zip(idx, streams)})
         except Exception as exc:
