@@ -9,7 +9,11 @@ timestamp.  Rows are named by integer *slots* the driver chooses.
   driver stamps ``encoder_done`` when it returns, if :attr:`reports_encoder`); the rows then wait
   as *pending*.
 * :meth:`StepBatch.prefill` gives every pending row its first token (seq2seq: the first decoder
-  step over the new rows; decoder-only: the prompt) and joins them to the running rows.
+  step over the new rows; decoder-only: the prompt) and joins them to the running rows.  With a
+  ``budget`` (prompt tokens per call) a batch with ``chunked_prefill`` processes a long prompt in
+  chunks, one per call, and returns the first tokens only with the last chunk (the driver runs a
+  decoding step of the running rows between two chunks, so one long prompt cannot stall them);
+  evicting a pending row stops its prefill.
 * :meth:`StepBatch.step` runs one decoding step of every running row and returns each row's next
   token.
 * :meth:`StepBatch.evict` drops rows (finished, cancelled, past their deadline) at once; their
@@ -66,6 +70,7 @@ class StepBatch(ABC):
     reports_encoder: bool = False
     join_running: bool = True
     join_refusal: str = ""
+    chunked_prefill: bool = False  # prefill(budget) processes a prompt in chunks
 
     def __init__(self) -> None:
         self.prepared: dict[int, Prepared] = {}
@@ -90,10 +95,15 @@ class StepBatch(ABC):
             self.generated[s] = 0
         self._admit(dict(rows))
 
-    def prefill(self) -> dict[int, int]:
-        out = self._prefill()
+    def prefill(self, budget: int | None = None) -> dict[int, int]:
+        """First tokens of the pending rows (all of them, or, with ``budget`` prompt tokens on a batch
+        with ``chunked_prefill``, none until their last chunk)."""
+        out = self._prefill_chunk(budget) if budget is not None and self.chunked_prefill else self._prefill()
         self._count(out)
         return out
+
+    def _prefill_chunk(self, budget: int) -> dict[int, int]:
+        return self._prefill()
 
     def step(self) -> dict[int, int]:
         out = self._step() if self.has_running() else {}
@@ -111,6 +121,10 @@ class StepBatch(ABC):
 
     def close(self) -> None:
         self.evict(list(self.prepared))
+
+    def is_pending(self, slot: int) -> bool:
+        """Is the row admitted but without its first token yet (a prefill still in progress)?"""
+        return False
 
     def no_eos(self, slots: Iterable[int]) -> list[int]:
         """Positions (in ``slots`` order) of the rows that may not choose EOS at their next token."""
@@ -153,6 +167,9 @@ class LockstepBatch(StepBatch):
 
     def has_pending(self) -> bool:
         return bool(self.first)
+
+    def is_pending(self, slot: int) -> bool:
+        return slot in self.first
 
     def has_running(self) -> bool:
         return bool(self.running)

@@ -226,15 +226,18 @@ class BatchStream:
         self.live.update(idx)
         return idx
 
-    def advance(self) -> list[tuple[int, TokenEvent]]:
-        """One iteration: the pending rows' first tokens, then one step of every running row."""
+    def advance(self, prefill_budget: int | None = None) -> list[tuple[int, TokenEvent]]:
+        """One iteration: the pending rows' first tokens, then one step of every running row.
+
+        ``prefill_budget`` (prompt tokens): while other rows are decoding, a long prompt is prefilled
+        one chunk per iteration (engines with chunked prefill), so the running rows keep stepping."""
         events: list[tuple[int, TokenEvent]] = []
         try:
             if self.batch.has_pending():
-                out = self.batch.prefill()
+                out = self.batch.prefill(prefill_budget if self.batch.has_running() else None)
                 events += self._accept(out, self._clock())
             if self.batch.has_running():
-                expect = [i for i in self.batch.slots if i in self.live]
+                expect = [i for i in self.batch.slots if i in self.live and not self.batch.is_pending(i)]
                 out = self.batch.step()
                 t = self._clock()
                 events += self._accept(out, t)

@@ -164,6 +164,10 @@ class Server:
                 job.cancel()
                 raise
             if isinstance(first, Failed):
+                if first.status == 429:  # refused by the queued-token bound after tokenisation
+                    self.metrics.rejected["queued_tokens"] += 1
+                    raise ApiError(429, first.message, kind="rate_limit_error",
+                                   headers={"Retry-After": str(self.batcher.config.retry_after_s)})
                 raise ApiError(first.status, first.message,
                                kind="server_error" if first.status >= 500 else "invalid_request_error")
             assert isinstance(first, Admitted)

@@ -41,8 +41,11 @@ class BatchConfig:
     join the running batch, and finished or cancelled rows leave at once).  ``max_batch_size``:
     rows decoded together; ``max_wait_ms``: how long the oldest waiting request may wait for an
     idle engine's batch to fill; ``max_queue``: requests waiting (admitted, not yet decoding)
-    beyond which new ones are refused at once; ``timeout_s``: the per-request deadline from
-    arrival to the last token; ``retry_after_s``: the ``Retry-After`` a refusal carries.
+    beyond which new ones are refused at once; ``max_queued_tokens``: the same bound counted in
+    input tokens (one long prompt costs what it costs); ``timeout_s``: the per-request deadline from
+    arrival to the last token; ``retry_after_s``: the ``Retry-After`` a refusal carries;
+    ``prefill_chunk``: while rows are decoding, a new decoder-only prompt is prefilled this many
+    tokens per step (None: at once), so one long prompt cannot stall the others.
     """
 
     max_batch_size: int = 1
@@ -51,6 +54,8 @@ class BatchConfig:
     timeout_s: float = 60.0
     retry_after_s: int = 1
     batching: str = "static"
+    prefill_chunk: int | None = 256
+    max_queued_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 1024:
@@ -65,13 +70,19 @@ class BatchConfig:
             raise ConfigError("retry_after_s", self.retry_after_s, "an integer number of seconds in [1, 3600]")
         if self.batching not in BATCHING_MODES:
             raise ConfigError("batching", self.batching, ", ".join(BATCHING_MODES))
+        if self.prefill_chunk is not None and (not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1):
+            raise ConfigError("prefill_chunk", self.prefill_chunk, "a positive number of tokens, or none")
+        if self.max_queued_tokens is not None and (
+                not isinstance(self.max_queued_tokens, int) or self.max_queued_tokens < 1):
+            raise ConfigError("max_queued_tokens", self.max_queued_tokens, "a positive number of tokens, or none")
 
     def label(self) -> str:
         return f"{self.batching} batch<={self.max_batch_size}/wait{self.max_wait_ms:g}ms/queue{self.max_queue}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"batching": self.batching, "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms,
-                "max_queue": self.max_queue, "timeout_s": self.timeout_s}
+                "max_queue": self.max_queue, "max_queued_tokens": self.max_queued_tokens, "timeout_s": self.timeout_s,
+                "prefill_chunk": self.prefill_chunk}
 
     def check(self, engine: Engine) -> None:
         """Refuse a mode the engine cannot run (never silently downgraded)."""

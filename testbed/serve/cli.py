@@ -18,6 +18,11 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
                    help="dynamic batching: how long the oldest waiting request may wait for a batch to fill (2 ms)")
     g.add_argument("--max-queue", type=int, default=64,
                    help="admission: waiting requests past which new ones get 429 + Retry-After at once (64)")
+    g.add_argument("--max-queued-tokens", type=int, default=None,
+                   help="admission by cost: input tokens waiting past which a new request gets 429 (default: no bound)")
+    g.add_argument("--prefill-chunk", type=int, default=256,
+                   help="while rows decode, a new decoder-only prompt is prefilled this many tokens per step, so "
+                        "one long prompt cannot stall the others (default 256; 0: all at once)")
     g.add_argument("--timeout", type=float, default=60.0, help="per-request deadline in seconds (60)")
     g.add_argument("--served-model-name", default=None, help="the model name clients send (default: --model)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -31,7 +36,8 @@ def cmd_serve(args: argparse.Namespace, engine: object) -> int:
 
     assert isinstance(engine, Engine)
     batch = BatchConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                        max_queue=args.max_queue, timeout_s=args.timeout, batching=args.batching)
+                        max_queue=args.max_queue, timeout_s=args.timeout, batching=args.batching,
+                        max_queued_tokens=args.max_queued_tokens, prefill_chunk=args.prefill_chunk or None)
     batch.check(engine)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the server has no authentication", file=sys.stderr)

@@ -62,6 +62,8 @@ class Scheduler:
         self.joins = 0  # rows that joined a batch already decoding
         self.cancelled = 0
         self.expired = 0
+        self.queued_tokens = 0  # input tokens of the jobs waiting in ``ready``
+        self.refused_tokens = 0  # jobs refused by max_queued_tokens
         self._padding = Padding()  # of finished batches
 
     def padding_total(self) -> Padding:
@@ -128,7 +130,17 @@ class Scheduler:
             self.b.left_waiting()
             self._final(job, Failed(500, f"{type(exc).__name__}: {exc}"))
             return
-        job.sink(Admitted(len(prepared.input_ids), prepared.warnings))
+        n_in = len(prepared.input_ids)
+        cap = self.config.max_queued_tokens
+        if cap is not None and self.queued_tokens + n_in > cap:
+            self.b.left_waiting()
+            self.refused_tokens += 1
+            self._final(job, Failed(429, f"server busy: {self.queued_tokens} input tokens already waiting and this "
+                                         f"request has {n_in} (max_queued_tokens={cap}); retry after "
+                                         f"{self.config.retry_after_s} s"))
+            return
+        self.queued_tokens += n_in
+        job.sink(Admitted(n_in, prepared.warnings))
         self.ready.append(_Waiting(job, prepared))
 
     def _take(self, n: int) -> list[_Waiting]:
@@ -138,6 +150,7 @@ class Scheduler:
         while self.ready and len(out) < n:
             w = self.ready.popleft()
             self.b.left_waiting()
+            self.queued_tokens -= len(w.prepared.input_ids)
             if w.job.cancelled:
                 self.cancelled += 1
                 w.job.finished = True
@@ -169,7 +182,7 @@ class Scheduler:
         bs = self.bs
         assert bs is not None
         free = self.config.max_batch_size - len(bs.live)
-        if free <= 0 or not self.ready or not bs.can_join:
+        if free <= 0 or not self.ready or not bs.can_join or bs.pending:  # one prefill at a time
             return
         ws = self._take(free)
         if ws:
@@ -197,7 +210,7 @@ class Scheduler:
         bs = self.bs
         assert bs is not None
         try:
-            events = bs.advance()
+            events = bs.advance(self.config.prefill_chunk)
         except Exception as exc:
             msg = f"generation failed: {type(exc).__name__}: {exc}"
             for i, job in self.jobs.items():
@@ -275,6 +288,7 @@ class Scheduler:
         while self.ready:
             w = self.ready.popleft()
             self.b.left_waiting()
+            self.queued_tokens -= len(w.prepared.input_ids)
             self._final(w.job, Failed(503, "server is shutting down"))
         while True:
             try:

@@ -85,3 +85,53 @@ def test_chat_rows_joining_and_leaving_decode_as_alone(engine_name):
         _check(eng, _chat_requests())
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "onnxruntime"])
+def test_a_long_prompt_is_prefilled_in_chunks_while_the_running_row_keeps_stepping(engine_name):
+    """Chunked prefill: the tokens are those of the prompt decoded alone, and the running row got
+    tokens between the long prompt's admission and its first token (it was not stalled)."""
+    eng = create_engine(EngineConfig(engine=engine_name, model="smollm2-135m-instruct", threads=1)).load()
+    try:
+        long_text = " ".join(["Please summarise the following notes about caching and memory."] * 20)
+        reqs = [GenerationRequest(text="Name three colours.", max_new_tokens=40),
+                GenerationRequest(text=long_text, max_new_tokens=8)]
+        singles = [eng.stream(r).run().token_ids for r in reqs]
+        prepared = [eng.prepare(r) for r in reqs]
+        assert len(prepared[1].input_ids) > 150
+        bs = eng.stream_batch(prepared[:1])
+        bs.advance()
+        from testbed.engines.stream import Stream
+
+        [j] = bs.add([Stream(eng, reqs[1], eng.clock, prepared=prepared[1])])
+        before = len(bs.rows[0].events)
+        while not bs.rows[j].events:
+            bs.advance(prefill_budget=32)
+        during = len(bs.rows[0].events) - before
+        while bs.live:
+            bs.advance(prefill_budget=32)
+        assert bs.rows[0].token_ids == singles[0] and bs.rows[1].token_ids == singles[1]
+        assert during >= len(prepared[1].input_ids) // 32 - 1  # one step of the running row per chunk
+    finally:
+        eng.close()
+
+
+def test_a_cancelled_prompt_stops_its_chunked_prefill():
+    eng = create_engine(EngineConfig(engine="onnxruntime", model="smollm2-135m-instruct", threads=1)).load()
+    try:
+        long_text = " ".join(["Tell me about the history of printing presses in Europe."] * 20)
+        prepared = [eng.prepare(GenerationRequest(text=t, max_new_tokens=30)) for t in ("Hello!", long_text)]
+        bs = eng.stream_batch(prepared[:1])
+        bs.advance()
+        from testbed.engines.stream import Stream
+
+        [j] = bs.add([Stream(eng, prepared[1].request, eng.clock, prepared=prepared[1])])
+        bs.advance(prefill_budget=16)
+        assert bs.batch.has_pending()
+        bs.cancel(j)
+        assert not bs.batch.has_pending() and bs.rows[j].finish_reason == "cancelled" and not bs.rows[j].events
+        while bs.live:
+            bs.advance(prefill_budget=16)
+        assert bs.rows[0].token_ids == eng.stream(prepared[0].request).run().token_ids
+    finally:
+        eng.close()

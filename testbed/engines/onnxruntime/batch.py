@@ -37,6 +37,8 @@ class OrtBatch(StepBatch):
         self.m = engine.ort
         self.seq2seq = self.m.seq2seq
         self.reports_encoder = self.seq2seq
+        self.chunked_prefill = not self.seq2seq
+        self.pf: dict[str, Any] | None = None  # decoder-only: a prefill in progress (chunk by chunk)
         self.banned = list(engine.banned)
         self.eos = sorted(engine.eos_token_ids)
         self.order: list[int] = []
@@ -51,6 +53,9 @@ class OrtBatch(StepBatch):
 
     def has_pending(self) -> bool:
         return bool(self.waiting)
+
+    def is_pending(self, slot: int) -> bool:
+        return slot in self.waiting
 
     def has_running(self) -> bool:
         return bool(self.order)
@@ -81,26 +86,46 @@ class OrtBatch(StepBatch):
             self.padding.add(mask.size, int((mask == 0).sum()))
 
     def _prefill(self) -> dict[int, int]:
+        if not self.seq2seq:
+            return self._prefill_chunk(None)
         slots, self.waiting = self.waiting, []
         n = len(slots)
         m = self.m
-        if self.seq2seq:
-            assert self.new_fixed is not None
-            fixed, self.new_fixed = self.new_fixed, None
-            inp = np.full((n, 1), int(m.meta["decoder_start_token_id"]), dtype=np.int64)
-            pos = np.zeros((n, 1), dtype=np.int64)
-            bias = np.zeros((n, 1, 1, 1), dtype=m.bias_dtype)
-            logits, past = m._step(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, m._empty_past(n))
-            nxt = self._pick(logits, slots)
-            self._join(slots, past, nxt.reshape(n, 1), pos + 1, bias=bias, fixed=fixed)
-        else:
-            ids, mask = pad_batch([self.prepared[s].input_ids for s in slots], self.e.pad_id, left=True)
-            pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
-            logits, past = m._step({}, {"input_ids": ids, "attention_mask": mask, "position_ids": pos},
-                                   m._empty_past(n))
-            self.padding.add(mask.size, int((mask == 0).sum()))
-            nxt = self._pick(logits, slots)
-            self._join(slots, past, nxt.reshape(n, 1), pos[:, -1:] + 1, mask=mask)
+        assert self.new_fixed is not None
+        fixed, self.new_fixed = self.new_fixed, None
+        inp = np.full((n, 1), int(m.meta["decoder_start_token_id"]), dtype=np.int64)
+        pos = np.zeros((n, 1), dtype=np.int64)
+        bias = np.zeros((n, 1, 1, 1), dtype=m.bias_dtype)
+        logits, past = m._step(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, m._empty_past(n))
+        nxt = self._pick(logits, slots)
+        self._join(slots, past, nxt.reshape(n, 1), pos + 1, bias=bias, fixed=fixed)
+        return dict(zip(slots, nxt.tolist()))
+
+    def _prefill_chunk(self, budget: int | None) -> dict[int, int]:
+        """Decoder-only: the pending prompts (left-padded together), ``budget // rows`` columns per call
+        (all of them without a budget); the first tokens come with the last chunk."""
+        m = self.m
+        if self.pf is None:
+            ids, mask = pad_batch([self.prepared[s].input_ids for s in self.waiting], self.e.pad_id, left=True)
+            self.pf = {"slots": list(self.waiting), "ids": ids, "mask": mask, "c": 0,
+                       "pos": np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64),
+                       "past": m._empty_past(len(self.waiting))}
+        pf = self.pf
+        slots, ids, mask, c = pf["slots"], pf["ids"], pf["mask"], pf["c"]
+        width = ids.shape[1]
+        k = width - c if budget is None else min(width - c, max(1, budget // len(slots)))
+        logits, pf["past"] = m._step({}, {"input_ids": np.ascontiguousarray(ids[:, c : c + k]),
+                                          "attention_mask": np.ascontiguousarray(mask[:, : c + k]),
+                                          "position_ids": np.ascontiguousarray(pf["pos"][:, c : c + k])}, pf["past"])
+        chunk = mask[:, c : c + k]
+        self.padding.add(chunk.size, int((chunk == 0).sum()))
+        pf["c"] = c + k
+        if pf["c"] < width:
+            return {}
+        self.pf, self.waiting = None, []
+        n = len(slots)
+        nxt = self._pick(logits, slots)
+        self._join(slots, pf["past"], nxt.reshape(n, 1), pf["pos"][:, -1:] + 1, mask=mask)
         return dict(zip(slots, nxt.tolist()))
 
     def _join(self, slots: list[int], past: list[Any], inp: np.ndarray, pos: np.ndarray, *, bias: Any = None,
@@ -153,9 +178,17 @@ class OrtBatch(StepBatch):
     # ------------------------------------------------------------------ leaving
     def _evict(self, slots: list[int]) -> None:
         gone = set(slots)
+        if self.pf is not None and gone.intersection(self.pf["slots"]):
+            pf = self.pf
+            keep = [i for i, s in enumerate(pf["slots"]) if s not in gone]
+            for name in ("ids", "mask", "pos"):
+                pf[name] = pf[name][keep]
+            pf["past"] = [self._dev(np.ascontiguousarray(self._host(p)[keep])) for p in pf["past"]]
+            pf["slots"] = [pf["slots"][i] for i in keep]
         self.waiting = [s for s in self.waiting if s not in gone]
         if not self.waiting:
             self.new_fixed = None
+            self.pf = None
         if not gone.intersection(self.order):
             return
         keep = [i for i, s in enumerate(self.order) if s not in gone]

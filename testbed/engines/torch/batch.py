@@ -56,6 +56,8 @@ class TorchBatch(StepBatch):
         self.torch = engine._torch
         self.seq2seq = engine.model_info.architecture == "seq2seq"
         self.reports_encoder = self.seq2seq
+        self.chunked_prefill = not self.seq2seq
+        self.pf: dict[str, Any] | None = None  # decoder-only: a prefill in progress (chunk by chunk)
         self.order: list[int] = []
         self.waiting: list[int] = []  # admitted, not prefilled
         self.new_enc: Any = None  # seq2seq: encoder outputs and mask of the waiting rows
@@ -69,6 +71,9 @@ class TorchBatch(StepBatch):
 
     def has_pending(self) -> bool:
         return bool(self.waiting)
+
+    def is_pending(self, slot: int) -> bool:
+        return slot in self.waiting
 
     def has_running(self) -> bool:
         return bool(self.order)
@@ -87,32 +92,50 @@ class TorchBatch(StepBatch):
             self.e._sync()
 
     def _prefill(self) -> dict[int, int]:
+        if not self.seq2seq:
+            return self._prefill_chunk(None)
         torch = self.torch
         slots, self.waiting = self.waiting, []
         n = len(slots)
         with torch.inference_mode():
-            if self.seq2seq:
-                from transformers import DynamicCache, EncoderDecoderCache
+            from transformers import DynamicCache, EncoderDecoderCache
 
-                cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
-                inp = torch.full((n, 1), self.e.start_id, dtype=torch.long, device=self.e.device)
-                mask = torch.ones((n, 1), dtype=torch.long, device=self.e.device)
-                pos = torch.zeros((n, 1), dtype=torch.long, device=self.e.device)
-                logits = self._forward_seq2seq(inp, mask, pos, cache, self.new_enc, self.new_enc_mask)
-                enc, enc_mask = self.new_enc, self.new_enc_mask
-                self.new_enc = self.new_enc_mask = None
-            else:
-                from transformers import DynamicCache
-
-                ids, mask = self.e._pad([self.prepared[s] for s in slots])
-                cache = DynamicCache()
-                pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                logits = self._forward_causal(ids, mask, pos, cache)
-                self.padding.add(mask.numel(), int((mask == 0).sum()))
-                pos = pos[:, -1:]
-                enc = enc_mask = None
+            cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
+            inp = torch.full((n, 1), self.e.start_id, dtype=torch.long, device=self.e.device)
+            mask = torch.ones((n, 1), dtype=torch.long, device=self.e.device)
+            pos = torch.zeros((n, 1), dtype=torch.long, device=self.e.device)
+            logits = self._forward_seq2seq(inp, mask, pos, cache, self.new_enc, self.new_enc_mask)
+            enc, enc_mask = self.new_enc, self.new_enc_mask
+            self.new_enc = self.new_enc_mask = None
             nxt = self.e._pick(logits, self.no_eos(slots))
             self._join(slots, cache, mask, pos + 1, nxt.view(n, 1), enc, enc_mask)
+        return dict(zip(slots, nxt.tolist()))
+
+    def _prefill_chunk(self, budget: int | None) -> dict[int, int]:
+        """Decoder-only: the pending prompts (left-padded together), ``budget // rows`` columns per call
+        (all of them without a budget); the first tokens come with the last chunk."""
+        torch = self.torch
+        with torch.inference_mode():
+            if self.pf is None:
+                from transformers import DynamicCache
+
+                ids, mask = self.e._pad([self.prepared[s] for s in self.waiting])
+                self.pf = {"slots": list(self.waiting), "ids": ids, "mask": mask, "cache": DynamicCache(), "c": 0,
+                           "pos": (mask.cumsum(-1) - 1).clamp(min=0)}
+            pf = self.pf
+            slots, ids, mask, c = pf["slots"], pf["ids"], pf["mask"], pf["c"]
+            width = ids.shape[1]
+            k = width - c if budget is None else min(width - c, max(1, budget // len(slots)))
+            logits = self._forward_causal(ids[:, c : c + k], mask[:, : c + k], pf["pos"][:, c : c + k], pf["cache"])
+            chunk = mask[:, c : c + k]
+            self.padding.add(chunk.numel(), int((chunk == 0).sum()))
+            pf["c"] = c + k
+            if pf["c"] < width:
+                return {}
+            self.pf, self.waiting = None, []
+            n = len(slots)
+            nxt = self.e._pick(logits, self.no_eos(slots))
+            self._join(slots, pf["cache"], mask, pf["pos"][:, -1:] + 1, nxt.view(n, 1), None, None)
         return dict(zip(slots, nxt.tolist()))
 
     def _join(self, slots: list[int], cache: Any, mask: Any, pos: Any, inp: Any, enc: Any, enc_mask: Any) -> None:
@@ -174,12 +197,32 @@ class TorchBatch(StepBatch):
         return dict(zip(self.order, nxt.tolist()))
 
     # ------------------------------------------------------------------ leaving
+    def _evict_pending(self, gone: set[int]) -> None:
+        """Drop rows from a prefill in progress (a client that went away stops its prefill)."""
+        pf = self.pf
+        assert pf is not None
+        keep = [i for i, s in enumerate(pf["slots"]) if s not in gone]
+        if not keep:
+            self.pf = None
+            return
+        idx = self.torch.tensor(keep, dtype=self.torch.long, device=pf["ids"].device)
+        for layer in self_layers(pf["cache"]):
+            if layer.keys is not None and layer.keys.numel():
+                layer.keys = layer.keys.index_select(0, idx)
+                layer.values = layer.values.index_select(0, idx)
+        for name in ("ids", "mask", "pos"):
+            pf[name] = pf[name].index_select(0, idx)
+        pf["slots"] = [pf["slots"][i] for i in keep]
+
     def _evict(self, slots: list[int]) -> None:
         torch = self.torch
         gone = set(slots)
+        if self.pf is not None and gone.intersection(self.pf["slots"]):
+            self._evict_pending(gone)
         self.waiting = [s for s in self.waiting if s not in gone]
         if not self.waiting:
             self.new_enc = self.new_enc_mask = None
+            self.pf = None
         if not gone.intersection(self.order):
             return
         keep = [i for i, s in enumerate(self.order) if s not in gone]
