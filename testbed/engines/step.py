@@ -126,9 +126,10 @@ class StepBatch(ABC):
         """Is the row admitted but without its first token yet (a prefill still in progress)?"""
         return False
 
-    def no_eos(self, slots: Iterable[int]) -> list[int]:
-        """Positions (in ``slots`` order) of the rows that may not choose EOS at their next token."""
-        return [i for i, s in enumerate(slots) if not self.prepared[s].eos_allowed(self.generated[s])]
+    def no_eos(self, slots: Iterable[int | None]) -> list[int]:
+        """Positions (in ``slots`` order; None: a finished row still in the tensors) of the rows that may
+        not choose EOS at their next token."""
+        return [i for i, s in enumerate(slots) if s is not None and not self.prepared[s].eos_allowed(self.generated[s])]
 
     def _count(self, out: Mapping[int, int]) -> None:
         for s in out:

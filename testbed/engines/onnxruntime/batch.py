@@ -41,7 +41,9 @@ class OrtBatch(StepBatch):
         self.pf: dict[str, Any] | None = None  # decoder-only: a prefill in progress (chunk by chunk)
         self.banned = list(engine.banned)
         self.eos = sorted(engine.eos_token_ids)
-        self.order: list[int] = []
+        # the slot of each tensor row; None: a row that left, still in the tensors until the next
+        # compaction (copying every cache at each departure cost about one decoding step)
+        self.order: list[int | None] = []
         self.waiting: list[int] = []
         self.new_fixed: dict[str, Any] | None = None
         self.past: list[Any] = []
@@ -58,7 +60,7 @@ class OrtBatch(StepBatch):
         return slot in self.waiting
 
     def has_running(self) -> bool:
-        return bool(self.order)
+        return any(s is not None for s in self.order)
 
     # ------------------------------------------------------------------ helpers
     def _host(self, v: Any) -> np.ndarray:
@@ -67,7 +69,7 @@ class OrtBatch(StepBatch):
     def _dev(self, a: np.ndarray) -> Any:
         return self.m._ov(np.ascontiguousarray(a)) if self.m.io_binding else a
 
-    def _pick(self, logits: np.ndarray, slots: list[int]) -> np.ndarray:
+    def _pick(self, logits: np.ndarray, slots: list[int | None] | list[int]) -> np.ndarray:
         if self.banned:
             logits[:, self.banned] = -np.inf
         rows = self.no_eos(slots)
@@ -130,10 +132,11 @@ class OrtBatch(StepBatch):
 
     def _join(self, slots: list[int], past: list[Any], inp: np.ndarray, pos: np.ndarray, *, bias: Any = None,
               mask: Any = None, fixed: dict[str, Any] | None = None) -> None:
-        if not self.order:
+        if not self.has_running():
             self.order, self.past, self.inp, self.pos = list(slots), past, inp, pos
             self.bias, self.mask, self.fixed = bias, mask, fixed or {}
             return
+        self._compact()
         t = max(self._host(self.past[0]).shape[2], self._host(past[0]).shape[2])
         self.past = [self._dev(np.concatenate([pad_left(self._host(a), t, 2), pad_left(self._host(b), t, 2)]))
                      for a, b in zip(self.past, past)]
@@ -162,18 +165,21 @@ class OrtBatch(StepBatch):
             self.bias = np.concatenate([self.bias, np.zeros((n, 1, 1, 1), dtype=self.bias.dtype)], axis=3)
             logits, self.past = m._step(self.fixed, {"input_ids": self.inp, "position_ids": self.pos,
                                                      "self_bias": self.bias}, self.past)
-            self.padding.add(self.bias.size, int((self.bias != 0).sum()))
+            self.padding.add(self.bias.size, int((self.bias != 0).sum()) + self._zombies() * self.bias.shape[3])
             eb = self._host(self.fixed["encoder_bias"])
-            self.padding.add(eb.size, int((eb != 0).sum()))
+            self.padding.add(eb.size, int((eb != 0).sum()) + self._zombies() * eb.shape[3])
         else:
             self.mask = np.concatenate([self.mask, np.ones((n, 1), dtype=self.mask.dtype)], axis=1)
             logits, self.past = m._step({}, {"input_ids": self.inp, "attention_mask": self.mask,
                                              "position_ids": self.pos}, self.past)
-            self.padding.add(self.mask.size, int((self.mask == 0).sum()))
+            self.padding.add(self.mask.size, int((self.mask == 0).sum()) + self._zombies() * self.mask.shape[1])
         nxt = self._pick(logits, self.order)
         self.inp = nxt.reshape(n, 1)
         self.pos = self.pos + 1
-        return dict(zip(self.order, nxt.tolist()))
+        return {s: t for s, t in zip(self.order, nxt.tolist()) if s is not None}
+
+    def _zombies(self) -> int:
+        return sum(s is None for s in self.order)
 
     # ------------------------------------------------------------------ leaving
     def _evict(self, slots: list[int]) -> None:
@@ -191,11 +197,19 @@ class OrtBatch(StepBatch):
             self.pf = None
         if not gone.intersection(self.order):
             return
-        keep = [i for i, s in enumerate(self.order) if s not in gone]
-        self.order = [self.order[i] for i in keep]
-        if not keep:
-            self.past, self.fixed, self.bias, self.mask, self.pos, self.inp = [], {}, None, None, None, None
+        self.order = [None if s in gone else s for s in self.order]
+        if not self.has_running():
+            self.order, self.past, self.fixed = [], [], {}
+            self.bias = self.mask = self.pos = self.inp = None
+        elif 2 * self._zombies() > len(self.order):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the rows that left from every tensor, and the padding every remaining row has."""
+        keep = [i for i, s in enumerate(self.order) if s is not None]
+        if len(keep) == len(self.order):
             return
+        self.order = [self.order[i] for i in keep]
         idx = np.asarray(keep)
         real = (self.bias[idx, 0, 0, :] == 0) if self.seq2seq else (self.mask[idx] != 0)
         lead = int(np.argmax(real.any(0))) if real.any() else 0  # leading columns every remaining row pads

@@ -58,7 +58,9 @@ class TorchBatch(StepBatch):
         self.reports_encoder = self.seq2seq
         self.chunked_prefill = not self.seq2seq
         self.pf: dict[str, Any] | None = None  # decoder-only: a prefill in progress (chunk by chunk)
-        self.order: list[int] = []
+        # the slot of each tensor row; None: a row that left, still in the tensors until the next
+        # compaction (copying every cache at each departure costs about one decoding step)
+        self.order: list[int | None] = []
         self.waiting: list[int] = []  # admitted, not prefilled
         self.new_enc: Any = None  # seq2seq: encoder outputs and mask of the waiting rows
         self.new_enc_mask: Any = None
@@ -76,7 +78,10 @@ class TorchBatch(StepBatch):
         return slot in self.waiting
 
     def has_running(self) -> bool:
-        return bool(self.order)
+        return any(s is not None for s in self.order)
+
+    def _zombies(self) -> int:
+        return sum(s is None for s in self.order)
 
     # ------------------------------------------------------------------ admission
     def _admit(self, rows: dict[int, Prepared]) -> None:
@@ -141,10 +146,11 @@ class TorchBatch(StepBatch):
     def _join(self, slots: list[int], cache: Any, mask: Any, pos: Any, inp: Any, enc: Any, enc_mask: Any) -> None:
         """Append rows (their own cache and tensors) to the running ones, padding either side."""
         torch = self.torch
-        if not self.order:
+        if not self.has_running():
             self.order, self.cache, self.mask, self.pos, self.inp = list(slots), cache, mask, pos, inp
             self.enc, self.enc_mask = enc, enc_mask
             return
+        self._compact()
         t = max(self.mask.shape[1], mask.shape[1])
         for old, new in zip(self_layers(self.cache), self_layers(cache)):
             old.keys = torch.cat([pad_left(old.keys, t, 2), pad_left(new.keys, t, 2)], dim=0)
@@ -184,17 +190,19 @@ class TorchBatch(StepBatch):
         n = len(self.order)
         with torch.inference_mode():
             mask = torch.cat([self.mask, torch.ones((n, 1), dtype=self.mask.dtype, device=self.mask.device)], dim=1)
+            z = self._zombies()
             if self.seq2seq:
                 logits = self._forward_seq2seq(self.inp, mask, self.pos, self.cache, self.enc, self.enc_mask)
-                self.padding.add(self.enc_mask.numel(), int((self.enc_mask == 0).sum()))
+                em = self.enc_mask
+                self.padding.add(em.numel(), int((em == 0).sum()) + z * em.shape[1])
             else:
                 logits = self._forward_causal(self.inp, mask, self.pos, self.cache)
-            self.padding.add(mask.numel(), int((mask == 0).sum()))
+            self.padding.add(mask.numel(), int((mask == 0).sum()) + z * mask.shape[1])
             nxt = self.e._pick(logits, self.no_eos(self.order))
         self.mask = mask
         self.pos = self.pos + 1
         self.inp = nxt.view(n, 1)
-        return dict(zip(self.order, nxt.tolist()))
+        return {s: t for s, t in zip(self.order, nxt.tolist()) if s is not None}
 
     # ------------------------------------------------------------------ leaving
     def _evict_pending(self, gone: set[int]) -> None:
@@ -215,7 +223,6 @@ class TorchBatch(StepBatch):
         pf["slots"] = [pf["slots"][i] for i in keep]
 
     def _evict(self, slots: list[int]) -> None:
-        torch = self.torch
         gone = set(slots)
         if self.pf is not None and gone.intersection(self.pf["slots"]):
             self._evict_pending(gone)
@@ -225,11 +232,20 @@ class TorchBatch(StepBatch):
             self.pf = None
         if not gone.intersection(self.order):
             return
-        keep = [i for i, s in enumerate(self.order) if s not in gone]
-        self.order = [self.order[i] for i in keep]
-        if not keep:
+        self.order = [None if s in gone else s for s in self.order]
+        if not self.has_running():
+            self.order = []
             self.cache = self.mask = self.pos = self.inp = self.enc = self.enc_mask = None
+        elif 2 * self._zombies() > len(self.order):
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop the rows that left from every tensor, and the padding every remaining row has."""
+        torch = self.torch
+        keep = [i for i, s in enumerate(self.order) if s is not None]
+        if len(keep) == len(self.order):
             return
+        self.order = [self.order[i] for i in keep]
         idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
         lead = int((self.mask.index_select(0, idx).sum(0) == 0).long().cumprod(0).sum())  # columns all rows pad
         for layer in self_layers(self.cache):
