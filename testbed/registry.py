@@ -117,9 +117,13 @@ def info_from_config(path: Path, name: str | None = None, source: str | None = N
             f"{path} is a directory but holds no config.json: it is not a Hugging Face checkpoint"
         )
     cfg: dict[str, Any] = json.loads(cfg_file.read_text())
-    seq2seq = bool(cfg.get("is_encoder_decoder"))
+    from testbed.spec import FAMILIES
+
+    fam = FAMILIES.get(str(cfg.get("model_type")))  # unknown families are refused when an engine loads
+    seq2seq = fam.architecture == "seq2seq" if fam else bool(cfg.get("is_encoder_decoder"))
+    task = fam.task if fam else ("translation" if seq2seq else "chat")
     return ModelInfo(
-        name=name or path.name, task="translation" if seq2seq else "chat",
+        name=name or path.name, task=task,
         architecture="seq2seq" if seq2seq else "causal", source=source or f"local: {path}",
         description=", ".join(cfg.get("architectures") or [cfg.get("model_type", "?")]), path=path,
     )

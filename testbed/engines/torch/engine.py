@@ -7,8 +7,9 @@ int8 = dynamic int8 quantisation of every ``nn.Linear`` (CPU only).  A pruned mo
 (``EngineConfig.pruning``) is loaded from its cached pruned checkpoint (:mod:`testbed.prune`).
 
 For seq2seq models the encoder runs once (then ``ENCODER_DONE`` is yielded), and the decoder
-reuses its cross-attention keys/values from the cache.  Marian never emits its pad token (the
-decoder start token), as in Hugging Face ``generate()``, so the pad logit is masked.
+reuses its cross-attention keys/values from the cache.  What decodes how (stop ids, decoder
+start and forced target-language BOS, banned ids such as Marian's pad, input limits) is the
+checkpoint's :class:`testbed.spec.DecodingSpec`, shared with the other engines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from testbed.engines.base import ENCODER_DONE, Capabilities, Engine, Prepared
 from testbed.errors import ConfigError
+from testbed.spec import load_spec
 
 
 class TorchEngine(Engine):
@@ -35,7 +37,7 @@ class TorchEngine(Engine):
 
     def _load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -53,8 +55,9 @@ class TorchEngine(Engine):
 
         path = checkpoint_dir(self.model_info, cfg.pruning)  # the source, or its pruned copy (cached)
         self.checkpoint_path = path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        auto = AutoModelForSeq2SeqLM if self.model_info.architecture == "seq2seq" else AutoModelForCausalLM
+        self.spec, self.tokenizer = load_spec(path, cfg.src_lang, cfg.tgt_lang)
+        spec = self.spec
+        auto = AutoModelForSeq2SeqLM if spec.seq2seq else AutoModelForCausalLM
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
         model: Any = auto.from_pretrained(path, dtype=dtype)
         model.eval()
@@ -64,25 +67,12 @@ class TorchEngine(Engine):
             model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.device = torch.device(cfg.device)
         self.model: Any = model.to(self.device)
-        mcfg = model.config
-        gen = getattr(model, "generation_config", None)
-        eos: set[int] = set()
-        for src in (mcfg.eos_token_id, getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
-            if isinstance(src, int):
-                eos.add(src)
-            elif isinstance(src, (list, tuple)):
-                eos.update(int(x) for x in src)
-        self.eos_token_ids = frozenset(eos)
-        self.pad_id = mcfg.pad_token_id if mcfg.pad_token_id is not None else self.tokenizer.pad_token_id
-        max_pos = int(getattr(mcfg, "max_position_embeddings", 512) or 512)
-        if self.model_info.architecture == "seq2seq":
-            self.start_id = int(mcfg.decoder_start_token_id if mcfg.decoder_start_token_id is not None else self.pad_id)
-            # Marian-style models start decoding with pad and never emit it (as generate() does)
-            self.banned = [self.pad_id] if self.pad_id is not None and self.pad_id == self.start_id else []
-            self.model_max_input = max_pos
-        else:
-            self.banned = []
-            self.model_max_input = max(16, max_pos - cfg.max_new_tokens)
+        self.eos_token_ids = spec.eos_token_ids
+        self.pad_id = spec.pad_token_id
+        self.banned = list(spec.banned_ids)
+        self.prefix = list(spec.decoder_prefix)
+        self.seq2seq = spec.seq2seq
+        self.model_max_input = spec.input_limit(cfg.max_new_tokens)
         self._torch = torch
         # transformers 5.x renamed the cache argument from past_key_values to cache
         params = inspect.signature(self.model.forward).parameters
@@ -118,7 +108,7 @@ class TorchEngine(Engine):
         torch = self._torch
         n = ids.shape[0]
         kw = self._cache_kw
-        if self.model_info.architecture == "seq2seq":
+        if self.seq2seq:
             enc = self.model.get_encoder()(input_ids=ids, attention_mask=mask)
             cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
 
@@ -127,7 +117,8 @@ class TorchEngine(Engine):
                                  **{kw: cache}, use_cache=True)
                 return self._pick(out.logits[:, -1, :].float(), no_eos)
 
-            return seq2seq_step, torch.full((n, 1), self.start_id, dtype=torch.long, device=self.device)
+            # the decoder prefix (start token, then a forced target-language BOS) is the first step's input
+            return seq2seq_step, torch.tensor([self.prefix] * n, dtype=torch.long, device=self.device)
 
         cache = DynamicCache()
         state = {"mask": mask, "pos": (mask.cumsum(-1) - 1).clamp(min=0)}  # left padding aware
@@ -147,7 +138,7 @@ class TorchEngine(Engine):
         torch = self._torch
         lengths = [len(p.input_ids) for p in prepared]
         width = max(lengths)
-        left = self.model_info.architecture != "seq2seq"
+        left = not self.seq2seq
         ids = torch.full((len(prepared), width), self.pad_id if self.pad_id is not None else 0, dtype=torch.long)
         mask = torch.zeros((len(prepared), width), dtype=torch.long)
         for i, p in enumerate(prepared):
@@ -168,7 +159,7 @@ class TorchEngine(Engine):
         eos = self.eos_token_ids
         with torch.inference_mode():
             step, inp = self._start(*self._pad([prepared]))
-        if self.model_info.architecture == "seq2seq":
+        if self.seq2seq:
             yield self._encoder_done()
         for k in range(prepared.max_new_tokens):
             with torch.inference_mode():
@@ -197,7 +188,7 @@ class TorchEngine(Engine):
         done = [False] * n
         with self._torch.inference_mode():
             step, inp = self._start(*self._pad(prepared))
-        if self.model_info.architecture == "seq2seq":
+        if self.seq2seq:
             yield self._encoder_done()
         for _ in range(max(limits)):
             no_eos = [i for i, p in enumerate(prepared) if not done[i] and not p.eos_allowed(len(outs[i]))]
