@@ -57,7 +57,7 @@ from testbed.eval.results import (
     write_records,
     write_rows,
 )
-from testbed.eval.scenarios import at_batch1, offline, singlestream_rounds
+from testbed.eval.scenarios import at_batch1, offline, offline_served, singlestream_rounds
 from testbed.eval.scoring import accuracy, divergence
 from testbed.eval.sweep import ServingConfig, Sweep, SweepError
 from testbed.metrics.records import RequestRecord
@@ -79,6 +79,11 @@ def _tqdm(total: int, desc: str, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="req", file=sys.stderr, disable=not enabled, leave=False)
+
+
+def _served(cfg: ServingConfig) -> dict[str, Any]:
+    """The batching axis in a row's signature (absent for the engine's own batches, as in earlier sweeps)."""
+    return {} if cfg.batching == "engine" else {"batching": cfg.batching}
 
 
 def _sig_fields(sweep: Sweep) -> dict[str, Any]:
@@ -160,7 +165,7 @@ class _Run:
             describe = {**engine.config.to_dict(), "engine": cfg.engine, "model_name": engine.model_info.name,
                         "model_hash": None, "architecture": engine.model_info.architecture}
         row["signature"] = signature(**describe, model_id=f"{describe['model_name']}@{describe['model_hash']}",
-                                     batch=cfg.batch, **_sig_fields(self.sweep))
+                                     batch=cfg.batch, **_served(cfg), **_sig_fields(self.sweep))
         row["load_ms"] = engine.load_ns / 1e6 if engine.load_ns else None
         return engine
 
@@ -172,8 +177,13 @@ class _Run:
         bar = _tqdm(len(off_set) + len(div_set), f"{cfg.label()} offline", self.progress)
         load_start = load1()
         try:
-            outputs, off_ns, warm_ns = offline(engine, off_set, cfg.batch, sweep.max_new_tokens,
-                                               sweep.offline_warmup_batches, progress=bar.update)
+            if cfg.batching == "engine":
+                outputs, off_ns, warm_ns = offline(engine, off_set, cfg.batch, sweep.max_new_tokens,
+                                                   sweep.offline_warmup_batches, progress=bar.update)
+            else:
+                outputs, off_ns, warm_ns = offline_served(engine, off_set, cfg.batch, cfg.batching,
+                                                          sweep.max_new_tokens, sweep.offline_warmup_batches,
+                                                          progress=bar.update)
             batch1 = at_batch1(engine, div_set, sweep.max_new_tokens, progress=bar.update)
         except Exception as exc:
             row.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -186,7 +196,8 @@ class _Run:
         if row["is_reference"]:
             self.ref_outputs, self.ref_error = outputs, None
         total_out, secs = sum(o["n_out"] for o in outputs), off_ns / 1e9
-        row["offline"] = {"n": len(outputs), "batch": cfg.batch, "duration_s": secs, "output_tokens": total_out,
+        row["offline"] = {"n": len(outputs), "batch": cfg.batch, "batching": cfg.batching,
+                          "duration_s": secs, "output_tokens": total_out,
                           "sentences_per_s": len(outputs) / secs if secs > 0 else None,
                           "tokens_per_s": total_out / secs if secs > 0 else None,
                           "warmup_batches": sweep.offline_warmup_batches, "warmup_s": warm_ns / 1e9,

@@ -66,6 +66,56 @@ def offline(
     return [o for o in outs if o is not None], elapsed, warm_ns
 
 
+def offline_served(
+    engine: Engine, examples: Sequence[Example], batch: int, mode: str, max_new_tokens: int, warmup_batches: int = 1,
+    progress: Progress | None = None,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """:func:`offline` through the server's scheduler (batching ``mode``, max batch ``batch``): every
+    request submitted at once, in input order; the time from the first submission to the last answer."""
+    import threading
+
+    from testbed.serve.batcher import BatchConfig, Batcher
+    from testbed.serve.messages import Done, Failed
+
+    b = Batcher(engine, BatchConfig(max_batch_size=batch, max_wait_ms=2.0, max_queue=len(examples) + batch,
+                                    timeout_s=86_400, batching=mode))
+
+    def run(exs: Sequence[Example]) -> tuple[list[Any], int]:
+        finals: list[Any] = [None] * len(exs)
+        left = threading.Semaphore(0)
+
+        def sink_for(i: int) -> Any:
+            def sink(msg: Any) -> None:
+                if isinstance(msg, (Done, Failed)):
+                    finals[i] = msg
+                    left.release()
+                    if progress and exs is examples:
+                        progress(1)
+            return sink
+
+        t0 = engine.clock()
+        for i, ex in enumerate(exs):
+            b.submit(request_of(ex, max_new_tokens), sink_for(i))
+        for _ in exs:
+            left.acquire()
+        return finals, engine.clock() - t0
+
+    try:
+        warm = [examples[i % len(examples)] for i in range(min(batch, len(examples)) * warmup_batches)]
+        _, warm_ns = run(warm) if warm else (None, 0)
+        finals, elapsed = run(examples)
+    finally:
+        b.stop()
+    outs = []
+    for ex, msg in zip(examples, finals):
+        if isinstance(msg, Failed):
+            raise RuntimeError(f"request {ex.id} failed in the served Offline run: {msg.status} {msg.message}")
+        ids = list(msg.token_ids)
+        outs.append({"id": ex.id, "output": engine.decode(ids), "n_out": len(ids), "token_ids": ids,
+                     "finish_reason": msg.finish_reason})
+    return outs, elapsed, warm_ns
+
+
 def at_batch1(
     engine: Engine, examples: Sequence[Example], max_new_tokens: int, progress: Progress | None = None,
 ) -> list[dict[str, Any]]:

@@ -35,7 +35,10 @@ configuration, then a list (or matrix) of serving configurations.  Shape::
     precision = ["fp32", "bf16", "int8"]
 
 Configuration keys: ``engine``, ``precision``, ``pruning``, ``device``, ``threads`` (per engine
-instance) and ``batch`` (the Offline scenario's batch size).  A bad key or value raises
+instance), ``batch`` (the Offline scenario's batch size) and ``batching``: ``engine`` (default:
+the engine's own ``generate`` over fixed batches), ``static`` or ``continuous`` (every request of
+the Offline set through the server's scheduler at max batch ``batch``: what a served deployment
+gets; ``continuous`` is refused for engines that cannot add rows to a running batch).  A bad key or value raises
 :class:`SweepError` naming the file, the field, the value and what is allowed.  An engine that is
 not registered or not installed is *not* an error: its configurations are recorded as skipped with
 the reason (the extra to install) when the sweep runs, and the sweep goes on -- so one sweep file
@@ -61,7 +64,10 @@ from testbed.config import EngineConfig
 from testbed.datasets import BUILTIN, Example, builtin_path, load_dataset
 from testbed.errors import ConfigError, TestbedError
 
-CONFIG_KEYS = ("engine", "precision", "pruning", "device", "threads", "batch")
+CONFIG_KEYS = ("engine", "precision", "pruning", "device", "threads", "batch", "batching")
+# how the Offline scenario forms its batches: the engine's own generate() over fixed batches ("engine"),
+# or every request through the server's scheduler at max batch `batch` ("static" | "continuous")
+BATCHING = ("engine", "static", "continuous")
 TOP_KEYS = ("name", "description", "model", "dataset", "references", "max_new_tokens", "seed",
             "offline", "singlestream", "accuracy", "reference", "defaults", "configs")
 TABLE_KEYS = {
@@ -89,15 +95,20 @@ class ServingConfig:
     device: str
     threads: int | None
     batch: int
+    batching: str = "engine"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"engine": self.engine, "precision": self.precision, "pruning": self.pruning,
-                "device": self.device, "threads": self.threads, "batch": self.batch}
+        d = {"engine": self.engine, "precision": self.precision, "pruning": self.pruning,
+             "device": self.device, "threads": self.threads, "batch": self.batch}
+        if self.batching != "engine":  # rows of earlier sweeps (engine batches) keep their keys
+            d["batching"] = self.batching
+        return d
 
     def label(self) -> str:
         pruned = f"/{self.pruning}" if self.pruning != "none" else ""
         threads = f"/t{self.threads}" if self.threads else ""
-        return f"{self.engine}/{self.precision}{pruned}/{self.device}{threads}/b{self.batch}"
+        served = f"/{self.batching}" if self.batching != "engine" else ""
+        return f"{self.engine}/{self.precision}{pruned}/{self.device}{threads}/b{self.batch}{served}"
 
     def engine_config(self, model: str, max_new_tokens: int) -> EngineConfig:
         """The :class:`EngineConfig` (raises ConfigError for a value the config does not accept)."""
@@ -241,11 +252,18 @@ def _make_config(path: str, where: str, values: dict[str, Any], model: str, max_
         engine=values.get("engine", "torch"), precision=values.get("precision", "fp32"),
         pruning=values.get("pruning", "none"), device=values.get("device", "cpu"),
         threads=values.get("threads"), batch=values.get("batch", DEFAULT_BATCH),
+        batching=values.get("batching", "engine"),
     )
+    if cfg.batching not in BATCHING:
+        raise _err(path, f"{where}.batching", cfg.batching, ", ".join(BATCHING))
     from testbed.engines.registry import ENGINES, engine_class, is_available
 
     if cfg.engine not in ENGINES or not is_available(cfg.engine)[0]:
         return cfg  # skipped at run time with the reason; its own engine would judge its values
+    caps = engine_class(cfg.engine).capabilities
+    if cfg.batching == "continuous" and not caps.continuous:
+        raise _err(path, f"{where}.batching", cfg.batching,
+                   f"engine, static ({cfg.engine}: {caps.join_refusal or 'rows cannot join a running batch'})")
     try:
         ec = cfg.engine_config(model, max_new)
     except ConfigError as exc:

@@ -99,8 +99,10 @@ def _progress_bar(total: int | None, desc: str, enabled: bool) -> tuple[Any, Cal
     return bar, lambda n: bar.update(n - bar.n)
 
 
-def run_records(make_target: TargetFactory, examples: Sequence[Example], spec: LoadSpec, progress: bool = True
-                ) -> list[RequestRecord]:
+def run_records(make_target: TargetFactory, examples: Sequence[Example], spec: LoadSpec, progress: bool = True,
+                stats: dict[str, Any] | None = None) -> list[RequestRecord]:
+    """Run the load; ``stats`` receives the target's own counters afterwards (the in-process
+    scheduler's batching, joins and padding), when it has them."""
     target = make_target()
     total = spec.num_requests or (None if spec.duration_s else len(examples))
     bar, tick = _progress_bar(total, f"{spec.scenario} {target.label}", progress)
@@ -109,11 +111,13 @@ def run_records(make_target: TargetFactory, examples: Sequence[Example], spec: L
     finally:
         if bar is not None:
             bar.close()
+        if stats is not None and hasattr(target, "stats"):
+            stats.update(target.stats())
 
 
 def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: dict[str, Any],
            examples: Sequence[Example], out_dir: Path | None, title: str, extra_head: dict[str, Any] | None = None,
-           limits: ClientLimits | None = None) -> dict[str, Any]:
+           limits: ClientLimits | None = None, server_stats: dict[str, Any] | None = None) -> dict[str, Any]:
     """Summary, tail claims, accuracy, Markdown, and the files in ``out_dir``.
 
     The summary also holds E2E to the last visible token (:mod:`testbed.metrics.visible`) and
@@ -127,6 +131,8 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
     live = [r for r in records if not r.warmup]
     rejected = sum(1 for r in live if not r.ok and is_rejection(r.error))
     summ["rejected"] = rejected
+    if server_stats:
+        summ["server"] = server_stats
     rule, pct = claim_rule(spec.scenario)
     claims = tail_claims(records, slo, rule, pct) if not slo.is_empty else {}
     acc = None
@@ -146,6 +152,11 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
     if spec.scenario == "concurrency":
         head["concurrency"] = spec.concurrency
     head.update(extra_head or {})
+    if server_stats:
+        pad = server_stats.get("padded_fraction")
+        head["batching (engine decoding)"] = (
+            f"{server_stats['batching']} ({server_stats['batch_decoding']}): {server_stats['batches']} batches, "
+            f"{server_stats['joins']} joins, padding {'-' if pad is None else f'{100 * pad:.1f} %'} of positions")
     head["requests"] = (f"{len(live)} ({summ['warmup_excluded']} warm-up excluded)")
     head["completed / failed (rejected)"] = f"{summ['completed']} / {summ['failed']} ({rejected})"
     if summ["errors"]:
@@ -195,6 +206,7 @@ def report(records: list[RequestRecord], spec: LoadSpec, slo: S.SLO, describe: d
 def load_bench(make_target: TargetFactory, examples: Sequence[Example], spec: LoadSpec, slo: S.SLO,
                describe: dict[str, Any], out_dir: Path | None = None, progress: bool = True,
                limits: ClientLimits | None = None) -> dict[str, Any]:
-    records = run_records(make_target, examples, spec, progress)
+    stats: dict[str, Any] = {}
+    records = run_records(make_target, examples, spec, progress, stats)
     title = f"{spec.scenario.capitalize()}, {describe.get('target')}"
-    return report(records, spec, slo, describe, examples, out_dir, title, limits=limits)
+    return report(records, spec, slo, describe, examples, out_dir, title, limits=limits, server_stats=stats)

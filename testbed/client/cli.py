@@ -50,7 +50,9 @@ def add_load_args(b: argparse.ArgumentParser) -> None:
                         "engines that cannot mask EOS)")
     g.add_argument("--return-timing", action="store_true",
                    help="ask a testbed server for its engine-side timestamps (kept in each record's extra)")
-    g.add_argument("--max-batch-size", type=int, default=1, help="inproc target: dynamic batch size at most")
+    g.add_argument("--max-batch-size", type=int, default=1, help="inproc target: rows per batch at most")
+    g.add_argument("--batching", choices=["static", "continuous"], default="static",
+                   help="inproc target: static batches, or continuous (rows join and leave between steps)")
     g.add_argument("--max-wait-ms", type=float, default=2.0, help="inproc target: batch fill wait (ms)")
     g.add_argument("--max-queue", type=int, default=1024, help="inproc target: admission queue bound")
 
@@ -139,13 +141,14 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
         from testbed.serve.batcher import BatchConfig
 
         batch = BatchConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                            max_queue=args.max_queue)
+                            max_queue=args.max_queue, batching=args.batching)
         engine = create_engine(config)
+        batch.check(engine)
 
         def make() -> Any:
             return InprocTarget(engine, batch, max_tokens=max_tokens, ignore_eos=args.ignore_eos)
 
-        describe = {**_describe(engine), "target": f"inproc {config.label()} {batch.label()}"}
+        describe = {**_describe(engine), **batch.to_dict(), "target": f"inproc {config.label()} {batch.label()}"}
     out = Path(args.out) if args.out else None
     try:
         if args.find_peak:

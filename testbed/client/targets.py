@@ -254,17 +254,23 @@ class InprocTarget(Target):
     def describe(self) -> dict[str, Any]:
         return {"target": self.label}
 
+    def stats(self) -> dict[str, Any]:
+        """The scheduler's counters: batching mode, batches, joins, padded fraction."""
+        return self.batcher.stats()
+
     async def send(self, ex: Example, rec: RequestRecord) -> None:
         from testbed.serve.batcher import Busy, LoopMailbox
 
         if self._mailbox is None:
             self._mailbox = LoopMailbox(asyncio.get_running_loop())
-        q: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        from testbed.serve.messages import Admitted, Done, Failed, JobReader, Token
+
+        reader = JobReader()
         req = GenerationRequest(text=ex.text, messages=ex.messages, max_new_tokens=self.max_tokens, request_id=ex.id,
                                 ignore_eos=self.ignore_eos)
         rec.send_ns = now_ns()
         try:
-            job = self.batcher.submit(req, self._mailbox.sink(q.put_nowait), rec.send_ns)
+            job = self.batcher.submit(req, self._mailbox.sink(reader.put), rec.send_ns)
         except Busy as b:
             rec.fail(error_label(b.status), now_ns())
             rec.extra["error_message"] = str(b)
@@ -272,30 +278,30 @@ class InprocTarget(Target):
         pieces: list[str] = []
         try:
             while True:
-                msg = await q.get()
-                kind = msg[0]
-                if kind == "token":
+                msg = await reader.get()
+                if isinstance(msg, Token):
                     t = now_ns()
                     rec.chunk_ns.append(t)
                     rec.chunk_tokens.append(1)
-                    pieces.append(msg[2])
-                    if msg[2]:
+                    pieces.append(msg.text)
+                    if msg.text:
                         rec.last_visible_ns = t
-                elif kind == "admitted":
-                    rec.n_in = msg[1]
-                    if msg[2]:
-                        rec.extra["warnings"] = list(msg[2])
-                elif kind == "error":
-                    rec.fail(error_label(msg[1]), now_ns())
-                    rec.extra["error_message"] = msg[2]
+                elif isinstance(msg, Admitted):
+                    rec.n_in = msg.n_in
+                    if msg.warnings:
+                        rec.extra["warnings"] = list(msg.warnings)
+                elif isinstance(msg, Failed):
+                    rec.fail(error_label(msg.status), now_ns())
+                    rec.extra["error_message"] = msg.message
                     return
-                else:
-                    _, reason, timing, token_ids = msg
+                elif isinstance(msg, Done):
                     rec.done_ns = now_ns()
-                    rec.n_out = len(token_ids)
-                    rec.finish_reason = reason
-                    rec.decode_start_ns = timing.get("decode_start_ns")
-                    rec.encoder_done_ns = timing.get("encoder_done_ns")
+                    rec.n_out = len(msg.token_ids)
+                    rec.finish_reason = msg.finish_reason
+                    rec.decode_start_ns = msg.timing.get("decode_start_ns")
+                    rec.encoder_done_ns = msg.timing.get("encoder_done_ns")
+                    rec.extra["join_step"] = msg.timing.get("join_step")
+                    rec.extra["batch_size"] = msg.timing.get("batch_size")
                     rec.output = "".join(pieces)
                     if not rec.chunk_ns:
                         rec.fail(NO_TOKENS_ERROR, rec.done_ns)

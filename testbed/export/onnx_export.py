@@ -27,6 +27,9 @@ from testbed.errors import ConfigError
 from testbed.registry import ModelInfo, content_hash, resolve_model
 
 EXPORTER_VERSION = 3
+# per architecture: a change to one architecture's graphs re-exports only its artefacts
+# (seq2seq 4: the decoder takes position_ids and self_bias, so rows join a running batch)
+GRAPH_VERSION = {"seq2seq": 4, "causal": 3}
 OPSET = 17
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")
 # model_type -> graph family (the wrappers in testbed.export.wrappers)
@@ -80,7 +83,8 @@ def model_type(src: Path) -> str:
 def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str) -> dict[str, Any]:
     key: dict[str, Any] = {
         "format": "onnx", "model": info.name, "model_hash": content_hash(src), "precision": precision,
-        "pruning": pruning, "exporter_version": EXPORTER_VERSION, "opset": OPSET, "tools": tool_versions(),
+        "pruning": pruning, "exporter_version": GRAPH_VERSION.get(info.architecture, EXPORTER_VERSION), "opset": OPSET,
+        "tools": tool_versions(),
     }
     if precision == "int8":
         key["per_channel"] = INT8_PER_CHANNEL
@@ -193,9 +197,14 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
         enc_bias = torch.zeros((b, 1, 1, s))
         pasts = [torch.randn(b, h, t, d) for _ in past]
         crosses = [torch.randn(b, h, d, s) if c.startswith("cross_k") else torch.randn(b, h, s, d) for c in cross]
-        _export(W.MarianDecoderGraph(model), (torch.randint(1, 100, (b, 1)), enc_bias, *pasts, *crosses),
-                out / "decoder.onnx", ["input_ids", "encoder_bias", *past, *cross], ["logits", *present],
-                {"input_ids": {0: "batch"}, "encoder_bias": {0: "batch", 3: "src"}, "logits": {0: "batch"},
+        pos_ids = torch.full((b, 1), t, dtype=torch.long)
+        self_bias = torch.zeros((b, 1, 1, t + 1))
+        _export(W.MarianDecoderGraph(model),
+                (torch.randint(1, 100, (b, 1)), pos_ids, self_bias, enc_bias, *pasts, *crosses),
+                out / "decoder.onnx", ["input_ids", "position_ids", "self_bias", "encoder_bias", *past, *cross],
+                ["logits", *present],
+                {"input_ids": {0: "batch"}, "position_ids": {0: "batch"}, "self_bias": {0: "batch", 3: "total"},
+                 "encoder_bias": {0: "batch", 3: "src"}, "logits": {0: "batch"},
                  **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present},
                  **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
     else:

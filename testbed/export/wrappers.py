@@ -12,9 +12,12 @@ Graphs (``B`` batch, ``S`` source length, ``T`` cached length, ``H`` heads, ``D`
 
 * seq2seq (Marian): ``encoder``: input_ids, attention_mask (B,S) -> encoder_bias (B,1,1,S) and
   cross_k.i (B,H,D,S, transposed) / cross_v.i (B,H,S,D) for every decoder layer (the cross-attention projections run
-  here, once per request); ``decoder``: input_ids (B,1), encoder_bias, past_k.i / past_v.i
-  (B,H,T,D), cross_k.i / cross_v.i -> logits (B,V) and present_k.i / present_v.i (B,H,T+1,D).
-  The first step passes T = 0 (empty past), so one decoder graph serves every step.
+  here, once per request); ``decoder``: input_ids (B,1), position_ids (B,1) (each row's own
+  position), self_bias (B,1,1,T+1) (additive mask over the cached positions and the new one:
+  0, or MASK_VALUE for the left padding of a row that joined a running batch later), encoder_bias,
+  past_k.i / past_v.i (B,H,T,D), cross_k.i / cross_v.i -> logits (B,V) and present_k.i /
+  present_v.i (B,H,T+1,D).  The first step passes T = 0 (empty past), so one decoder graph serves
+  every step, and rows at different positions share a step (continuous batching).
 * causal (Llama): ``decoder``: input_ids (B,L), attention_mask (B,T+L), position_ids (B,L),
   past_k.i / past_v.i (B,Hkv,T,D) -> logits (B,V) of the last position and present_k.i /
   present_v.i.  Prefill is the same graph with T = 0.
@@ -30,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-MASK_VALUE = -1.0e4  # additive mask: exp() underflows to 0 in fp32, still representable in fp16
+from testbed.engines.onnxruntime.runner import MASK_VALUE  # the graphs' contract with the runner
 
 
 def _untied_head(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
@@ -135,22 +138,23 @@ class MarianDecoderGraph(nn.Module):
         self.head = _untied_head(model.lm_head.weight, model.final_logits_bias)
 
     def forward(
-        self, input_ids: torch.Tensor, encoder_bias: torch.Tensor, *caches: torch.Tensor
+        self, input_ids: torch.Tensor, position_ids: torch.Tensor, self_bias: torch.Tensor,
+        encoder_bias: torch.Tensor, *caches: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         n = len(self.layers)
         past, cross = caches[: 2 * n], caches[2 * n :]
-        t = past[0].shape[2]
         h, d, dm = self.heads, self.dim, self.d_model
         # rows stay 2-D (B, d_model): projections export as MatMul + Add, which ONNX Runtime fuses
         # into Gemm in fp32 and the int8 quantizer turns into one quantized MatMul with bias
-        x = nn.functional.embedding(input_ids.reshape(-1), self.embed_w) + self.pos_w[t : t + 1]
+        x = (nn.functional.embedding(input_ids.reshape(-1), self.embed_w)
+             + nn.functional.embedding(position_ids.reshape(-1), self.pos_w))
         presents: list[torch.Tensor] = []
         for li, layer in enumerate(self.layers):
             q, k, v = _lin(x, self.qkv[li]).split(dm, dim=-1)
             k = torch.cat([past[2 * li], k.reshape(-1, h, 1, d)], dim=2)
             v = torch.cat([past[2 * li + 1], v.reshape(-1, h, 1, d)], dim=2)
             presents += [k, v]
-            w = torch.softmax(torch.matmul(q.reshape(-1, h, 1, d), k.transpose(2, 3)), dim=-1)
+            w = torch.softmax(torch.matmul(q.reshape(-1, h, 1, d), k.transpose(2, 3)) + self_bias, dim=-1)
             x = layer.self_attn_layer_norm(x + _lin(torch.matmul(w, v).reshape(-1, dm), layer.self_attn.out_proj))
             q = _lin(x, self.cross_q[li]).reshape(-1, h, 1, d)
             w = torch.softmax(torch.matmul(q, cross[2 * li]) + encoder_bias, dim=-1)

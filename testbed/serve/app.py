@@ -40,6 +40,7 @@ from starlette.routing import Route
 from testbed.clock import now_ns
 from testbed.engines.base import Engine
 from testbed.serve.batcher import BatchConfig, Batcher, Busy, Job, LoopMailbox
+from testbed.serve.messages import Admitted, Done, Failed, JobReader, Token
 from testbed.serve.metrics import ServerMetrics
 from testbed.serve.protocol import ApiError, ParsedRequest, parse_body
 
@@ -100,14 +101,24 @@ class Server:
 
     async def prometheus(self, request: Request) -> Response:
         b = self.batcher
+        s = b.scheduler
+        pad = b.padding
         text = self.metrics.render(
             gauges={"testbed_queue_depth": (b.queue_depth, "Requests admitted and waiting for a batch."),
                     "testbed_running_requests": (b.running, "Requests being decoded now."),
                     "testbed_max_queue": (b.config.max_queue, "Admission bound: waiting requests past it get 429."),
-                    "testbed_max_batch_size": (b.config.max_batch_size, "Dynamic batching: rows per batch at most.")},
-            extra_counters={"testbed_batches_total": (lambda: b.batches, "Batches decoded."),
-                            "testbed_batch_rows_total": (lambda: b.batch_rows, "Requests decoded in batches."),
-                            "testbed_deadline_exceeded_total": (lambda: b.expired, "Requests past their deadline.")},
+                    "testbed_max_batch_size": (b.config.max_batch_size, "Rows per batch at most."),
+                    "testbed_continuous_batching": (int(b.config.batching == "continuous"),
+                                                    "1: rows join and leave between steps; 0: static batches."),
+                    "testbed_padded_fraction": (pad.fraction or 0.0,
+                                                "Fraction of key/value positions spent on padding.")},
+            extra_counters={"testbed_batches_total": (lambda: s.batches, "Batches started on an idle engine."),
+                            "testbed_batch_rows_total": (lambda: s.batch_rows, "Requests decoded in batches."),
+                            "testbed_batch_joins_total": (lambda: s.joins, "Requests that joined a running batch."),
+                            "testbed_decode_iterations_total": (lambda: s.steps, "Scheduler iterations (steps)."),
+                            "testbed_padded_positions_total": (lambda: pad.padded, "Padded key/value positions."),
+                            "testbed_positions_total": (lambda: pad.total, "Key/value positions computed or attended."),
+                            "testbed_deadline_exceeded_total": (lambda: s.expired, "Requests past their deadline.")},
         )
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
@@ -125,7 +136,7 @@ class Server:
     async def _generate(self, request: Request, chat: bool) -> Response:
         arrival = now_ns()
         endpoint = "chat" if chat else "completions"
-        queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
+        reader = JobReader()
         try:
             raw = await request.body()
             if len(raw) > MAX_BODY_BYTES:
@@ -142,27 +153,29 @@ class Server:
             if self._mailbox is None:
                 self._mailbox = LoopMailbox(asyncio.get_running_loop())
             try:
-                job = self.batcher.submit(parsed.request, self._mailbox.sink(queue.put_nowait), arrival)
+                job = self.batcher.submit(parsed.request, self._mailbox.sink(reader.put), arrival)
             except Busy as b:
                 self.metrics.rejected["queue_full" if b.status == 429 else "shutting_down"] += 1
                 raise ApiError(b.status, str(b), kind="rate_limit_error" if b.status == 429 else "unavailable",
                                headers={"Retry-After": str(b.retry_after_s)}) from None
             try:
-                first = await queue.get()
+                first = await reader.get()
             except asyncio.CancelledError:
                 job.cancel()
                 raise
-            if first[0] == "error":
-                raise ApiError(first[1], first[2], kind="server_error" if first[1] >= 500 else "invalid_request_error")
+            if isinstance(first, Failed):
+                raise ApiError(first.status, first.message,
+                               kind="server_error" if first.status >= 500 else "invalid_request_error")
+            assert isinstance(first, Admitted)
         except ApiError as e:
             return self._error(endpoint, e)
-        n_in, warnings = first[1], list(first[2]) + list(parsed.warnings)
+        n_in, warnings = first.n_in, list(first.warnings) + list(parsed.warnings)
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}"
         if parsed.stream:
-            return StreamingResponse(self._sse(job, queue, parsed, rid, n_in, warnings, endpoint),
+            return StreamingResponse(self._sse(job, reader, parsed, rid, n_in, warnings, endpoint),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await self._collect(request, job, queue, parsed, rid, n_in, warnings, endpoint)
+        return await self._collect(request, job, reader, parsed, rid, n_in, warnings, endpoint)
 
     def _check_length_control(self, p: ParsedRequest) -> None:
         """min_tokens / ignore_eos on an engine that cannot mask EOS: a 400 naming the field, never ignored."""
@@ -186,7 +199,7 @@ class Server:
     def _usage(n_in: int, n_out: int) -> dict[str, int]:
         return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
 
-    async def _collect(self, request: Request, job: Job, queue: asyncio.Queue[tuple[Any, ...]], p: ParsedRequest,
+    async def _collect(self, request: Request, job: Job, reader: JobReader, p: ParsedRequest,
                        rid: str, n_in: int, warnings: list[str], endpoint: str) -> Response:
         # a non-streaming client that goes away is noticed by waiting on receive()
         watcher = asyncio.ensure_future(request.receive())
@@ -194,7 +207,7 @@ class Server:
         ids: list[int] = []
         try:
             while True:
-                getter = asyncio.ensure_future(queue.get())
+                getter = asyncio.ensure_future(reader.get())
                 done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
@@ -205,13 +218,13 @@ class Server:
                     watcher = asyncio.ensure_future(request.receive())
                     continue
                 msg = getter.result()
-                if msg[0] == "token":
-                    ids.append(msg[1])
-                    pieces.append(msg[2])
-                elif msg[0] == "error":
-                    return self._error(endpoint, ApiError(msg[1], msg[2], kind="server_error"))
-                else:
-                    _, reason, timing, token_ids = msg
+                if isinstance(msg, Token):
+                    ids.append(msg.token_id)
+                    pieces.append(msg.text)
+                elif isinstance(msg, Failed):
+                    return self._error(endpoint, ApiError(msg.status, msg.message, kind="server_error"))
+                elif isinstance(msg, Done):
+                    reason, timing, token_ids = msg.finish_reason, msg.timing, list(msg.token_ids)
                     break
         finally:
             watcher.cancel()
@@ -232,7 +245,7 @@ class Server:
         self.metrics.requests[(endpoint, 200)] += 1
         return Response(_dumps(out), media_type="application/json")
 
-    async def _sse(self, job: Job, queue: asyncio.Queue[tuple[Any, ...]], p: ParsedRequest, rid: str, n_in: int,
+    async def _sse(self, job: Job, reader: JobReader, p: ParsedRequest, rid: str, n_in: int,
                    warnings: list[str], endpoint: str) -> AsyncIterator[str]:
         created = int(time.time())
         obj = "chat.completion.chunk" if p.chat else "text_completion"
@@ -247,22 +260,18 @@ class Server:
             if p.chat:
                 yield head + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
             while True:
-                msg = await queue.get()
-                kind = msg[0]
-                if kind == "token":
+                msg = await reader.get()
+                if isinstance(msg, Token):
                     # one event per token; tokens that are already waiting go out in one write
                     events = []
-                    while True:
+                    for tok in [msg, *reader.ready_tokens()]:
                         n_out += 1
                         end = _chunk_end(n_in, n_out, cont)
-                        events.append(f'{head}{key}{_dumps(msg[2])}{close},"token_ids":[{msg[1]}],'
+                        events.append(f'{head}{key}{_dumps(tok.text)}{close},"token_ids":[{tok.token_id}],'
                                       f'"finish_reason":null{end}')
-                        if queue.empty() or queue._queue[0][0] != "token":  # type: ignore[attr-defined]
-                            break
-                        msg = queue.get_nowait()
                     yield "".join(events)
-                elif kind == "done":
-                    _, reason, timing, token_ids = msg
+                elif isinstance(msg, Done):
+                    reason, timing, token_ids = msg.finish_reason, msg.timing, list(msg.token_ids)
                     finished = True
                     self._observe(timing, len(token_ids))
                     empty = '"delta":{}' if p.chat else '"text":""'
@@ -279,10 +288,10 @@ class Server:
                     yield f"data: {_dumps(tail)}\n\ndata: [DONE]\n\n"
                     self.metrics.requests[(endpoint, 200)] += 1
                     return
-                else:  # error after the stream started: an error event, then the end
+                elif isinstance(msg, Failed):  # error after the stream started: an error event, then the end
                     finished = True
-                    err = ApiError(msg[1], msg[2], kind="server_error")
-                    self.metrics.requests[(endpoint, msg[1])] += 1
+                    err = ApiError(msg.status, msg.message, kind="server_error")
+                    self.metrics.requests[(endpoint, msg.status)] += 1
                     yield f"data: {_dumps(err.body())}\n\ndata: [DONE]\n\n"
                     return
         finally:

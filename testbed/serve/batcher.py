@@ -1,27 +1,16 @@
-"""Dynamic batching and admission control around one engine, on one worker thread.
+"""Batching and admission control around one engine, on one worker thread: the loop side.
 
-An engine is single-threaded compute, so a :class:`Batcher` owns it on a dedicated worker
-thread: the asyncio loop (HTTP server, or the in-process load generator) only *submits* jobs
-and *receives* messages, and never waits for the model.  That keeps the loop free to accept,
-validate and reject requests at once while a batch is decoding.
+An engine is single-threaded compute, so a :class:`Batcher` owns it on a dedicated worker thread
+running the :class:`~testbed.serve.scheduler.Scheduler`: the asyncio loop (HTTP server, or the
+in-process load generator) only *submits* jobs and *receives* typed messages
+(:mod:`testbed.serve.messages`), and never waits for the model.  That keeps the loop free to
+accept, validate and reject requests at once while a batch is decoding.
 
-A job's life (messages go to the job's ``sink``, called on the worker thread):
-
-* :meth:`Batcher.submit` (loop thread) admits it into a bounded queue, or raises
-  :class:`Busy` at once when ``max_queue`` jobs are already waiting (the server answers 429
-  with ``Retry-After``);
-* the worker tokenises it (``engine.prepare``) between decoding steps: ``("error", 400, msg)``
-  for bad input, else ``("admitted", n_in, warnings)``;
-* batches form from the waiting jobs: when ``max_batch_size`` are waiting, or when the oldest
-  has waited ``max_wait_ms``; a job past its deadline is dropped with ``("error", 504, msg)``;
-* while the batch decodes: ``("token", token_id, text, t_ns)`` per token (``t_ns`` from the
-  engine-side :class:`~testbed.engines.base.BatchStream`), then ``("done", finish_reason, timing)``;
-  a job whose consumer went away (:meth:`Job.cancel`) is dropped from the batch, and decoding
-  stops once no row is left (the slot is free again);
-* an engine failure ends every unfinished job of the batch with ``("error", 500, msg)``.
-
-All times are :func:`testbed.clock.now_ns` (``perf_counter_ns``; CLOCK_MONOTONIC on Linux, so
-comparable between processes of one machine, which is what the calibration timings rely on).
+:meth:`Batcher.submit` admits a job into a bounded queue, or raises :class:`Busy` at once when
+``max_queue`` jobs are already waiting (the server answers 429 with ``Retry-After``).  How jobs
+are batched is :class:`BatchConfig` (``batching``: ``static`` or ``continuous``; see the
+scheduler).  All times are :func:`testbed.clock.now_ns` (``perf_counter_ns``; CLOCK_MONOTONIC on
+Linux, comparable between processes of one machine, which the calibration timings rely on).
 """
 
 from __future__ import annotations
@@ -35,21 +24,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from testbed.clock import now_ns
-from testbed.engines.base import BatchStream, Engine, GenerationRequest
-from testbed.errors import ConfigError, InputError
+from testbed.engines.base import Engine, GenerationRequest
+from testbed.engines.step import Padding
+from testbed.errors import ConfigError
 
-Message = tuple[Any, ...]
-Sink = Callable[[Message], None]
+BATCHING_MODES = ("static", "continuous")
+Sink = Callable[[Any], None]
 
 
 @dataclass(frozen=True)
 class BatchConfig:
     """The batching and admission knobs of a serving configuration.
 
-    ``max_batch_size``: requests decoded together; ``max_wait_ms``: how long the oldest waiting
-    request may wait for a batch to fill; ``max_queue``: requests waiting (admitted, not yet
-    decoding) beyond which new ones are refused at once; ``timeout_s``: the per-request deadline
-    from arrival to the last token; ``retry_after_s``: the ``Retry-After`` a refusal carries.
+    ``batching``: ``static`` (a batch forms from the waiting requests and decodes to its end; new
+    requests wait for the next batch) or ``continuous`` (between two decoding steps waiting requests
+    join the running batch, and finished or cancelled rows leave at once).  ``max_batch_size``:
+    rows decoded together; ``max_wait_ms``: how long the oldest waiting request may wait for an
+    idle engine's batch to fill; ``max_queue``: requests waiting (admitted, not yet decoding)
+    beyond which new ones are refused at once; ``timeout_s``: the per-request deadline from
+    arrival to the last token; ``retry_after_s``: the ``Retry-After`` a refusal carries.
     """
 
     max_batch_size: int = 1
@@ -57,6 +50,7 @@ class BatchConfig:
     max_queue: int = 64
     timeout_s: float = 60.0
     retry_after_s: int = 1
+    batching: str = "static"
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 1024:
@@ -69,9 +63,22 @@ class BatchConfig:
             raise ConfigError("timeout_s", self.timeout_s, "a number of seconds in (0, 86400]")
         if not isinstance(self.retry_after_s, int) or not 1 <= self.retry_after_s <= 3600:
             raise ConfigError("retry_after_s", self.retry_after_s, "an integer number of seconds in [1, 3600]")
+        if self.batching not in BATCHING_MODES:
+            raise ConfigError("batching", self.batching, ", ".join(BATCHING_MODES))
 
     def label(self) -> str:
-        return f"batch<={self.max_batch_size}/wait{self.max_wait_ms:g}ms/queue{self.max_queue}"
+        return f"{self.batching} batch<={self.max_batch_size}/wait{self.max_wait_ms:g}ms/queue{self.max_queue}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batching": self.batching, "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms,
+                "max_queue": self.max_queue, "timeout_s": self.timeout_s}
+
+    def check(self, engine: Engine) -> None:
+        """Refuse a mode the engine cannot run (never silently downgraded)."""
+        caps = engine.capabilities
+        if self.batching == "continuous" and not caps.continuous:
+            raise ConfigError("batching", "continuous", "static",
+                              f"engine {engine.name}: {caps.join_refusal or 'rows cannot join a running batch'}")
 
 
 class LoopMailbox:
@@ -84,11 +91,11 @@ class LoopMailbox:
 
     def __init__(self, loop: Any) -> None:
         self.loop = loop
-        self._pending: deque[tuple[Callable[[Message], None], Message]] = deque()
+        self._pending: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._lock = threading.Lock()
         self._scheduled = False
 
-    def post(self, put: Callable[[Message], None], msg: Message) -> None:
+    def post(self, put: Callable[[Any], None], msg: Any) -> None:
         with self._lock:
             self._pending.append((put, msg))
             if self._scheduled:
@@ -96,7 +103,7 @@ class LoopMailbox:
             self._scheduled = True
         self.loop.call_soon_threadsafe(self._drain)
 
-    def sink(self, put: Callable[[Message], None]) -> Sink:
+    def sink(self, put: Callable[[Any], None]) -> Sink:
         return lambda msg: self.post(put, msg)
 
     def _drain(self) -> None:
@@ -135,28 +142,21 @@ class Job:
         self.cancelled = True
 
 
-@dataclass
-class _Waiting:
-    job: Job
-    prepared: Any
-
-
 class Batcher:
-    """Owns ``engine`` on one worker thread; see the module docstring for the protocol."""
+    """Owns ``engine`` on one worker thread (the :class:`~testbed.serve.scheduler.Scheduler`)."""
 
     def __init__(self, engine: Engine, config: BatchConfig | None = None) -> None:
+        from testbed.serve.scheduler import Scheduler
+
         self.engine = engine
         self.config = config or BatchConfig()
+        self.config.check(engine)
         self._inbox: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._waiting = 0  # admitted, not yet decoding (inbox + ready)
-        self._running = 0  # rows of the batch being decoded
         self._stopping = False
-        self.batches = 0
-        self.batch_rows = 0
-        self.cancelled = 0
-        self.expired = 0
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{engine.name}", daemon=True)
+        self.scheduler = Scheduler(self)
+        self._thread = threading.Thread(target=self.scheduler.run, name=f"batcher-{engine.name}", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ loop side
@@ -166,7 +166,18 @@ class Batcher:
 
     @property
     def running(self) -> int:
-        return self._running
+        return self.scheduler.running
+
+    @property
+    def padding(self) -> Padding:
+        return self.scheduler.padding_total()
+
+    def stats(self) -> dict[str, Any]:
+        s = self.scheduler
+        pad = self.padding
+        return {"batching": self.config.batching, "batch_decoding": self.engine.capabilities.batching,
+                "batches": s.batches, "batch_rows": s.batch_rows, "steps": s.steps, "joins": s.joins,
+                "cancelled": s.cancelled, "expired": s.expired, "padded_fraction": pad.fraction}
 
     def submit(self, request: GenerationRequest, sink: Sink, arrival_ns: int | None = None,
                timeout_s: float | None = None) -> Job:
@@ -185,168 +196,12 @@ class Batcher:
         self._inbox.put(job)
         return job
 
+    def left_waiting(self, n: int = 1) -> None:
+        with self._lock:
+            self._waiting -= n
+
     def stop(self, timeout: float = 10.0) -> None:
         with self._lock:
             self._stopping = True
         self._inbox.put(None)
         self._thread.join(timeout)
-
-    # ------------------------------------------------------------------ worker side
-    def _left_waiting(self, n: int = 1) -> None:
-        with self._lock:
-            self._waiting -= n
-
-    def _final(self, job: Job, msg: Message) -> None:
-        if not job.finished:
-            job.finished = True
-            job.sink(msg)
-
-    def _intake(self, ready: deque[_Waiting], block: bool, timeout: float | None) -> bool:
-        """Move jobs from the inbox to ``ready``, tokenising each; False when told to stop."""
-        try:
-            job = self._inbox.get(block=block, timeout=timeout) if block else self._inbox.get_nowait()
-        except queue.Empty:
-            return True
-        while True:
-            if job is None:
-                return False
-            self._prepare(job, ready)
-            try:
-                job = self._inbox.get_nowait()
-            except queue.Empty:
-                return True
-
-    def _prepare(self, job: Job, ready: deque[_Waiting]) -> None:
-        if job.cancelled:
-            self._left_waiting()
-            self.cancelled += 1
-            job.finished = True
-            return
-        try:
-            prepared = self.engine.prepare(job.request)
-        except InputError as exc:
-            self._left_waiting()
-            self._final(job, ("error", 400, str(exc)))
-            return
-        except Exception as exc:  # a tokenizer failure is the server's, not the client's
-            self._left_waiting()
-            self._final(job, ("error", 500, f"{type(exc).__name__}: {exc}"))
-            return
-        job.sink(("admitted", len(prepared.input_ids), prepared.warnings))
-        ready.append(_Waiting(job, prepared))
-
-    def _take_batch(self, ready: deque[_Waiting]) -> list[_Waiting]:
-        batch: list[_Waiting] = []
-        t = now_ns()
-        while ready and len(batch) < self.config.max_batch_size:
-            w = ready.popleft()
-            self._left_waiting()
-            if w.job.cancelled:
-                self.cancelled += 1
-                w.job.finished = True
-                continue
-            if t > w.job.deadline_ns:
-                self.expired += 1
-                waited = (t - w.job.arrival_ns) / 1e9
-                self._final(w.job, ("error", 504, f"deadline exceeded: waited {waited:.2f} s in the queue "
-                                                  f"(per-request deadline {self.config.timeout_s:g} s)"))
-                continue
-            batch.append(w)
-        return batch
-
-    def _run(self) -> None:
-        ready: deque[_Waiting] = deque()
-        wait_ns = int(self.config.max_wait_ms * 1e6)
-        while True:
-            if not ready:
-                if not self._intake(ready, block=True, timeout=None):
-                    break
-                continue
-            # a batch is due when full, or when the oldest waiting job has waited max_wait
-            due = ready[0].job.arrival_ns + wait_ns
-            now = now_ns()
-            if len(ready) < self.config.max_batch_size and now < due:
-                if not self._intake(ready, block=True, timeout=(due - now) / 1e9):
-                    break
-                continue
-            batch = self._take_batch(ready)
-            if batch and not self._decode(batch, ready):
-                break
-        self._shutdown(ready)
-
-    def _shutdown(self, ready: deque[_Waiting]) -> None:
-        while ready:
-            w = ready.popleft()
-            self._left_waiting()
-            self._final(w.job, ("error", 503, "server is shutting down"))
-        while True:
-            try:
-                job = self._inbox.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                self._left_waiting()
-                self._final(job, ("error", 503, "server is shutting down"))
-
-    def _decode(self, batch: list[_Waiting], ready: deque[_Waiting]) -> bool:
-        """Decode one batch to the end, taking in new jobs between tokens; False when told to stop."""
-        jobs = [w.job for w in batch]
-        bs: BatchStream = self.engine.stream_batch([w.prepared for w in batch], [j.arrival_ns for j in jobs])
-        n = len(jobs)
-        with self._lock:
-            self._running = n
-        self.batches += 1
-        self.batch_rows += n
-        keep_going = True
-        try:
-            for i, ev in bs:
-                job = jobs[i]
-                job.sink(("token", ev.token_id, ev.text, ev.t_ns))
-                if i not in bs.live:
-                    self._done(job, bs, i, n)
-                # between tokens: drop rows whose consumer left or whose deadline passed ...
-                t = ev.t_ns
-                for k, other in enumerate(jobs):
-                    if k in bs.live and (other.cancelled or t > other.deadline_ns):
-                        self._drop(other, bs, k, t)
-                # ... and take in (tokenise) newly arrived jobs, so bad input is refused promptly
-                if keep_going and not self._intake(ready, block=False, timeout=None):
-                    keep_going = False
-                    bs.close()
-                    break
-                with self._lock:
-                    self._running = len(bs.live)
-        except Exception as exc:
-            msg = f"{type(exc).__name__}: {exc}"
-            for job in jobs:
-                self._final(job, ("error", 500, f"generation failed: {msg}"))
-        finally:
-            bs.close()
-            for k, job in enumerate(jobs):
-                if not job.finished:
-                    if job.cancelled:
-                        job.finished = True
-                    else:
-                        self._done(job, bs, k, n)
-            with self._lock:
-                self._running = 0
-        return keep_going
-
-    def _drop(self, job: Job, bs: BatchStream, k: int, t: int) -> None:
-        bs.cancel(k)
-        if job.cancelled:
-            self.cancelled += 1
-            job.finished = True  # nobody is listening
-        else:
-            self.expired += 1
-            self._final(job, ("error", 504, f"deadline exceeded after {(t - job.arrival_ns) / 1e9:.2f} s "
-                                            f"(per-request deadline {self.config.timeout_s:g} s)"))
-
-    def _done(self, job: Job, bs: BatchStream, i: int, n: int) -> None:
-        row = bs.rows[i]
-        timing = {
-            "arrival_ns": job.arrival_ns, "batch_start_ns": bs.start_ns, "decode_start_ns": row.decode_start_ns,
-            "encoder_done_ns": row.encoder_done_ns,
-            "token_ns": [e.t_ns for e in row.events], "end_ns": row.end_ns, "batch_size": n,
-        }
-        self._final(job, ("done", row.finish_reason or "length", timing, row.token_ids))

@@ -10,7 +10,10 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("server")
     g.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     g.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    g.add_argument("--max-batch-size", type=int, default=1, help="dynamic batching: requests per batch at most (1)")
+    g.add_argument("--max-batch-size", type=int, default=1, help="rows decoded together at most (1)")
+    g.add_argument("--batching", choices=["static", "continuous"], default="static",
+                   help="static: a batch decodes to its end while new requests wait; continuous: requests join "
+                        "the running batch between steps and finished rows leave at once (default static)")
     g.add_argument("--max-wait-ms", type=float, default=2.0,
                    help="dynamic batching: how long the oldest waiting request may wait for a batch to fill (2 ms)")
     g.add_argument("--max-queue", type=int, default=64,
@@ -28,7 +31,8 @@ def cmd_serve(args: argparse.Namespace, engine: object) -> int:
 
     assert isinstance(engine, Engine)
     batch = BatchConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                        max_queue=args.max_queue, timeout_s=args.timeout)
+                        max_queue=args.max_queue, timeout_s=args.timeout, batching=args.batching)
+    batch.check(engine)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the server has no authentication", file=sys.stderr)
     warm_up(engine)

@@ -108,3 +108,28 @@ def test_cuda_batched_serving_equals_single_streams(sentences):
         assert max(r.extra["server_timing"]["batch_size"] for r in recs) > 1
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "onnxruntime"])
+def test_continuous_serving_gives_every_request_its_single_stream_translation(engine_name, sentences):
+    """Poisson arrivals into a continuous-batching server: rows join mid-batch, outputs unchanged."""
+    eng = create_engine(EngineConfig(engine=engine_name, model="marian-en-de", threads=1, on_overflow="refuse"))
+    try:
+        exs = load_dataset("test", limit=16)
+        expected = [eng.stream(ex.text).run().text for ex in exs]
+        with BackgroundServer(eng, BatchConfig(max_batch_size=8, max_wait_ms=0, batching="continuous")) as srv:
+            recs = run(HttpTarget(srv.url, "marian-en-de", return_timing=True), exs,
+                       LoadSpec("server", rate=60.0, num_requests=len(exs), warmup=0, seed=3))
+            assert all(r.ok for r in recs)
+            by_k = {int(r.request_id.split(":")[0]): r for r in recs}
+            assert [by_k[k].output for k in range(len(exs))] == expected
+            timings = [r.extra["server_timing"] for r in recs]
+            assert all(t["batching"] == "continuous" for t in timings)
+            assert any(t["join_step"] > 0 for t in timings)  # some request joined a batch already decoding
+            metrics = httpx.get(f"{srv.url}/metrics").text
+            assert "testbed_continuous_batching 1" in metrics
+            joins = int(next(ln.split()[1] for ln in metrics.splitlines()
+                             if ln.startswith("testbed_batch_joins_total")))
+            assert joins > 0
+    finally:
+        eng.close()

@@ -31,22 +31,21 @@ def sentences():
 
 
 def test_encoder_end_is_timestamped_after_the_cuda_kernels_finish(marian, monkeypatch):
-    """On CUDA the encoder's kernels run asynchronously: ENCODER_DONE must follow a synchronise."""
+    """On CUDA the encoder's kernels run asynchronously: its end is stamped after a synchronise."""
     from types import SimpleNamespace
-
-    from testbed.engines.base import ENCODER_DONE
 
     synced = []
     monkeypatch.setattr(marian._torch.cuda, "synchronize", lambda device=None: synced.append(device))
     with monkeypatch.context() as m:
         m.setattr(marian, "device", SimpleNamespace(type="cuda"))
-        assert marian._encoder_done() is ENCODER_DONE
+        marian._sync()
     assert len(synced) == 1
-    assert marian._encoder_done() is ENCODER_DONE and len(synced) == 1  # on the CPU: no synchronise
-    # every decoding path marks the encoder's end through that hook
+    marian._sync()
+    assert len(synced) == 1  # on the CPU: no synchronise
+    # every decoding path runs the encoder through the batch's admit, which synchronises
     calls = []
-    real = marian._encoder_done
-    monkeypatch.setattr(marian, "_encoder_done", lambda: calls.append(1) or real())
+    real = marian._sync
+    monkeypatch.setattr(marian, "_sync", lambda: calls.append(1) or real())
     marian.stream(DEMO).run()
     marian.generate([DEMO, "Click OK."])
     assert len(calls) == 2

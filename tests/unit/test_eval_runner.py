@@ -13,6 +13,7 @@ from testbed.config import EngineConfig
 from testbed.engines.fake.engine import FakeEngine
 from testbed.engines.registry import create_engine
 from testbed.eval.report import markdown, order_rows, render_dir
+from testbed.eval.results import read_outputs
 from testbed.eval.runner import read_rows, run_sweep
 from testbed.eval.sweep import SweepError, load_sweep
 
@@ -264,3 +265,28 @@ def test_report_shows_verdicts_with_intervals_and_the_session_header(tmp_path):
     # ort/int8 (30 ms) is faster than the best passing row (40 ms) but its interval straddles the threshold
     assert "Faster, but within noise (this test set cannot tell whether they pass): `ort/int8` (p90 E2E 30.0 ms)." in md
     assert "* within noise: `ort/int8`: the 95% interval of BLEU - fp32, [-0.68, -0.03], straddles" in md
+
+
+def test_batching_axis_runs_the_offline_set_through_the_scheduler(tmp_path):
+    """batching = static / continuous: the same outputs as the engine's own batches, and the mode in
+    the row's config, label and signature (a row of the engine's batches keeps its earlier key)."""
+    sweep = load_sweep(sweep_file(tmp_path, '[[configs]]\nengine = "fake"\nprecision = "bf16"\n'
+                                            'batching = ["engine", "static", "continuous"]\n'))
+    rows = run_sweep(sweep, tmp_path / "out", progress=False, render=False)
+    served = {r["config"].get("batching", "engine"): r for r in rows if r["config"]["precision"] == "bf16"}
+    assert set(served) == {"engine", "static", "continuous"}
+    assert all(r["status"] == "ok" for r in served.values())
+    outs = {m: [o["output"] for o in read_outputs(tmp_path / "out", r["key"]) or []] for m, r in served.items()}
+    assert len(outs["engine"]) == 8
+    assert outs["static"] == outs["engine"] == outs["continuous"]
+    assert served["continuous"]["signature"]["batching"] == "continuous"
+    assert "batching" not in served["engine"]["signature"] and "batching" not in served["engine"]["config"]
+    assert served["static"]["offline"]["batching"] == "static"
+
+
+def test_continuous_batching_is_refused_at_validation_for_an_engine_that_cannot_join(tmp_path):
+    with pytest.raises(SweepError, match=r"batching = 'continuous'.*static"):
+        load_sweep(sweep_file(tmp_path, '[[configs]]\nengine = "ctranslate2"\nprecision = "int8"\n'
+                                        'batching = "continuous"\n'))
+    with pytest.raises(SweepError, match=r"batching = 'dynamic'.*engine, static, continuous"):
+        load_sweep(sweep_file(tmp_path, '[[configs]]\nengine = "fake"\nbatching = "dynamic"\n'))

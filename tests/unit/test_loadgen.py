@@ -87,12 +87,12 @@ def test_batch_stream_equals_single_streams_and_cancels_rows():
 
 def test_rejections_inproc_are_counted_not_timed():
     class Slow(NullEngine):
-        def _decode_batch(self, prepared):
+        def _decode(self, prepared):
             import time
 
-            for step in super()._decode_batch(prepared):
+            for item in super()._decode(prepared):
                 time.sleep(0.002)
-                yield step
+                yield item
 
     eng = Slow(EngineConfig(engine="null", max_new_tokens=4)).load()
     recs = run(InprocTarget(eng, BatchConfig(max_queue=2)), EXAMPLES, LoadSpec("offline", num_requests=30, warmup=0))

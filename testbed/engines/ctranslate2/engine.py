@@ -77,7 +77,7 @@ class CTranslate2Engine(Engine):
         devices=("cpu", "cuda"),
         precisions=("fp32", "int8", "fp16", "bf16", "int8_float16"),
         streaming=True,
-        batching=True,
+        batching="lockstep",  # until its batched hook lands
         precision_devices={"int8": ("cpu",), "fp16": _GPU_ONLY, "bf16": _GPU_ONLY, "int8_float16": _GPU_ONLY},
         pruning=True,
     )

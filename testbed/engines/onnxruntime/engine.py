@@ -10,17 +10,17 @@ Runtime fall back to the CPU silently: the engine checks ``session.get_providers
 
 Precisions: ``fp32``; ``int8`` (ORT dynamic quantization, CPU); ``int8-static`` (QDQ, activation
 ranges calibrated on the dev set, CPU); ``fp16`` (GPU providers only).  Greedy decoding, the
-same as the torch engine: Marian's pad token (its decoder start token) is never emitted.
+same as the torch engine: Marian's pad token (its decoder start token) is never emitted.  Decoding
+is :class:`testbed.engines.onnxruntime.batch.OrtBatch`: rows join and leave between steps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Generator
 from typing import Any, ClassVar
 
 from testbed.clock import Clock, now_ns
 from testbed.config import EngineConfig
-from testbed.engines.base import ENCODER_DONE, Capabilities, Engine, Prepared
+from testbed.engines.base import Capabilities, Engine, StepBatch
 
 
 class OnnxRuntimeEngine(Engine):
@@ -29,7 +29,7 @@ class OnnxRuntimeEngine(Engine):
         devices=("cpu", "cuda"),
         precisions=("fp32", "int8", "int8-static", "fp16"),
         streaming=True,
-        batching=True,
+        batching="continuous",
         precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",)},
         pruning=True,
     )
@@ -77,48 +77,10 @@ class OnnxRuntimeEngine(Engine):
         return d
 
     # ------------------------------------------------------------------ decoding
-    def _inputs(self, prepared: list[Prepared]) -> tuple[Any, Any]:
-        from testbed.engines.onnxruntime.runner import pad_batch
+    def _open_batch(self) -> StepBatch:
+        from testbed.engines.onnxruntime.batch import OrtBatch
 
-        return pad_batch([p.input_ids for p in prepared], self.pad_id, left=self.model_info.architecture != "seq2seq")
-
-    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
-        from testbed.engines.onnxruntime.runner import ENCODER_DONE_MARK
-
-        ids, mask = self._inputs([prepared])
-        eos = self.eos_token_ids
-        gen = self.ort.greedy(ids, mask, prepared.max_new_tokens, self.banned)
-        try:
-            for item in gen:
-                if item is ENCODER_DONE_MARK:
-                    yield ENCODER_DONE
-                    continue
-                tid = int(item[0])
-                yield tid
-                if tid in eos:
-                    return
-        finally:
-            gen.close()
-
-    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
-        from testbed.engines.onnxruntime.runner import ENCODER_DONE_MARK
-        from testbed.engines.torch.engine import TorchEngine
-
-        n = len(prepared)
-        limits = [p.max_new_tokens for p in prepared]
-        outs: list[list[int]] = [[] for _ in range(n)]
-        done = [False] * n
-        ids, mask = self._inputs(prepared)
-        gen = self.ort.greedy(ids, mask, max(limits), self.banned)
-        try:
-            for item in gen:
-                if isinstance(item, str) and item == ENCODER_DONE_MARK:
-                    continue
-                if TorchEngine._collect(item.tolist(), outs, done, limits, self.eos_token_ids):
-                    break
-        finally:
-            gen.close()
-        return outs
+        return OrtBatch(self)
 
 
 def cfg_gpu(config: EngineConfig) -> bool:
@@ -130,6 +92,6 @@ class OnnxRuntimeTensorRTEngine(OnnxRuntimeEngine):
 
     name = "onnxruntime-trt"
     capabilities = Capabilities(
-        devices=("cuda",), precisions=("fp32", "fp16"), streaming=True, batching=True, pruning=True,
+        devices=("cuda",), precisions=("fp32", "fp16"), streaming=True, batching="continuous", pruning=True,
     )
     gpu_provider = "TensorrtExecutionProvider"

@@ -21,6 +21,7 @@ import numpy as np
 from testbed.errors import ConfigError, TestbedError
 
 META = "onnx_config.json"
+MASK_VALUE = -1.0e4  # the graphs' additive mask: exp() underflows to 0 in fp32, still representable in fp16
 ENCODER_DONE_MARK = "encoder_done"
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -130,6 +131,7 @@ class OrtModel:
         self.decoder = make_session(art / "decoder.onnx", settings)
         types = {i.name: i.type for i in self.decoder.get_inputs()}
         self.past_dtype = _ORT_TYPES[types["past_k.0"]]
+        self.bias_dtype = _ORT_TYPES[types.get("self_bias", "tensor(float)")]
         self.present_names = [o.name for o in self.decoder.get_outputs()][1:]
         self.past_names = [n.replace("present", "past") for n in self.present_names]
         self.dev = "cuda" if settings.on_gpu else "cpu"
@@ -196,8 +198,11 @@ class OrtModel:
             yield ENCODER_DONE_MARK
             inp = np.full((b, 1), int(self.meta["decoder_start_token_id"]), dtype=np.int64)
             past = self._empty_past(b)
-            for _ in range(max_new):
-                logits, past = self._step(fixed, {"input_ids": inp}, past)
+            pos = np.zeros((b, 1), dtype=np.int64)
+            for t in range(max_new):
+                bias = np.zeros((b, 1, 1, t + 1), dtype=self.bias_dtype)
+                logits, past = self._step(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, past)
+                pos = pos + 1
                 if banned:
                     logits[:, banned] = -np.inf
                 nxt = logits.argmax(-1)

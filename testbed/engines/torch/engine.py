@@ -6,19 +6,19 @@ costs no more than serving needs.  Precisions: fp32; bf16 (CPU and CUDA); fp16 (
 int8 = dynamic int8 quantisation of every ``nn.Linear`` (CPU only).  A pruned model
 (``EngineConfig.pruning``) is loaded from its cached pruned checkpoint (:mod:`testbed.prune`).
 
-For seq2seq models the encoder runs once (then ``ENCODER_DONE`` is yielded), and the decoder
-reuses its cross-attention keys/values from the cache.  What decodes how (stop ids, decoder
-start and forced target-language BOS, banned ids such as Marian's pad, input limits) is the
-checkpoint's :class:`testbed.spec.DecodingSpec`, shared with the other engines.
+Decoding is :class:`testbed.engines.torch.batch.TorchBatch` (rows join and leave between steps). For
+seq2seq models the encoder runs once per row (``encoder_done`` is stamped after it), and the decoder
+reuses its cross-attention keys/values from the cache.  What decodes how (stop ids, the decoder
+prefix: start token and forced target-language BOS, banned ids such as Marian's pad, input
+limits) is the checkpoint's :class:`testbed.spec.DecodingSpec`, shared with the other engines.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Generator
 from typing import Any
 
-from testbed.engines.base import ENCODER_DONE, Capabilities, Engine, Prepared
+from testbed.engines.base import Capabilities, Engine, Prepared, StepBatch
 from testbed.errors import ConfigError
 from testbed.spec import load_spec
 
@@ -29,7 +29,7 @@ class TorchEngine(Engine):
         devices=("cpu", "cuda"),
         precisions=("fp32", "bf16", "fp16", "int8"),
         streaming=True,
-        batching=True,
+        batching="continuous",
         precision_devices={"fp16": ("cuda",), "int8": ("cpu",)},
         pruning=True,
         eos_control=True,
@@ -57,6 +57,7 @@ class TorchEngine(Engine):
         self.checkpoint_path = path
         self.spec, self.tokenizer = load_spec(path, cfg.src_lang, cfg.tgt_lang)
         spec = self.spec
+        self.seq2seq = spec.seq2seq
         auto = AutoModelForSeq2SeqLM if spec.seq2seq else AutoModelForCausalLM
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
         model: Any = auto.from_pretrained(path, dtype=dtype)
@@ -70,13 +71,37 @@ class TorchEngine(Engine):
         self.eos_token_ids = spec.eos_token_ids
         self.pad_id = spec.pad_token_id
         self.banned = list(spec.banned_ids)
+        # seq2seq: the decoder's first input (start token, then a forced target-language BOS)
         self.prefix = list(spec.decoder_prefix)
-        self.seq2seq = spec.seq2seq
         self.model_max_input = spec.input_limit(cfg.max_new_tokens)
         self._torch = torch
         # transformers 5.x renamed the cache argument from past_key_values to cache
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._positions: Any = None  # per-row decoder positions (B, 1) while a batch step runs
+        self._join_ok, self._join_refusal = True, ""
+        if self.seq2seq:
+            self._hook_positions(model)
+
+    def _hook_positions(self, model: Any) -> None:
+        """Give each row its own decoder position: Hugging Face derives one from the cache length, which
+        is wrong for a row that joined a running batch.  Relative-position models (T5) need nothing."""
+        import torch
+
+        module = getattr(getattr(getattr(model, "model", None), "decoder", None), "embed_positions", None)
+        if isinstance(module, torch.nn.Embedding):
+            offset = int(getattr(module, "offset", 0))
+
+            def hook(mod: Any, args: Any, out: Any) -> Any:
+                if self._positions is None:
+                    return out
+                return torch.nn.functional.embedding(self._positions + offset, mod.weight)
+
+            module.register_forward_hook(hook)
+        elif getattr(model.config, "model_type", "") not in ("t5", "mt5", "umt5"):
+            self._join_ok = False
+            self._join_refusal = (f"the {model.config.model_type} decoder's positions cannot be set per row, so a "
+                                  "row cannot join a running batch (use --batching static)")
 
     def _close(self) -> None:
         self.model = None
@@ -94,45 +119,6 @@ class TorchEngine(Engine):
                 logits[r, eos] = float("-inf")
         return logits.argmax(-1)
 
-    # ------------------------------------------------------------------ decoding
-    def _start(self, ids: Any, mask: Any) -> tuple[Callable[..., Any], Any]:
-        """Begin greedy decoding of a (padded) batch: returns ``step`` and the first step input.
-
-        For seq2seq the encoder runs here, once; for a decoder-only model the prompt is the
-        first step's input (prefill).  ``step(inp, no_eos)`` runs one forward with the KV cache
-        (updated in place) and returns the next token id of each row, EOS masked in the rows
-        listed in ``no_eos`` (min_tokens / ignore_eos).  Call under inference mode.
-        """
-        from transformers import DynamicCache, EncoderDecoderCache
-
-        torch = self._torch
-        n = ids.shape[0]
-        kw = self._cache_kw
-        if self.seq2seq:
-            enc = self.model.get_encoder()(input_ids=ids, attention_mask=mask)
-            cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
-
-            def seq2seq_step(inp: Any, no_eos: list[int] | None = None) -> Any:
-                out = self.model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=inp,
-                                 **{kw: cache}, use_cache=True)
-                return self._pick(out.logits[:, -1, :].float(), no_eos)
-
-            # the decoder prefix (start token, then a forced target-language BOS) is the first step's input
-            return seq2seq_step, torch.tensor([self.prefix] * n, dtype=torch.long, device=self.device)
-
-        cache = DynamicCache()
-        state = {"mask": mask, "pos": (mask.cumsum(-1) - 1).clamp(min=0)}  # left padding aware
-        one = torch.ones((n, 1), dtype=mask.dtype, device=self.device)
-
-        def causal_step(inp: Any, no_eos: list[int] | None = None) -> Any:
-            out = self.model(input_ids=inp, attention_mask=state["mask"], position_ids=state["pos"],
-                             **{kw: cache}, use_cache=True, logits_to_keep=1)
-            state["mask"] = torch.cat([state["mask"], one], dim=1)
-            state["pos"] = state["pos"][:, -1:] + 1
-            return self._pick(out.logits[:, -1, :].float(), no_eos)
-
-        return causal_step, ids
-
     def _pad(self, prepared: list[Prepared]) -> tuple[Any, Any]:
         """Input ids and attention mask: right padding for an encoder, left for a decoder-only model."""
         torch = self._torch
@@ -147,70 +133,17 @@ class TorchEngine(Engine):
             mask[i, cols] = 1
         return ids.to(self.device), mask.to(self.device)
 
-    def _encoder_done(self) -> object:
-        """``ENCODER_DONE``, once the encoder's kernels have finished: CUDA launches are
-        asynchronous, so without a synchronise the timestamp would mark the launch, not the end."""
+    def _sync(self) -> None:
+        """Wait for the device: CUDA launches are asynchronous, so a timestamp taken right after a
+        forward would mark the launch, not the end (the encoder pass's end is stamped after this)."""
         if self.device.type == "cuda":
             self._torch.cuda.synchronize(self.device)
-        return ENCODER_DONE
 
-    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
-        torch = self._torch
-        eos = self.eos_token_ids
-        with torch.inference_mode():
-            step, inp = self._start(*self._pad([prepared]))
-        if self.seq2seq:
-            yield self._encoder_done()
-        for k in range(prepared.max_new_tokens):
-            with torch.inference_mode():
-                nxt = step(inp, None if prepared.eos_allowed(k) else [0])
-            tid = int(nxt.item())
-            yield tid
-            if tid in eos:
-                return
-            inp = nxt.view(1, 1)
+    def _open_batch(self) -> StepBatch:
+        from testbed.engines.torch.batch import TorchBatch
 
-    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
-        outs: list[list[int]] = [[] for _ in prepared]
-        for step in self._decode_batch(prepared):
-            if step is not ENCODER_DONE:
-                row_ids: list[int | None] = step  # type: ignore[assignment]
-                for i, tid in enumerate(row_ids):
-                    if tid is not None:
-                        outs[i].append(tid)
-        return outs
-
-    def _decode_batch(self, prepared: list[Prepared]) -> Generator[object, None, None]:
-        """Greedy decoding of a padded batch, one list per step (None for finished rows)."""
-        n = len(prepared)
-        limits = [p.max_new_tokens for p in prepared]
-        outs: list[list[int]] = [[] for _ in range(n)]
-        done = [False] * n
-        with self._torch.inference_mode():
-            step, inp = self._start(*self._pad(prepared))
-        if self.seq2seq:
-            yield self._encoder_done()
-        for _ in range(max(limits)):
-            no_eos = [i for i, p in enumerate(prepared) if not done[i] and not p.eos_allowed(len(outs[i]))]
-            with self._torch.inference_mode():
-                nxt = step(inp, no_eos)
-            picked = nxt.tolist()
-            live = [not d for d in done]
-            finished = self._collect(picked, outs, done, limits, self.eos_token_ids)
-            yield [int(t) if ok else None for t, ok in zip(picked, live)]
-            if finished:
-                return
-            inp = nxt.view(n, 1)
-
-    @staticmethod
-    def _collect(
-        picked: list[int], outs: list[list[int]], done: list[bool], limits: list[int], eos: frozenset[int]
-    ) -> bool:
-        """Append each unfinished sequence's token; True when every sequence has finished."""
-        for i, tid in enumerate(picked):
-            if done[i]:
-                continue
-            outs[i].append(int(tid))
-            if tid in eos or len(outs[i]) >= limits[i]:
-                done[i] = True
-        return all(done)
+        b = TorchBatch(self)
+        if not self._join_ok:
+            b.join_running = False
+            b.join_refusal = self._join_refusal
+        return b

@@ -1,0 +1,182 @@
+"""The ONNX Runtime engine's :class:`~testbed.engines.step.StepBatch`: the exported graphs over padded rows.
+
+State of the running rows (numpy arrays on the CPU path; OrtValues where IO binding keeps them on
+the device, brought to the host only when rows join or leave):
+
+* ``past`` (B, H, T, D) per layer: the self-attention cache, left-padded for rows that joined later;
+* seq2seq: ``self_bias`` (B, 1, 1, T) (0 for a real position, ``MASK_VALUE`` for padding),
+  ``pos`` (B, 1) each row's own position, and ``fixed``: ``encoder_bias`` (B, 1, 1, S) and the
+  cross-attention keys/values, right-padded to the longest source;
+* decoder-only: ``mask`` (B, T) and ``pos`` (B, 1), as the graph takes them;
+* ``inp`` (B, 1): each row's last token.
+
+The graphs take per-row positions and masks (see :mod:`testbed.export.wrappers`), so a row decodes
+as it would alone whatever the others are doing.  New rows are prefilled on their own (seq2seq:
+the encoder in :meth:`OrtBatch._admit`, the first decoder step in :meth:`OrtBatch._prefill`;
+decoder-only: the prompt), then padded and concatenated to the running rows.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from testbed.engines.onnxruntime.runner import MASK_VALUE, pad_batch
+from testbed.engines.step import StepBatch, pad_left, pad_right
+
+if TYPE_CHECKING:
+    from testbed.engines.base import Prepared
+    from testbed.engines.onnxruntime.engine import OnnxRuntimeEngine
+
+
+class OrtBatch(StepBatch):
+    def __init__(self, engine: OnnxRuntimeEngine) -> None:
+        super().__init__()
+        self.e = engine
+        self.m = engine.ort
+        self.seq2seq = self.m.seq2seq
+        self.reports_encoder = self.seq2seq
+        self.banned = list(engine.banned)
+        self.eos = sorted(engine.eos_token_ids)
+        self.order: list[int] = []
+        self.waiting: list[int] = []
+        self.new_fixed: dict[str, Any] | None = None
+        self.past: list[Any] = []
+        self.fixed: dict[str, Any] = {}
+        self.bias: Any = None  # seq2seq self_bias (B,1,1,T)
+        self.mask: Any = None  # decoder-only attention mask (B,T)
+        self.pos: Any = None
+        self.inp: Any = None
+
+    def has_pending(self) -> bool:
+        return bool(self.waiting)
+
+    def has_running(self) -> bool:
+        return bool(self.order)
+
+    # ------------------------------------------------------------------ helpers
+    def _host(self, v: Any) -> np.ndarray:
+        return v.numpy() if hasattr(v, "numpy") else v
+
+    def _dev(self, a: np.ndarray) -> Any:
+        return self.m._ov(np.ascontiguousarray(a)) if self.m.io_binding else a
+
+    def _pick(self, logits: np.ndarray, slots: list[int]) -> np.ndarray:
+        if self.banned:
+            logits[:, self.banned] = -np.inf
+        rows = self.no_eos(slots)
+        if rows and self.eos:
+            logits[np.ix_(rows, self.eos)] = -np.inf
+        return logits.argmax(-1).astype(np.int64)
+
+    # ------------------------------------------------------------------ admission
+    def _admit(self, rows: dict[int, Prepared]) -> None:
+        if self.waiting:
+            raise RuntimeError("admit() called again before prefill()")
+        self.waiting = list(rows)
+        if self.seq2seq:
+            ids, mask = pad_batch([self.prepared[s].input_ids for s in self.waiting], self.e.pad_id, left=False)
+            self.new_fixed = self.m._encode(ids, mask)
+            self.padding.add(mask.size, int((mask == 0).sum()))
+
+    def _prefill(self) -> dict[int, int]:
+        slots, self.waiting = self.waiting, []
+        n = len(slots)
+        m = self.m
+        if self.seq2seq:
+            assert self.new_fixed is not None
+            fixed, self.new_fixed = self.new_fixed, None
+            inp = np.full((n, 1), int(m.meta["decoder_start_token_id"]), dtype=np.int64)
+            pos = np.zeros((n, 1), dtype=np.int64)
+            bias = np.zeros((n, 1, 1, 1), dtype=m.bias_dtype)
+            logits, past = m._step(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, m._empty_past(n))
+            nxt = self._pick(logits, slots)
+            self._join(slots, past, nxt.reshape(n, 1), pos + 1, bias=bias, fixed=fixed)
+        else:
+            ids, mask = pad_batch([self.prepared[s].input_ids for s in slots], self.e.pad_id, left=True)
+            pos = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64)
+            logits, past = m._step({}, {"input_ids": ids, "attention_mask": mask, "position_ids": pos},
+                                   m._empty_past(n))
+            self.padding.add(mask.size, int((mask == 0).sum()))
+            nxt = self._pick(logits, slots)
+            self._join(slots, past, nxt.reshape(n, 1), pos[:, -1:] + 1, mask=mask)
+        return dict(zip(slots, nxt.tolist()))
+
+    def _join(self, slots: list[int], past: list[Any], inp: np.ndarray, pos: np.ndarray, *, bias: Any = None,
+              mask: Any = None, fixed: dict[str, Any] | None = None) -> None:
+        if not self.order:
+            self.order, self.past, self.inp, self.pos = list(slots), past, inp, pos
+            self.bias, self.mask, self.fixed = bias, mask, fixed or {}
+            return
+        t = max(self._host(self.past[0]).shape[2], self._host(past[0]).shape[2])
+        self.past = [self._dev(np.concatenate([pad_left(self._host(a), t, 2), pad_left(self._host(b), t, 2)]))
+                     for a, b in zip(self.past, past)]
+        if self.seq2seq:
+            assert fixed is not None
+            self.bias = np.concatenate([pad_left(self.bias, t, 3, MASK_VALUE), pad_left(bias, t, 3, MASK_VALUE)])
+            s = max(self._host(self.fixed["encoder_bias"]).shape[3], self._host(fixed["encoder_bias"]).shape[3])
+            merged = {}
+            for name, old in self.fixed.items():
+                a, b = self._host(old), self._host(fixed[name])
+                axis = 3 if name == "encoder_bias" or name.startswith("cross_k") else 2
+                value = MASK_VALUE if name == "encoder_bias" else 0.0
+                merged[name] = self._dev(np.concatenate([pad_right(a, s, axis, value), pad_right(b, s, axis, value)]))
+            self.fixed = merged
+        else:
+            self.mask = np.concatenate([pad_left(self.mask, t, 1), pad_left(mask, t, 1)])
+        self.inp = np.concatenate([self.inp, inp])
+        self.pos = np.concatenate([self.pos, pos])
+        self.order += slots
+
+    # ------------------------------------------------------------------ steps
+    def _step(self) -> dict[int, int]:
+        m = self.m
+        n = len(self.order)
+        if self.seq2seq:
+            self.bias = np.concatenate([self.bias, np.zeros((n, 1, 1, 1), dtype=self.bias.dtype)], axis=3)
+            logits, self.past = m._step(self.fixed, {"input_ids": self.inp, "position_ids": self.pos,
+                                                     "self_bias": self.bias}, self.past)
+            self.padding.add(self.bias.size, int((self.bias != 0).sum()))
+            eb = self._host(self.fixed["encoder_bias"])
+            self.padding.add(eb.size, int((eb != 0).sum()))
+        else:
+            self.mask = np.concatenate([self.mask, np.ones((n, 1), dtype=self.mask.dtype)], axis=1)
+            logits, self.past = m._step({}, {"input_ids": self.inp, "attention_mask": self.mask,
+                                             "position_ids": self.pos}, self.past)
+            self.padding.add(self.mask.size, int((self.mask == 0).sum()))
+        nxt = self._pick(logits, self.order)
+        self.inp = nxt.reshape(n, 1)
+        self.pos = self.pos + 1
+        return dict(zip(self.order, nxt.tolist()))
+
+    # ------------------------------------------------------------------ leaving
+    def _evict(self, slots: list[int]) -> None:
+        gone = set(slots)
+        self.waiting = [s for s in self.waiting if s not in gone]
+        if not self.waiting:
+            self.new_fixed = None
+        if not gone.intersection(self.order):
+            return
+        keep = [i for i, s in enumerate(self.order) if s not in gone]
+        self.order = [self.order[i] for i in keep]
+        if not keep:
+            self.past, self.fixed, self.bias, self.mask, self.pos, self.inp = [], {}, None, None, None, None
+            return
+        idx = np.asarray(keep)
+        real = (self.bias[idx, 0, 0, :] == 0) if self.seq2seq else (self.mask[idx] != 0)
+        lead = int(np.argmax(real.any(0))) if real.any() else 0  # leading columns every remaining row pads
+        self.past = [self._dev(np.ascontiguousarray(self._host(p)[idx][:, :, lead:])) for p in self.past]
+        self.inp, self.pos = self.inp[idx], self.pos[idx]
+        if self.seq2seq:
+            self.bias = np.ascontiguousarray(self.bias[idx][..., lead:])
+            eb = self._host(self.fixed["encoder_bias"])[idx]
+            s = int((eb[:, 0, 0, :] == 0).sum(1).max())  # sources are right-padded
+            fixed = {}
+            for name, v in self.fixed.items():
+                a = self._host(v)[idx]
+                a = a[..., :s] if name == "encoder_bias" or name.startswith("cross_k") else a[:, :, :s]
+                fixed[name] = self._dev(np.ascontiguousarray(a))
+            self.fixed = fixed
+        else:
+            self.mask = np.ascontiguousarray(self.mask[idx][:, lead:])

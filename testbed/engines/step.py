@@ -1,0 +1,247 @@
+"""The batched decoding hook: :class:`StepBatch`, the engine's tensors for rows that decode together.
+
+Every engine decodes a batch through one object it returns from ``Engine._open_batch()``.  The
+engine owns the tensors; whoever drives the batch (:class:`testbed.engines.stream.BatchStream`,
+which the server's scheduler and the in-process paths use) owns time and order and takes every
+timestamp.  Rows are named by integer *slots* the driver chooses.
+
+* :meth:`StepBatch.admit` takes new rows: the encoder pass of a seq2seq model runs here (the
+  driver stamps ``encoder_done`` when it returns, if :attr:`reports_encoder`); the rows then wait
+  as *pending*.
+* :meth:`StepBatch.prefill` gives every pending row its first token (seq2seq: the first decoder
+  step over the new rows; decoder-only: the prompt) and joins them to the running rows.
+* :meth:`StepBatch.step` runs one decoding step of every running row and returns each row's next
+  token.
+* :meth:`StepBatch.evict` drops rows (finished, cancelled, past their deadline) at once; their
+  slots are free for the next :meth:`admit`.
+
+``join_running`` says whether :meth:`admit` may be called while rows are running (continuous,
+iteration-level batching); an engine whose runtime cannot add a row to a running batch
+(CTranslate2) sets it False and says why in ``join_refusal``.  Greedy decoding only; EOS is masked
+for a row while ``Prepared.eos_allowed(generated)`` is False (min_tokens / ignore_eos), which the
+batch tracks itself from the tokens it produced.
+
+``padding`` counts, over every forward pass, the key/value positions computed or attended over
+(``total``) and how many of them were padding (``padded``): what a padded batch wastes.
+
+:class:`LockstepBatch` is the fallback for engines that declare they cannot batch
+(``capabilities.batching == "lockstep"``): one ``_decode`` generator per row, advanced in turn.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from testbed.engines.base import Engine, Prepared
+
+BATCHING_KINDS = ("continuous", "static", "lockstep")
+"""What an engine's batched decoding is: ``continuous`` (rows join and leave between steps),
+``static`` (a real batched forward, but rows cannot join a running batch), ``lockstep`` (no batched
+forward: single-row decodes advanced in turn)."""
+
+
+@dataclass
+class Padding:
+    """Key/value positions of the forward passes so far: all of them, and the padded ones."""
+
+    total: int = 0
+    padded: int = 0
+
+    def add(self, total: int, padded: int) -> None:
+        self.total += int(total)
+        self.padded += int(padded)
+
+    @property
+    def fraction(self) -> float | None:
+        return self.padded / self.total if self.total else None
+
+
+class StepBatch(ABC):
+    """Rows decoding together (see the module docstring for the protocol)."""
+
+    reports_encoder: bool = False
+    join_running: bool = True
+    join_refusal: str = ""
+
+    def __init__(self) -> None:
+        self.prepared: dict[int, Prepared] = {}
+        self.generated: dict[int, int] = {}
+        self.padding = Padding()
+
+    # ------------------------------------------------------------------ driver API
+    @property
+    def slots(self) -> list[int]:
+        return list(self.prepared)
+
+    def admit(self, rows: Mapping[int, Prepared]) -> None:
+        if not rows:
+            return
+        taken = [s for s in rows if s in self.prepared]
+        if taken:
+            raise ValueError(f"slots {taken} are already in the batch")
+        if self.prepared and self.has_running() and not self.join_running:
+            raise RuntimeError(f"this engine cannot add rows to a running batch: {self.join_refusal}")
+        for s, p in rows.items():
+            self.prepared[s] = p
+            self.generated[s] = 0
+        self._admit(dict(rows))
+
+    def prefill(self) -> dict[int, int]:
+        out = self._prefill()
+        self._count(out)
+        return out
+
+    def step(self) -> dict[int, int]:
+        out = self._step() if self.has_running() else {}
+        self._count(out)
+        return out
+
+    def evict(self, slots: Iterable[int]) -> None:
+        gone = [s for s in slots if s in self.prepared]
+        if not gone:
+            return
+        self._evict(gone)
+        for s in gone:
+            del self.prepared[s]
+            del self.generated[s]
+
+    def close(self) -> None:
+        self.evict(list(self.prepared))
+
+    def no_eos(self, slots: Iterable[int]) -> list[int]:
+        """Positions (in ``slots`` order) of the rows that may not choose EOS at their next token."""
+        return [i for i, s in enumerate(slots) if not self.prepared[s].eos_allowed(self.generated[s])]
+
+    def _count(self, out: Mapping[int, int]) -> None:
+        for s in out:
+            self.generated[s] += 1
+
+    # ------------------------------------------------------------------ engine hooks
+    @abstractmethod
+    def has_pending(self) -> bool: ...
+
+    @abstractmethod
+    def has_running(self) -> bool: ...
+
+    @abstractmethod
+    def _admit(self, rows: dict[int, Prepared]) -> None: ...
+
+    @abstractmethod
+    def _prefill(self) -> dict[int, int]: ...
+
+    @abstractmethod
+    def _step(self) -> dict[int, int]: ...
+
+    @abstractmethod
+    def _evict(self, slots: list[int]) -> None: ...
+
+
+class LockstepBatch(StepBatch):
+    """No batched forward: each row's ``_decode`` generator, advanced one token per step."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__()
+        self.engine = engine
+        self.gens: dict[int, Generator[object, None, None]] = {}
+        self.first: dict[int, int | None] = {}  # pending rows: their first token if _decode gave it early
+        self.running: list[int] = []
+        self.reports_encoder = False  # set by _admit: True when the rows' _decode reported their encoder pass
+
+    def has_pending(self) -> bool:
+        return bool(self.first)
+
+    def has_running(self) -> bool:
+        return bool(self.running)
+
+    def _next(self, s: int) -> int | None:
+        from testbed.engines.base import ENCODER_DONE
+
+        g = self.gens.get(s)
+        if g is None:
+            return None
+        try:
+            item = next(g)
+            while item is ENCODER_DONE:
+                item = next(g)
+            return int(item)  # type: ignore[call-overload]
+        except StopIteration:
+            self.gens.pop(s, None)
+            return None
+
+    def _admit(self, rows: dict[int, Prepared]) -> None:
+        from testbed.engines.base import ENCODER_DONE
+
+        for s, p in rows.items():
+            g = self.engine._decode(p)
+            self.gens[s] = g
+            try:
+                item = next(g)  # the encoder pass (seq2seq) or, for an engine that reports none, a token
+            except StopIteration:
+                self.gens.pop(s)
+                self.first[s] = None
+                continue
+            self.first[s] = None if item is ENCODER_DONE else int(item)  # type: ignore[call-overload]
+        self.reports_encoder = bool(rows) and all(self.first[s] is None and s in self.gens for s in rows)
+
+    def _prefill(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for s, tok in list(self.first.items()):
+            t = tok if tok is not None else self._next(s)
+            if t is not None:
+                out[s] = t
+            self.running.append(s)
+        self.first.clear()
+        return out
+
+    def _step(self) -> dict[int, int]:
+        out: dict[int, int] = {}
+        for s in self.running:
+            t = self._next(s)
+            if t is not None:
+                out[s] = t
+        return out
+
+    def _evict(self, slots: list[int]) -> None:
+        for s in slots:
+            g = self.gens.pop(s, None)
+            if g is not None:
+                g.close()
+            self.first.pop(s, None)
+            if s in self.running:
+                self.running.remove(s)
+
+
+def pad_left(arr: Any, width: int, axis: int, value: float = 0.0) -> Any:
+    """``arr`` (numpy or torch) padded on the left of ``axis`` to ``width`` with ``value``."""
+    n = arr.shape[axis]
+    if n >= width:
+        return arr
+    shape = list(arr.shape)
+    shape[axis] = width - n
+    if hasattr(arr, "new_full"):  # torch
+        import torch
+
+        return torch.cat([arr.new_full(shape, value), arr], dim=axis)
+    import numpy as np
+
+    return np.concatenate([np.full(shape, value, dtype=arr.dtype), arr], axis=axis)
+
+
+def pad_right(arr: Any, width: int, axis: int, value: float = 0.0) -> Any:
+    """``arr`` (numpy or torch) padded on the right of ``axis`` to ``width`` with ``value``."""
+    n = arr.shape[axis]
+    if n >= width:
+        return arr
+    shape = list(arr.shape)
+    shape[axis] = width - n
+    if hasattr(arr, "new_full"):
+        import torch
+
+        return torch.cat([arr, arr.new_full(shape, value)], dim=axis)
+    import numpy as np
+
+    return np.concatenate([arr, np.full(shape, value, dtype=arr.dtype)], axis=axis)
