@@ -224,8 +224,13 @@ def load_tokenizer(path: Path, fam: Family, src_lang: str | None = None, tgt_lan
     return tok
 
 
-def load_spec(path: Path, src_lang: str | None = None, tgt_lang: str | None = None) -> tuple[DecodingSpec, Any]:
-    """The :class:`DecodingSpec` of the checkpoint in ``path`` and its tokenizer (set up for the languages)."""
+def load_spec(path: Path, src_lang: str | None = None, tgt_lang: str | None = None, *,
+              need_languages: bool = True) -> tuple[DecodingSpec, Any]:
+    """The :class:`DecodingSpec` of the checkpoint in ``path`` and its tokenizer (set up for the languages).
+
+    ``need_languages=False`` (the exporter: graphs do not depend on the language pair) accepts a
+    multilingual checkpoint without ``tgt_lang``; its spec then has no forced target-language BOS.
+    """
     path = Path(path)
     cfg = read_json(path / "config.json")
     gen = read_json(path / "generation_config.json")
@@ -233,7 +238,9 @@ def load_spec(path: Path, src_lang: str | None = None, tgt_lang: str | None = No
     fam = family_of(cfg, tok_cfg.get("tokenizer_class"), str(path))
     tok = load_tokenizer(path, fam, src_lang, tgt_lang)
     languages = _languages(tok) if fam.languages else ()
-    forced_lang = _check_languages(fam, tok, src_lang, tgt_lang, languages)
+    forced_lang = None
+    if need_languages or src_lang is not None or tgt_lang is not None:
+        forced_lang = _check_languages(fam, tok, src_lang, tgt_lang, languages)
     return build_spec(cfg, gen, tok, fam, src_lang, tgt_lang, languages, forced_lang), tok
 
 
