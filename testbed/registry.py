@@ -70,6 +70,24 @@ def content_hash(path: Path, length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json", "chat_template.jinja")
+TOKENIZER_SUFFIXES = (".spm", ".model")
+
+
+def tokenizer_hash(path: Path, length: int = 12) -> str:
+    """sha256 over a checkpoint's tokenizer files: part of the key of every artefact that bakes the
+    vocabulary in (a CTranslate2 model) or copies it (an ONNX artefact), next to :func:`content_hash`."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and (
+            p.name in TOKENIZER_FILES or p.suffix in TOKENIZER_SUFFIXES)):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:length]
+
+
 def _embedded_dir(name: str) -> Path:
     return Path(str(resources.files("testbed.models").joinpath(name)))
 

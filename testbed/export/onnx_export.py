@@ -24,7 +24,7 @@ from typing import Any
 
 from testbed.artifacts import ArtifactError, build
 from testbed.errors import ConfigError
-from testbed.registry import ModelInfo, content_hash, resolve_model
+from testbed.registry import ModelInfo, content_hash, resolve_model, tokenizer_hash
 
 EXPORTER_VERSION = 3
 # per architecture: a change to one architecture's graphs re-exports only its artefacts
@@ -101,7 +101,8 @@ def model_type(src: Path) -> str:
 
 def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str) -> dict[str, Any]:
     key: dict[str, Any] = {
-        "format": "onnx", "model": info.name, "model_hash": content_hash(src), "precision": precision,
+        "format": "onnx", "model": info.name, "model_hash": content_hash(src), "tokenizer_hash": tokenizer_hash(src),
+        "precision": precision,
         "pruning": pruning, "exporter_version": GRAPH_VERSION.get(info.architecture, EXPORTER_VERSION), "opset": OPSET,
         "tools": tool_versions(),
     }

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.errors import ConfigError
-from testbed.registry import ModelInfo, content_hash
+from testbed.registry import ModelInfo, content_hash, tokenizer_hash
 
 # Bump when a conversion with the same key would produce something different.
 CONVERTER_VERSION = 2
@@ -230,7 +230,8 @@ def ct2_model_dir(
         raise ConfigError("precision", precision, ", ".join(QUANTIZATION), "(CTranslate2 conversion)")
     quant = QUANTIZATION[precision]
     ckpt = checkpoint_dir(model_info, pruning)
-    key = {"source": model_info.name, "model_hash": content_hash(ckpt), "pruning": spec_str(pruning),
+    key = {"source": model_info.name, "model_hash": content_hash(ckpt), "tokenizer_hash": tokenizer_hash(ckpt),
+           "pruning": spec_str(pruning),
            "quantization": quant, "ctranslate2": ctranslate2.__version__,
            "transformers": transformers.__version__, "converter_version": CONVERTER_VERSION}
     say = log or (lambda m: print(m, file=sys.stderr))
