@@ -43,6 +43,10 @@ def _engine_args(p: argparse.ArgumentParser, default_model: str, warmup_flag: bo
     g.add_argument("--pruning", default="none", help="none (default), unstructured:S or structured:F")
     g.add_argument("--threads", type=int, default=None, help="intra-op threads (default: runtime default)")
     g.add_argument("--max-new-tokens", type=int, default=None, help="generated tokens at most (default 128, chat 256)")
+    g.add_argument("--src-lang", default=None,
+                   help="source language code of a multilingual model (mBART en_XX, M2M100 en, NLLB eng_Latn)")
+    g.add_argument("--tgt-lang", default=None,
+                   help="target language code of a multilingual model (needed by mBART, M2M100, NLLB)")
     if warmup_flag:
         g.add_argument("--no-warmup", dest="warmup", action="store_false",
                        help="time the very first (cold) request too; by default one warm-up request runs first")
@@ -54,7 +58,7 @@ def _config(args: argparse.Namespace, default_new: int = 128) -> EngineConfig:
     return EngineConfig(
         model=args.model, engine=args.engine, precision=args.precision, device=args.device,
         threads=args.threads, max_new_tokens=args.max_new_tokens or default_new, on_overflow=args.on_overflow,
-        pruning=args.pruning,
+        pruning=args.pruning, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
     )
 
 

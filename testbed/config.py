@@ -47,8 +47,11 @@ DEFAULT_CHAT_MODEL = "smollm2-135m-instruct"
 class EngineConfig:
     """One serving configuration: which model on which engine, at which precision, where.
 
-    ``threads=None`` keeps the runtime's default; ``max_input_tokens=None`` uses the model's own
-    limit.  ``on_overflow`` decides what happens to an input longer than that limit:
+    ``src_lang`` / ``tgt_lang``: source and target language codes for the multilingual families
+    (mBART, M2M100, NLLB; checked against the tokenizer when the engine loads, and refused by
+    families without languages).  ``threads=None`` keeps the runtime's default;
+    ``max_input_tokens=None`` uses the model's own limit.  ``on_overflow`` decides what happens to
+    an input longer than that limit:
     ``truncate`` (default: keep the first tokens and attach a visible warning to the result)
     or ``refuse`` (raise :class:`testbed.errors.InputError`).
     """
@@ -62,6 +65,8 @@ class EngineConfig:
     max_input_tokens: int | None = None
     on_overflow: str = "truncate"
     pruning: str = "none"
+    src_lang: str | None = None
+    tgt_lang: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model.strip():
@@ -81,6 +86,11 @@ class EngineConfig:
         if self.on_overflow not in OVERFLOW_POLICIES:
             raise ConfigError("on_overflow", self.on_overflow, ", ".join(OVERFLOW_POLICIES))
         parse_pruning(self.pruning)
+        for name in ("src_lang", "tgt_lang"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip() or " " in value):
+                raise ConfigError(name, value, "a language code of the model's tokenizer (e.g. de, de_DE, deu_Latn), "
+                                  "or unset")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

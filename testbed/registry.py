@@ -70,6 +70,24 @@ def content_hash(path: Path, length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "added_tokens.json", "chat_template.jinja")
+TOKENIZER_SUFFIXES = (".spm", ".model")
+
+
+def tokenizer_hash(path: Path, length: int = 12) -> str:
+    """sha256 over a checkpoint's tokenizer files: part of the key of every artefact that bakes the
+    vocabulary in (a CTranslate2 model) or copies it (an ONNX artefact), next to :func:`content_hash`."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.iterdir() if p.is_file() and (
+            p.name in TOKENIZER_FILES or p.suffix in TOKENIZER_SUFFIXES)):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:length]
+
+
 def _embedded_dir(name: str) -> Path:
     return Path(str(resources.files("testbed.models").joinpath(name)))
 
@@ -117,9 +135,13 @@ def info_from_config(path: Path, name: str | None = None, source: str | None = N
             f"{path} is a directory but holds no config.json: it is not a Hugging Face checkpoint"
         )
     cfg: dict[str, Any] = json.loads(cfg_file.read_text())
-    seq2seq = bool(cfg.get("is_encoder_decoder"))
+    from testbed.spec import FAMILIES
+
+    fam = FAMILIES.get(str(cfg.get("model_type")))  # unknown families are refused when an engine loads
+    seq2seq = fam.architecture == "seq2seq" if fam else bool(cfg.get("is_encoder_decoder"))
+    task = fam.task if fam else ("translation" if seq2seq else "chat")
     return ModelInfo(
-        name=name or path.name, task="translation" if seq2seq else "chat",
+        name=name or path.name, task=task,
         architecture="seq2seq" if seq2seq else "causal", source=source or f"local: {path}",
         description=", ".join(cfg.get("architectures") or [cfg.get("model_type", "?")]), path=path,
     )

@@ -42,6 +42,7 @@ from testbed.engines.types import (
 )
 from testbed.errors import ConfigError, InputError
 from testbed.registry import ModelInfo, content_hash, resolve_model
+from testbed.spec import DecodingSpec
 
 __all__ = [
     "ENCODER_DONE", "BatchStream", "Capabilities", "Detokenizer", "Engine", "Generation", "GenerationRequest",
@@ -66,6 +67,8 @@ class Engine(ABC):
                 f"(engine {self.name} does not run {self.model_info.architecture} models)",
             )
         self.tokenizer: Any = None
+        # how the checkpoint decodes (set by engines that load a real checkpoint; None for fake engines)
+        self.spec: DecodingSpec | None = None
         self.eos_token_ids: frozenset[int] = frozenset()
         self.model_max_input: int = 512
         self.load_ns: int | None = None
@@ -104,6 +107,8 @@ class Engine(ABC):
             msgs = list(request.messages)
             if not msgs or not any((m.get("content") or "").strip() for m in msgs):
                 raise InputError("empty chat: at least one message with non-empty content is needed")
+            if self.spec is not None and not self.spec.chat_template:
+                return self._encode_untemplated(msgs)
             ids = self.tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
             if isinstance(ids, dict) or hasattr(ids, "input_ids"):
                 ids = ids["input_ids"]
@@ -111,8 +116,23 @@ class Engine(ABC):
         text = request.text
         if text is None or not text.strip():
             raise InputError("empty input: give a non-empty sentence or prompt")
-        if self.is_chat:
+        if self.is_chat and (self.spec is None or self.spec.chat_template):
             return self.encode_input(GenerationRequest(messages=({"role": "user", "content": text},)))
+        return [int(i) for i in self.tokenizer(text)["input_ids"]]
+
+    def _encode_untemplated(self, msgs: list[dict[str, str]]) -> list[int]:
+        """Chat messages for a model whose tokenizer has no chat template.
+
+        A seq2seq dialogue model (BlenderBot) reads the conversation as one text, its turns joined
+        by the family's separator; a decoder-only model without a template (GPT-2) completes text
+        and has no roles to map messages onto, so messages are refused.
+        """
+        assert self.spec is not None
+        if not self.spec.seq2seq:
+            raise InputError(f"this {self.spec.family} model has no chat template: send text (a prompt to "
+                             "complete), not chat messages")
+        turns = [(m.get("content") or "").strip() for m in msgs if m.get("role") != "system"]
+        text = self.spec.turn_separator.join(turns)
         return [int(i) for i in self.tokenizer(text)["input_ids"]]
 
     def prepare(self, request: GenerationRequest) -> Prepared:
@@ -134,6 +154,11 @@ class Engine(ABC):
         max_new = request.max_new_tokens or self.config.max_new_tokens
         if max_new < 1:
             raise InputError(f"max_new_tokens={max_new}: must be >= 1")
+        spec = self.spec
+        room = spec.new_token_limit(len(ids)) if spec is not None else None
+        if spec is not None and room is not None and max_new > room:  # past the position table engines fail
+            warnings += (f"max_new_tokens capped to {room}: the model has {spec.max_positions} positions",)
+            max_new = room
         min_new = max_new if request.ignore_eos else request.min_new_tokens
         if request.ignore_eos or min_new:
             if not self.capabilities.eos_control:

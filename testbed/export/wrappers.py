@@ -18,7 +18,8 @@ Graphs (``B`` batch, ``S`` source length, ``T`` cached length, ``H`` heads, ``D`
   past_k.i / past_v.i (B,H,T,D), cross_k.i / cross_v.i -> logits (B,V) and present_k.i /
   present_v.i (B,H,T+1,D).  The first step passes T = 0 (empty past), so one decoder graph serves
   every step, and rows at different positions share a step (continuous batching).
-* causal (Llama): ``decoder``: input_ids (B,L), attention_mask (B,T+L), position_ids (B,L),
+* causal (Llama, Qwen2 (its q/k/v biases are in the projections), GPT-2): ``decoder``:
+  input_ids (B,L), attention_mask (B,T+L), position_ids (B,L),
   past_k.i / past_v.i (B,Hkv,T,D) -> logits (B,V) of the last position and present_k.i /
   present_v.i.  Prefill is the same graph with T = 0.
 
@@ -224,4 +225,43 @@ class LlamaDecoderGraph(nn.Module):
             x = x + att.o_proj(_merge_heads(_attend(q, k, v, bias, att.scaling)))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.head(self.norm(x[:, -1:, :])).squeeze(1)
+        return (logits, *presents)
+
+
+# --------------------------------------------------------------------------- GPT-2
+class GPT2DecoderGraph(nn.Module):
+    """Prefill or one step of GPT-2 (learned positions, fused q/k/v ``Conv1D``, pre-norm, tied head)
+    with the same inputs and outputs as :class:`LlamaDecoderGraph`."""
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        cfg = model.config
+        t = model.transformer
+        self.wte, self.wpe, self.blocks, self.ln_f = t.wte, t.wpe, t.h, t.ln_f
+        self.heads = cfg.n_head
+        self.dim = cfg.n_embd // self.heads
+        self.n_embd = cfg.n_embd
+        self.head = _untied_head(model.lm_head.weight, getattr(model.lm_head, "bias", None))
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        b, length = input_ids.shape
+        t = past[0].shape[2]
+        x = self.wte(input_ids) + self.wpe(position_ids)
+        i = torch.arange(length).unsqueeze(1)
+        j = torch.arange(t + length).unsqueeze(0)
+        allowed = (j <= i + t).view(1, 1, length, t + length) & attention_mask.bool().view(b, 1, 1, t + length)
+        bias = (~allowed).to(torch.float32) * MASK_VALUE
+        presents: list[torch.Tensor] = []
+        for li, block in enumerate(self.blocks):
+            att = block.attn
+            q, k, v = att.c_attn(block.ln_1(x)).split(self.n_embd, dim=2)
+            q, k, v = (_split_heads(z, self.heads, self.dim) for z in (q, k, v))
+            k = torch.cat([past[2 * li], k], dim=2)
+            v = torch.cat([past[2 * li + 1], v], dim=2)
+            presents += [k, v]
+            x = x + att.c_proj(_merge_heads(_attend(q, k, v, bias, att.scaling)))
+            x = x + block.mlp(block.ln_2(x))
+        logits = self.head(self.ln_f(x[:, -1:, :])).squeeze(1)
         return (logits, *presents)

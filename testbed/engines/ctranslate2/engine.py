@@ -7,8 +7,9 @@
   one request decodes at a time, as in the other engines).
 * Tokenisation is the torch engine's (:meth:`Engine.prepare` gives token ids); CTranslate2 takes
   token strings, so the ids are converted with the same tokenizer, and output ids are mapped back
-  through the converted model's vocabulary.  Stop tokens are the same set the torch engine uses;
-  Marian's ``<pad>`` (its decoder start token) is suppressed as an output, as in ``generate()``.
+  through the converted model's vocabulary.  Stop tokens, banned ids (Marian's ``<pad>``), the
+  forced target-language BOS (a ``target_prefix``, left out of the result) and the input limit
+  come from the checkpoint's :class:`testbed.spec.DecodingSpec`, shared with the other engines.
 * Streaming uses CTranslate2's per-step callback on an asynchronous request (what
   ``generate_tokens`` does); each token id is yielded when its step result reaches this thread.
   CTranslate2 does not expose the end of the encoder pass, so this engine **never yields
@@ -27,6 +28,7 @@ from typing import Any
 from testbed.engines.base import Capabilities, Engine, Prepared
 from testbed.engines.ctranslate2.convert import QUANTIZATION, ct2_model_dir
 from testbed.errors import ConfigError
+from testbed.spec import load_spec
 
 _GPU_ONLY = ("cuda",)
 
@@ -82,7 +84,6 @@ class CTranslate2Engine(Engine):
 
     def _load(self) -> None:
         import ctranslate2
-        from transformers import AutoTokenizer
 
         from testbed.prune import checkpoint_dir
 
@@ -99,34 +100,21 @@ class CTranslate2Engine(Engine):
             raise ConfigError("precision", cfg.precision, ", ".join(ok),
                               f"(CTranslate2 on this {cfg.device} supports compute types {', '.join(supported)})")
         self.checkpoint_path = checkpoint_dir(self.model_info, cfg.pruning)
+        self.spec, self.tokenizer = load_spec(self.checkpoint_path, cfg.src_lang, cfg.tgt_lang)
+        spec = self.spec
         self.ct2_path = ct2_model_dir(self.model_info, cfg.precision, cfg.pruning)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_path)
         kw = {"device": cfg.device, "compute_type": compute, "inter_threads": 1, "intra_threads": cfg.threads or 0}
-        self.seq2seq = self.model_info.architecture == "seq2seq"
+        self.seq2seq = spec.seq2seq
         self.model: Any = (ctranslate2.Translator if self.seq2seq else ctranslate2.Generator)(str(self.ct2_path), **kw)
-
-        hf_cfg = json.loads((self.checkpoint_path / "config.json").read_text())
-        gen_file = self.checkpoint_path / "generation_config.json"
-        gen_cfg = json.loads(gen_file.read_text()) if gen_file.is_file() else {}
-        eos: set[int] = set()
-        for src in (hf_cfg.get("eos_token_id"), gen_cfg.get("eos_token_id"), self.tokenizer.eos_token_id):
-            if isinstance(src, int):
-                eos.add(src)
-            elif isinstance(src, (list, tuple)):
-                eos.update(int(x) for x in src)
-        self.eos_token_ids = frozenset(eos)
-        self.end_tokens = self.tokenizer.convert_ids_to_tokens(sorted(eos))
+        self.eos_token_ids = spec.eos_token_ids
+        self.end_tokens = self.tokenizer.convert_ids_to_tokens(sorted(spec.eos_token_ids))
         self._vocab_ids = self._vocabulary_map(self.ct2_path)
-        pad = hf_cfg.get("pad_token_id")
-        max_pos = int(hf_cfg.get("max_position_embeddings") or 512)
-        self.suppress: list[list[str]] | None = None
-        if self.seq2seq:
-            start = hf_cfg.get("decoder_start_token_id", pad)
-            if pad is not None and pad == start:  # Marian: starts with <pad>, never emits it
-                self.suppress = [[self.tokenizer.convert_ids_to_tokens(pad)]]
-            self.model_max_input = max_pos
-        else:
-            self.model_max_input = max(16, max_pos - cfg.max_new_tokens)
+        to_tokens = self.tokenizer.convert_ids_to_tokens
+        self.suppress = [[to_tokens(b)] for b in spec.banned_ids] or None  # Marian's <pad>
+        # the forced target-language BOS goes in as a target prefix (the decoder start is in the model)
+        forced = spec.forced_bos_token_id
+        self.target_prefix: list[str] | None = [to_tokens(forced)] if self.seq2seq and forced is not None else None
+        self.model_max_input = spec.input_limit(cfg.max_new_tokens)
 
     def _vocabulary_map(self, path: Path) -> list[int] | None:
         """CTranslate2 target-vocabulary index -> tokenizer id (None when they are the same)."""
@@ -153,17 +141,25 @@ class CTranslate2Engine(Engine):
     def _options(self, max_new: int) -> dict[str, Any]:
         common: dict[str, Any] = {"end_token": self.end_tokens, "suppress_sequences": self.suppress}
         if self.seq2seq:
-            # our prepare() already applied the input policy: no second truncation
-            return {**common, "max_decoding_length": max_new, "max_input_length": 0}
+            # our prepare() already applied the input policy: no second truncation.  A target
+            # prefix is not generated: the decoding length counts it, the result leaves it out
+            n_prefix = len(self.target_prefix or ())
+            return {**common, "max_decoding_length": max_new + n_prefix, "max_input_length": 0}
         return {**common, "max_length": max_new, "include_prompt_in_result": False}
 
     # ------------------------------------------------------------------ decoding
     def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
         # no ENCODER_DONE: CTranslate2 does not report when its encoder pass ends
         process = self.model.translate_batch if self.seq2seq else self.model.generate_batch
-        steps = stream_steps(process, [self._tokens(prepared)], **self._options(prepared.max_new_tokens))
+        opts = self._options(prepared.max_new_tokens)
+        if self.target_prefix:
+            opts["target_prefix"] = [self.target_prefix]
+        steps = stream_steps(process, [self._tokens(prepared)], **opts)
+        skip = len(self.target_prefix or ()) if self.seq2seq else 0  # the prefix comes back as steps too
         try:
             for step in steps:
+                if step.step < skip:
+                    continue
                 tid = self._hf_id(int(step.token_id))
                 yield tid
                 if tid in self.eos_token_ids:
@@ -177,10 +173,13 @@ class CTranslate2Engine(Engine):
         opts = self._options(max(limits))
         outs: list[list[int]] = []
         if self.seq2seq:
+            if self.target_prefix:
+                opts["target_prefix"] = [self.target_prefix] * len(sources)
             results = self.model.translate_batch(sources, beam_size=1, return_end_token=True, **opts)
             ids_of = self.tokenizer.convert_tokens_to_ids
+            skip = len(self.target_prefix or ())
             for r in results:
-                outs.append([int(i) for i in ids_of(r.hypotheses[0])])
+                outs.append([int(i) for i in ids_of(r.hypotheses[0])][skip:])
         else:
             results = self.model.generate_batch(sources, beam_size=1, return_end_token=True, **opts)
             for r in results:

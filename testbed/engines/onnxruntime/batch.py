@@ -95,10 +95,13 @@ class OrtBatch(StepBatch):
         m = self.m
         assert self.new_fixed is not None
         fixed, self.new_fixed = self.new_fixed, None
-        inp = np.full((n, 1), int(m.meta["decoder_start_token_id"]), dtype=np.int64)
-        pos = np.zeros((n, 1), dtype=np.int64)
-        bias = np.zeros((n, 1, 1, 1), dtype=m.bias_dtype)
-        logits, past = m._step(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, m._empty_past(n))
+        # the decoder prefix (start token, then a forced target-language BOS), one token per step
+        past = m._empty_past(n)
+        for k, tok in enumerate(self.e.prefix):
+            inp = np.full((n, 1), tok, dtype=np.int64)
+            pos = np.full((n, 1), k, dtype=np.int64)
+            bias = np.zeros((n, 1, 1, k + 1), dtype=m.bias_dtype)
+            logits, past = m._step(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, past)
         nxt = self._pick(logits, slots)
         self._join(slots, past, nxt.reshape(n, 1), pos + 1, bias=bias, fixed=fixed)
         return dict(zip(slots, nxt.tolist()))

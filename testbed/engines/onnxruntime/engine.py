@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from testbed.clock import Clock, now_ns
 from testbed.config import EngineConfig
 from testbed.engines.base import Capabilities, Engine, StepBatch
+from testbed.spec import load_spec
 
 
 class OnnxRuntimeEngine(Engine):
@@ -43,7 +44,6 @@ class OnnxRuntimeEngine(Engine):
         self.io_binding = io_binding
 
     def _load(self) -> None:
-        from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         from testbed.engines.onnxruntime.runner import OrtModel, SessionSettings
@@ -57,15 +57,14 @@ class OnnxRuntimeEngine(Engine):
                                    graph_opt=self.graph_opt, fp16=cfg.precision == "fp16",
                                    io_binding=self.io_binding)
         self.ort = OrtModel(self.artifact, settings)
-        meta = self.ort.meta
-        self.tokenizer = AutoTokenizer.from_pretrained(self.artifact)
-        self.eos_token_ids = frozenset(int(e) for e in meta["eos_token_ids"])
-        self.pad_id = int(meta["pad_token_id"]) if meta["pad_token_id"] is not None else 0
-        self.banned = [int(b) for b in meta["banned"]]
-        if self.model_info.architecture == "seq2seq":
-            self.model_max_input = int(meta["max_positions"])
-        else:
-            self.model_max_input = max(16, int(meta["max_positions"]) - cfg.max_new_tokens)
+        # the artefact holds the checkpoint's config, generation config and tokenizer
+        self.spec, self.tokenizer = load_spec(self.artifact, cfg.src_lang, cfg.tgt_lang)
+        spec = self.spec
+        self.eos_token_ids = spec.eos_token_ids
+        self.pad_id = spec.pad_token_id if spec.pad_token_id is not None else 0
+        self.banned = list(spec.banned_ids)
+        self.prefix = list(spec.decoder_prefix)
+        self.model_max_input = spec.input_limit(cfg.max_new_tokens)
 
     def _close(self) -> None:
         self.ort = None  # type: ignore[assignment]

@@ -54,7 +54,7 @@ class TorchBatch(StepBatch):
         super().__init__()
         self.e = engine
         self.torch = engine._torch
-        self.seq2seq = engine.model_info.architecture == "seq2seq"
+        self.seq2seq = engine.seq2seq
         self.reports_encoder = self.seq2seq
         self.chunked_prefill = not self.seq2seq
         self.pf: dict[str, Any] | None = None  # decoder-only: a prefill in progress (chunk by chunk)
@@ -106,10 +106,13 @@ class TorchBatch(StepBatch):
             from transformers import DynamicCache, EncoderDecoderCache
 
             cache: Any = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            inp = torch.full((n, 1), self.e.start_id, dtype=torch.long, device=self.e.device)
-            mask = torch.ones((n, 1), dtype=torch.long, device=self.e.device)
-            pos = torch.zeros((n, 1), dtype=torch.long, device=self.e.device)
+            # the decoder prefix: the start token, then a forced target-language BOS if any
+            k = len(self.e.prefix)
+            inp = torch.tensor([self.e.prefix] * n, dtype=torch.long, device=self.e.device)
+            mask = torch.ones((n, k), dtype=torch.long, device=self.e.device)
+            pos = torch.arange(k, device=self.e.device).unsqueeze(0).expand(n, k)
             logits = self._forward_seq2seq(inp, mask, pos, cache, self.new_enc, self.new_enc_mask)
+            pos = pos[:, -1:]
             enc, enc_mask = self.new_enc, self.new_enc_mask
             self.new_enc = self.new_enc_mask = None
             nxt = self.e._pick(logits, self.no_eos(slots))

@@ -8,8 +8,9 @@ int8 = dynamic int8 quantisation of every ``nn.Linear`` (CPU only).  A pruned mo
 
 Decoding is :class:`testbed.engines.torch.batch.TorchBatch` (rows join and leave between steps). For
 seq2seq models the encoder runs once per row (``encoder_done`` is stamped after it), and the decoder
-reuses its cross-attention keys/values from the cache.  Marian never emits its pad token (the
-decoder start token), as in Hugging Face ``generate()``, so the pad logit is masked.
+reuses its cross-attention keys/values from the cache.  What decodes how (stop ids, the decoder
+prefix: start token and forced target-language BOS, banned ids such as Marian's pad, input
+limits) is the checkpoint's :class:`testbed.spec.DecodingSpec`, shared with the other engines.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from testbed.engines.base import Capabilities, Engine, Prepared, StepBatch
 from testbed.errors import ConfigError
+from testbed.spec import load_spec
 
 
 class TorchEngine(Engine):
@@ -35,7 +37,7 @@ class TorchEngine(Engine):
 
     def _load(self) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -53,8 +55,10 @@ class TorchEngine(Engine):
 
         path = checkpoint_dir(self.model_info, cfg.pruning)  # the source, or its pruned copy (cached)
         self.checkpoint_path = path
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        auto = AutoModelForSeq2SeqLM if self.model_info.architecture == "seq2seq" else AutoModelForCausalLM
+        self.spec, self.tokenizer = load_spec(path, cfg.src_lang, cfg.tgt_lang)
+        spec = self.spec
+        self.seq2seq = spec.seq2seq
+        auto = AutoModelForSeq2SeqLM if spec.seq2seq else AutoModelForCausalLM
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
         model: Any = auto.from_pretrained(path, dtype=dtype)
         model.eval()
@@ -64,32 +68,19 @@ class TorchEngine(Engine):
             model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
         self.device = torch.device(cfg.device)
         self.model: Any = model.to(self.device)
-        mcfg = model.config
-        gen = getattr(model, "generation_config", None)
-        eos: set[int] = set()
-        for src in (mcfg.eos_token_id, getattr(gen, "eos_token_id", None), self.tokenizer.eos_token_id):
-            if isinstance(src, int):
-                eos.add(src)
-            elif isinstance(src, (list, tuple)):
-                eos.update(int(x) for x in src)
-        self.eos_token_ids = frozenset(eos)
-        self.pad_id = mcfg.pad_token_id if mcfg.pad_token_id is not None else self.tokenizer.pad_token_id
-        max_pos = int(getattr(mcfg, "max_position_embeddings", 512) or 512)
-        if self.model_info.architecture == "seq2seq":
-            self.start_id = int(mcfg.decoder_start_token_id if mcfg.decoder_start_token_id is not None else self.pad_id)
-            # Marian-style models start decoding with pad and never emit it (as generate() does)
-            self.banned = [self.pad_id] if self.pad_id is not None and self.pad_id == self.start_id else []
-            self.model_max_input = max_pos
-        else:
-            self.banned = []
-            self.model_max_input = max(16, max_pos - cfg.max_new_tokens)
+        self.eos_token_ids = spec.eos_token_ids
+        self.pad_id = spec.pad_token_id
+        self.banned = list(spec.banned_ids)
+        # seq2seq: the decoder's first input (start token, then a forced target-language BOS)
+        self.prefix = list(spec.decoder_prefix)
+        self.model_max_input = spec.input_limit(cfg.max_new_tokens)
         self._torch = torch
         # transformers 5.x renamed the cache argument from past_key_values to cache
         params = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._positions: Any = None  # per-row decoder positions (B, 1) while a batch step runs
         self._join_ok, self._join_refusal = True, ""
-        if self.model_info.architecture == "seq2seq":
+        if self.seq2seq:
             self._hook_positions(model)
 
     def _hook_positions(self, model: Any) -> None:
@@ -133,7 +124,7 @@ class TorchEngine(Engine):
         torch = self._torch
         lengths = [len(p.input_ids) for p in prepared]
         width = max(lengths)
-        left = self.model_info.architecture != "seq2seq"
+        left = not self.seq2seq
         ids = torch.full((len(prepared), width), self.pad_id if self.pad_id is not None else 0, dtype=torch.long)
         mask = torch.zeros((len(prepared), width), dtype=torch.long)
         for i, p in enumerate(prepared):
