@@ -95,9 +95,13 @@ def test_onnxruntime_refuses_families_without_graphs(tiny, family):
 
 
 def test_near_constant_families_are_the_ones_listed(tiny):
-    """The README says which families' tiny outputs are degenerate; this keeps that list honest."""
+    """The README says which families' tiny outputs are degenerate; this keeps it from hiding one.
+
+    Only inclusion is asserted: random-weight models sit on near-ties, so whether a listed family
+    repeats one token depends on the CPU's kernels and the thread count (seen in one process: the
+    same checkpoint gave 2 distinct tokens after other tests had set torch to 1 thread, 3 before)."""
     constant = {f for f in T.FAMILIES if all(len(set(ids)) <= 2 for ids in torch_ids(tiny, f))}
-    assert constant == NEAR_CONSTANT
+    assert constant <= NEAR_CONSTANT
 
 
 def test_forced_target_language_changes_the_output_and_is_not_a_token(tiny):
