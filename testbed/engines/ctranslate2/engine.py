@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.engines.base import Capabilities, Engine, Prepared
+from testbed.engines.ctranslate2.batch import JOIN_REFUSAL, CT2Batch
 from testbed.engines.ctranslate2.convert import QUANTIZATION, ct2_model_dir
 from testbed.errors import ConfigError
 
@@ -75,7 +76,8 @@ class CTranslate2Engine(Engine):
         devices=("cpu", "cuda"),
         precisions=("fp32", "int8", "fp16", "bf16", "int8_float16"),
         streaming=True,
-        batching=True,
+        batching="static",
+        join_refusal=JOIN_REFUSAL,
         precision_devices={"int8": ("cpu",), "fp16": _GPU_ONLY, "bf16": _GPU_ONLY, "int8_float16": _GPU_ONLY},
         pruning=True,
     )
@@ -158,6 +160,9 @@ class CTranslate2Engine(Engine):
         return {**common, "max_length": max_new, "include_prompt_in_result": False}
 
     # ------------------------------------------------------------------ decoding
+    def _open_batch(self) -> CT2Batch:
+        return CT2Batch(self)
+
     def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
         # no ENCODER_DONE: CTranslate2 does not report when its encoder pass ends
         process = self.model.translate_batch if self.seq2seq else self.model.generate_batch
