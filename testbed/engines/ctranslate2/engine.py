@@ -11,6 +11,9 @@
   Marian's ``<pad>`` (its decoder start token) is suppressed as an output, as in ``generate()``.
 * Streaming uses CTranslate2's per-step callback on an asynchronous request (what
   ``generate_tokens`` does); each token id is yielded when its step result reaches this thread.
+  A single request keeps this one-row call (:func:`stream_steps`: measured faster than a one-row
+  :class:`~testbed.engines.ctranslate2.batch.CT2Batch`); batches are a ``CT2Batch`` (one call for
+  all rows, static: rows cannot join a running call); ``generate`` is the non-streaming batch call.
   CTranslate2 does not expose the end of the encoder pass, so this engine **never yields
   ``ENCODER_DONE``**: records have no ``encoder_ms`` and the encoder time is inside TTFT.
 """
