@@ -201,3 +201,21 @@ def test_sweep_runs_a_tiny_family(tiny, tmp_path):
     rows = run_sweep(sweep, tmp_path / "run", progress=False, render=False)
     assert [r["status"] for r in rows] == ["ok"] * 3, [r.get("error") for r in rows]
     assert all(r["accuracy"]["exact_match_vs_fp32"] == 1.0 for r in rows), [r["accuracy"] for r in rows]
+
+
+@pytest.mark.parametrize("family", ["nllb", "mbart", "t5", "qwen2"])
+def test_ctranslate2_streamed_batch_equals_streams_with_target_prefixes(tiny, family):
+    """CTranslate2's one-call batch (CT2Batch) with a forced target-language prefix: the prefix steps
+    are not tokens, and every row gets the tokens it gets alone."""
+    from testbed.engines.base import GenerationRequest
+
+    eng = engine(tiny, family, "ctranslate2")
+    try:
+        prepared = [eng.prepare(GenerationRequest(text=t)) for t in TEXTS]
+        bs = eng.stream_batch(prepared)
+        for _ in bs:
+            pass
+        assert type(bs.batch).__name__ == "CT2Batch"
+        assert [r.token_ids for r in bs.rows] == [eng.stream(t).run().token_ids for t in TEXTS]
+    finally:
+        eng.close()

@@ -12,6 +12,9 @@
   come from the checkpoint's :class:`testbed.spec.DecodingSpec`, shared with the other engines.
 * Streaming uses CTranslate2's per-step callback on an asynchronous request (what
   ``generate_tokens`` does); each token id is yielded when its step result reaches this thread.
+  A single request keeps this one-row call (:func:`stream_steps`: measured faster than a one-row
+  :class:`~testbed.engines.ctranslate2.batch.CT2Batch`); batches are a ``CT2Batch`` (one call for
+  all rows, static: rows cannot join a running call); ``generate`` is the non-streaming batch call.
   CTranslate2 does not expose the end of the encoder pass, so this engine **never yields
   ``ENCODER_DONE``**: records have no ``encoder_ms`` and the encoder time is inside TTFT.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.engines.base import Capabilities, Engine, Prepared
+from testbed.engines.ctranslate2.batch import JOIN_REFUSAL, CT2Batch
 from testbed.engines.ctranslate2.convert import QUANTIZATION, ct2_model_dir
 from testbed.errors import ConfigError
 from testbed.spec import load_spec
@@ -77,7 +81,8 @@ class CTranslate2Engine(Engine):
         devices=("cpu", "cuda"),
         precisions=("fp32", "int8", "fp16", "bf16", "int8_float16"),
         streaming=True,
-        batching="lockstep",  # until its batched hook lands
+        batching="static",
+        join_refusal=JOIN_REFUSAL,
         precision_devices={"int8": ("cpu",), "fp16": _GPU_ONLY, "bf16": _GPU_ONLY, "int8_float16": _GPU_ONLY},
         pruning=True,
     )
@@ -148,6 +153,9 @@ class CTranslate2Engine(Engine):
         return {**common, "max_length": max_new, "include_prompt_in_result": False}
 
     # ------------------------------------------------------------------ decoding
+    def _open_batch(self) -> CT2Batch:
+        return CT2Batch(self)
+
     def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
         # no ENCODER_DONE: CTranslate2 does not report when its encoder pass ends
         process = self.model.translate_batch if self.seq2seq else self.model.generate_batch
