@@ -111,7 +111,8 @@ def peak(engine: Engine, exs: list[Any], mode: str, slo: S.SLO, args: argparse.N
     batch = BatchConfig(max_batch_size=BATCH, max_wait_ms=2.0, max_queue=4096, batching=mode)
     search = PeakSearch(start_rate=args.peak_start, trial_s=args.trial_s, min_queries=args.peak_min_queries,
                         max_trials=args.peak_trials, bisect_steps=args.peak_steps)
-    res = find_peak(lambda: InprocTarget(engine, batch), exs, LoadSpec("server", warmup=8, seed=1), slo,
+    spec = LoadSpec("server", rate=args.peak_start, warmup=8, seed=1)
+    res = find_peak(lambda: InprocTarget(engine, batch), exs, spec, slo,
                     {"target": f"inproc {engine.config.label()} {batch.label()}"}, None, progress=False, search=search,
                     on_trial=lambda t: print(f"    {mode} trial {t.get('rate')}: ok={t.get('ok')}", file=sys.stderr))
     return res
