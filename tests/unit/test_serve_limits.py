@@ -414,3 +414,35 @@ def test_every_response_is_counted(http):
     assert metric(text, 'testbed_requests_total{endpoint="health",status="200"}') >= 1
     assert metric(text, 'testbed_requests_total{endpoint="other",status="404"}') >= 1
     assert metric(text, 'testbed_requests_total{endpoint="completions",status="415"}') >= 1
+
+
+# ---------------------------------------------------------------------------------- serving limits
+def test_max_input_tokens_is_a_serving_limit_below_the_models_context():
+    from testbed.cli import _config, build_parser
+    from testbed.engines.registry import create_engine
+    from testbed.errors import ConfigError
+    from testbed.serve.cli import check_max_input, limits_from_args
+
+    args = build_parser().parse_args(["serve", "--engine", "fake", "--max-input-tokens", "8",
+                                      "--allowed-hosts", "a.example, b.example", "--head-timeout", "2"])
+    eng = create_engine(_config(args))
+    check_max_input(eng, args.max_input_tokens)
+    lim = limits_from_args(args)
+    assert lim.allowed_hosts == ("a.example", "b.example") and lim.head_timeout_s == 2.0
+    with pytest.raises(ConfigError, match=r"max_input_tokens=300 .*\[1, 256\]"):
+        check_max_input(eng, 300)
+    with BackgroundServer(eng, BatchConfig(), limits=lim) as srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        r = c.post("/v1/completions", json={"prompt": "w " * 20})
+        assert r.status_code == 400 and "at most 8" in r.json()["error"]["message"]
+        assert c.post("/v1/completions", json={"prompt": "w " * 5}).status_code == 200
+
+
+def test_limits_are_validated():
+    from testbed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="max_body_bytes"):
+        Limits(max_body_bytes=0)
+    with pytest.raises(ConfigError, match="head_timeout_s"):
+        Limits(head_timeout_s=float("nan"))
+    with pytest.raises(ConfigError, match="cors_origins"):
+        Limits(cors_origins=("evil.example",))
