@@ -16,7 +16,8 @@ from typing import Any
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from testbed.eval.runner import run_sweep
+    """Exit status 0 when at least one configuration was measured, 1 when none was (all failed or skipped)."""
+    from testbed.eval.runner import run_sweep, status_counts
     from testbed.eval.sweep import load_sweep
 
     sweep = load_sweep(args.sweep)
@@ -30,12 +31,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"{sweep.singlestream_requests} ({sweep.warmup} warm-up; {how}); out: {out}", file=sys.stderr)
     command = "testbed " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     t0 = time.perf_counter()
-    run_sweep(sweep, out, resume=args.resume, progress=not args.no_progress, command=command,
-              log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    rows = run_sweep(sweep, out, resume=args.resume, progress=not args.no_progress, command=command,
+                     log=lambda msg: print(msg, file=sys.stderr, flush=True))
     print((out / "report.md").read_text(encoding="utf-8"))
     print(f"sweep wall time {time.perf_counter() - t0:.0f} s; results in {out}/ "
           "(results.jsonl, results.csv, report.md, pareto.png)", file=sys.stderr)
-    return 0
+    n = status_counts(sweep, rows)
+    missing = f", {n['missing']} missing" if n["missing"] else ""
+    verdict = "" if n["done"] else " -- no configuration was measured: exit status 1"
+    print(f"sweep {sweep.name!r}: {n['done']} done, {n['failed']} failed, {n['skipped']} skipped of "
+          f"{len(sweep.configs)} configurations{missing}{verdict}", file=sys.stderr)
+    return 0 if n["done"] else 1
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -44,6 +44,7 @@ from testbed.client.inproc import singlestream
 from testbed.config import EngineConfig
 from testbed.engines.base import Engine
 from testbed.errors import ConfigError, MissingExtraError, TestbedError
+from testbed.eval.lock import RunLock
 from testbed.eval.results import (
     RESULTS,
     load1,
@@ -64,7 +65,7 @@ from testbed.metrics.records import RequestRecord
 from testbed.metrics.summary import e2e_ms, fmt, summarize
 from testbed.signature import result_header, signature
 
-__all__ = ["accuracy", "read_rows", "run_sweep"]
+__all__ = ["accuracy", "read_rows", "run_sweep", "status_counts"]
 
 Log = Callable[[str], None]
 EngineFactory = Callable[[EngineConfig], Engine]
@@ -328,8 +329,31 @@ def run_sweep(
     sweep: Sweep, out_dir: Path, resume: bool = True, progress: bool = True, log: Log | None = None,
     create: EngineFactory | None = None, render: bool = True, command: str | None = None,
 ) -> list[Row]:
-    """Run (or resume) ``sweep`` into ``out_dir``; returns the rows.  See the module docstring."""
+    """Run (or resume) ``sweep`` into ``out_dir``; returns the rows.  See the module docstring.
+
+    The run directory is locked for the whole run (:class:`testbed.eval.lock.RunLock`): a second
+    sweep on it is refused with :class:`~testbed.eval.lock.LockedError` naming the holder.
+    """
     say = log or (lambda _msg: None)
+    with RunLock(out_dir, command or f"run_sweep({sweep.path!r})") as lock:
+        stale = lock.stale_note()
+        if stale:
+            say(f"warning: {stale}")
+        return _run_locked(sweep, out_dir, resume, progress, say, create, render, command)
+
+
+def status_counts(sweep: Sweep, rows: list[Row]) -> dict[str, int]:
+    """How this sweep's configurations ended: ``done`` (status ok), ``failed``, ``skipped``, ``missing``."""
+    by_key = {r["key"]: r.get("status") for r in rows}
+    out = {"done": 0, "failed": 0, "skipped": 0, "missing": 0}
+    for cfg in sweep.configs:
+        st = by_key.get(sweep.key(cfg))
+        out["done" if st == "ok" else st if st in ("failed", "skipped") else "missing"] += 1
+    return out
+
+
+def _run_locked(sweep: Sweep, out_dir: Path, resume: bool, progress: bool, say: Log, create: EngineFactory | None,
+                render: bool, command: str | None) -> list[Row]:
     run = _Run(sweep, out_dir, _prepare(sweep, out_dir, resume, say), create, progress, say)
     meta = _open_session(sweep, out_dir, command or f"run_sweep({sweep.path!r})", run.session, resume)
     if run.done:

@@ -38,12 +38,14 @@ Configuration keys: ``engine``, ``precision``, ``pruning``, ``device``, ``thread
 instance), ``batch`` (the Offline scenario's batch size) and ``batching``: ``engine`` (default:
 the engine's own ``generate`` over fixed batches), ``static`` or ``continuous`` (every request of
 the Offline set through the server's scheduler at max batch ``batch``: what a served deployment
-gets; ``continuous`` is refused for engines that cannot add rows to a running batch).  A bad key or value raises
-:class:`SweepError` naming the file, the field, the value and what is allowed.  An engine that is
-not registered or not installed is *not* an error: its configurations are recorded as skipped with
-the reason (the extra to install) when the sweep runs, and the sweep goes on -- so one sweep file
-serves every installation.  Its precision is then checked by the engine itself (each engine
-declares its own precisions in its ``Capabilities``).
+gets; ``continuous`` is refused for engines that cannot add rows to a running batch).  A bad key
+or value raises :class:`SweepError` naming the file, the field, the value and what is allowed --
+an engine that is not registered included (``engine = "vllm"``), and a test set that cannot be
+read as one (not found, not a .tsv / .txt / .jsonl file, not UTF-8, malformed lines), all before
+anything runs.  An engine that is registered but not installed is *not* an error: its
+configurations are recorded as skipped with the reason (the extra to install) when the sweep runs,
+and the sweep goes on -- so one sweep file serves every installation.  Its precision is then
+checked by the engine itself (each engine declares its own precisions in its ``Capabilities``).
 
 The fp32 reference configuration runs first; it is added to the list when it is not in it.
 """
@@ -258,8 +260,10 @@ def _make_config(path: str, where: str, values: dict[str, Any], model: str, max_
         raise _err(path, f"{where}.batching", cfg.batching, ", ".join(BATCHING))
     from testbed.engines.registry import ENGINES, engine_class, is_available
 
-    if cfg.engine not in ENGINES or not is_available(cfg.engine)[0]:
-        return cfg  # skipped at run time with the reason; its own engine would judge its values
+    if cfg.engine not in ENGINES:
+        raise _err(path, f"{where}.engine", cfg.engine, f"one of the registered engines: {', '.join(ENGINES)}")
+    if not is_available(cfg.engine)[0]:
+        return cfg  # skipped at run time with the extra to install; its own engine would judge its values
     caps = engine_class(cfg.engine).capabilities
     if cfg.batching == "continuous" and not caps.continuous:
         raise _err(path, f"{where}.batching", cfg.batching,

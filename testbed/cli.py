@@ -59,6 +59,7 @@ def _config(args: argparse.Namespace, default_new: int = 128) -> EngineConfig:
         model=args.model, engine=args.engine, precision=args.precision, device=args.device,
         threads=args.threads, max_new_tokens=args.max_new_tokens or default_new, on_overflow=args.on_overflow,
         pruning=args.pruning, src_lang=args.src_lang, tgt_lang=args.tgt_lang,
+        max_input_tokens=getattr(args, "max_input_tokens", None),
     )
 
 

@@ -32,14 +32,31 @@ def builtin_path(name: str) -> Path:
     return Path(str(resources.files("testbed.eval").joinpath("data", BUILTIN[name])))
 
 
+SUFFIXES = (".tsv", ".txt", ".jsonl")
+
+
 def load_dataset(name_or_path: str, limit: int | None = None) -> list[Example]:
-    """Load a built-in set by name or a file by path; ``limit`` keeps the first N examples."""
+    """Load a built-in set by name or a file by path; ``limit`` keeps the first N examples.
+
+    Raises :class:`TestbedError` naming the file and what is accepted for a file that is not
+    found, not a ``.tsv`` / ``.txt`` / ``.jsonl``, unreadable, not UTF-8, malformed or empty.
+    """
+    accepted = f"one of {', '.join(BUILTIN)} or a path to a .tsv, .txt or .jsonl file"
     path = builtin_path(name_or_path) if name_or_path in BUILTIN else Path(name_or_path)
     if not path.is_file():
-        raise TestbedError(
-            f"dataset {name_or_path!r} not found: give one of {', '.join(BUILTIN)} "
-            "or a path to a .tsv, .txt or .jsonl file"
-        )
+        raise TestbedError(f"dataset {name_or_path!r} not found: give {accepted}")
+    if path.suffix not in SUFFIXES:
+        raise TestbedError(f"dataset {name_or_path!r} is not a test set file (suffix {path.suffix or 'none'!r}): "
+                           f"give {accepted}")
+    try:
+        return _read(path, limit)
+    except UnicodeDecodeError as exc:
+        raise TestbedError(f"dataset {name_or_path!r} is not UTF-8 text (byte {exc.start}): give {accepted}") from None
+    except OSError as exc:
+        raise TestbedError(f"dataset {name_or_path!r} cannot be read ({exc.strerror})") from None
+
+
+def _read(path: Path, limit: int | None) -> list[Example]:
     out: list[Example] = []
     with path.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):

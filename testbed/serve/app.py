@@ -15,11 +15,14 @@ Endpoints:
   (Prometheus text: requests, rejections, cancellations, queue depth, TTFT / E2E histograms).
 
 Errors are JSON (``{"error": {"message", "type", "param", "code"}}``) naming what was wrong
-and what is accepted: 400 (malformed JSON, wrong types, empty or over-long prompt, bad
-``max_tokens``), 404 (unknown model), 413 (body over 1 MiB), 429 + ``Retry-After`` (admission
-queue full, decided at once), 503 (shutting down), 504 (per-request deadline).  A client
-that disconnects cancels its generation.  The loop never runs the model: the batcher's worker
-thread does.
+and what is accepted: 400 (malformed JSON, nesting deeper than ``--max-json-depth``, wrong
+types, unknown fields, lone surrogates, empty or over-long prompt, bad ``max_tokens``), 404
+(unknown model), 429 + ``Retry-After`` (admission queue full, decided at once), 503 (shutting
+down), 504 (per-request deadline); 500s say ``internal error (id ...)``, the details are in the
+log under that id.  ``stop`` strings end a generation (:mod:`testbed.serve.stops`).  Size,
+time, connection, ``Host`` / ``Content-Type`` / ``Origin`` limits are enforced before a handler
+runs (:mod:`testbed.serve.guard`, :mod:`testbed.serve.connection`).  A client that disconnects
+cancels its generation.  The loop never runs the model: the batcher's worker thread does.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ from starlette.routing import Route
 from testbed.clock import now_ns
 from testbed.engines.base import Engine
 from testbed.serve.batcher import BatchConfig, Batcher, Busy, Job, LoopMailbox
+from testbed.serve.guard import Guard, internal_error
+from testbed.serve.limits import BodyError, Limits, parse_json
 from testbed.serve.messages import Admitted, Done, Failed, JobReader, Token
 from testbed.serve.metrics import ServerMetrics
 from testbed.serve.protocol import ApiError, ParsedRequest, parse_body
+from testbed.serve.stops import StopFilter
 
-MAX_BODY_BYTES = 1 << 20
 FINISH = {"eos": "stop", "length": "length", "cancelled": "abort", "error": "error"}
 
 
@@ -64,21 +69,24 @@ def _chunk_end(n_in: int, n_out: int, usage: bool) -> str:
 class Server:
     """One engine behind the OpenAI-compatible endpoints; :attr:`app` is the ASGI app."""
 
-    def __init__(self, engine: Engine, batch: BatchConfig | None = None, model_name: str | None = None) -> None:
+    def __init__(self, engine: Engine, batch: BatchConfig | None = None, model_name: str | None = None,
+                 limits: Limits | None = None, bind_host: str = "127.0.0.1") -> None:
         self.engine = engine.load()
+        self.limits = limits or Limits()
         self.batcher = Batcher(engine, batch)
         self.model_name = model_name or engine.config.model
         self.max_tokens_limit = engine.config.max_new_tokens
         self.metrics = ServerMetrics()
         self.started = time.time()
         self._mailbox: LoopMailbox | None = None
-        self.app = Starlette(routes=[
+        self.routes = Starlette(routes=[
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/metrics", self.prometheus, methods=["GET"]),
             Route("/v1/models", self.models, methods=["GET"]),
-        ], lifespan=self._lifespan)
+        ], lifespan=self._lifespan, exception_handlers={Exception: internal_error})
+        self.app = Guard(self.routes, self.limits, self.metrics, bind_host)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -138,13 +146,11 @@ class Server:
         endpoint = "chat" if chat else "completions"
         reader = JobReader()
         try:
-            raw = await request.body()
-            if len(raw) > MAX_BODY_BYTES:
-                raise ApiError(413, f"request body is {len(raw)} bytes; at most {MAX_BODY_BYTES} are accepted")
+            raw = await request.body()  # at most --max-body-bytes: the guard read it
             try:
-                body = json.loads(raw)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise ApiError(400, f"request body is not valid JSON ({exc}); send a JSON object") from None
+                body = parse_json(raw, self.limits.max_json_depth)
+            except BodyError as exc:
+                raise ApiError(400, str(exc)) from None
             parsed = parse_body(body, chat=chat, served_model=self.model_name, max_tokens_limit=self.max_tokens_limit)
             if chat and not self.engine.is_chat:
                 raise ApiError(400, f"{self.model_name!r} is a translation model: POST /v1/completions with a "
@@ -152,12 +158,17 @@ class Server:
             self._check_length_control(parsed)
             if self._mailbox is None:
                 self._mailbox = LoopMailbox(asyncio.get_running_loop())
+            put: Any = reader.put
+            if parsed.stop:
+                put = StopFilter(parsed.stop, reader.put, arrival)
             try:
-                job = self.batcher.submit(parsed.request, self._mailbox.sink(reader.put), arrival)
+                job = self.batcher.submit(parsed.request, self._mailbox.sink(put), arrival)
             except Busy as b:
                 self.metrics.rejected["queue_full" if b.status == 429 else "shutting_down"] += 1
                 raise ApiError(b.status, str(b), kind="rate_limit_error" if b.status == 429 else "unavailable",
                                headers={"Retry-After": str(b.retry_after_s)}) from None
+            if isinstance(put, StopFilter):
+                put.job = job  # cancelled when a stop string ends the answer
             try:
                 first = await reader.get()
             except asyncio.CancelledError:
@@ -197,7 +208,8 @@ class Server:
         if toks:
             m.ttft.observe((toks[0] - timing["arrival_ns"]) / 1e9)
             m.e2e.observe((toks[-1] - timing["arrival_ns"]) / 1e9)
-        m.queue_wait.observe((timing["batch_start_ns"] - timing["arrival_ns"]) / 1e9)
+        if timing.get("batch_start_ns") is not None:  # None when a stop string ended it (stops.py)
+            m.queue_wait.observe((timing["batch_start_ns"] - timing["arrival_ns"]) / 1e9)
 
     @staticmethod
     def _usage(n_in: int, n_out: int) -> dict[str, int]:
@@ -305,5 +317,6 @@ class Server:
                 self.metrics.requests[(endpoint, 499)] += 1
 
 
-def create_app(engine: Engine, batch: BatchConfig | None = None, model_name: str | None = None) -> Starlette:
-    return Server(engine, batch, model_name).app
+def create_app(engine: Engine, batch: BatchConfig | None = None, model_name: str | None = None,
+               limits: Limits | None = None, bind_host: str = "127.0.0.1") -> Guard:
+    return Server(engine, batch, model_name, limits, bind_host).app

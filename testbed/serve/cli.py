@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from testbed.errors import ConfigError
+from testbed.serve.limits import Limits
+
 
 def add_serve_args(s: argparse.ArgumentParser) -> None:
     g = s.add_argument_group("server")
@@ -27,6 +30,53 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
     g.add_argument("--served-model-name", default=None, help="the model name clients send (default: --model)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(on_overflow="refuse")  # an over-long prompt is a 400, as on other OpenAI servers
+    d = Limits()
+    lim = s.add_argument_group("limits and safety (README: Limits and safety)")
+    lim.add_argument("--max-input-tokens", type=int, default=None,
+                     help="prompt tokens at most, below the model's own limit (longer prompts: 400 naming it)")
+    lim.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
+                     help=f"request body at most, checked before reading (413 past it; {d.max_body_bytes})")
+    lim.add_argument("--max-json-depth", type=int, default=d.max_json_depth,
+                     help=f"nesting of JSON arrays / objects at most (400 past it; {d.max_json_depth})")
+    lim.add_argument("--max-header-bytes", type=int, default=d.max_header_bytes,
+                     help=f"request line + headers at most (431 past it; {d.max_header_bytes})")
+    lim.add_argument("--max-headers", type=int, default=d.max_headers,
+                     help=f"headers per request at most (431 past it; {d.max_headers})")
+    lim.add_argument("--head-timeout", type=float, default=d.head_timeout_s,
+                     help=f"seconds for a request line and headers to arrive (408 and close; {d.head_timeout_s:g})")
+    lim.add_argument("--body-timeout", type=float, default=d.body_timeout_s,
+                     help=f"seconds for a request body to arrive after its headers (408 and close; "
+                          f"{d.body_timeout_s:g})")
+    lim.add_argument("--keep-alive-timeout", type=float, default=d.keep_alive_s,
+                     help=f"seconds an idle keep-alive connection stays open ({d.keep_alive_s:g})")
+    lim.add_argument("--max-connections", type=int, default=d.max_connections,
+                     help=f"open connections past which requests get 503 (past twice it, connections are closed at "
+                          f"once; {d.max_connections})")
+    lim.add_argument("--allowed-hosts", default="",
+                     help="comma-separated Host names accepted besides the bound address and localhost (* = any)")
+    lim.add_argument("--cors-origin", action="append", default=[],
+                     help="an origin (http://host:port) allowed to call the API from a browser (repeatable; "
+                          "default: none, no CORS headers)")
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    return Limits(max_body_bytes=args.max_body_bytes, max_json_depth=args.max_json_depth,
+                  max_header_bytes=args.max_header_bytes, max_headers=args.max_headers,
+                  head_timeout_s=args.head_timeout, body_timeout_s=args.body_timeout,
+                  keep_alive_s=args.keep_alive_timeout, max_connections=args.max_connections,
+                  allowed_hosts=tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()),
+                  cors_origins=tuple(args.cors_origin))
+
+
+def check_max_input(engine: object, max_input_tokens: int | None) -> None:
+    """``--max-input-tokens`` is a serving limit below the model's context: refuse one above it."""
+    from testbed.engines.base import Engine
+
+    assert isinstance(engine, Engine)
+    if max_input_tokens is not None and max_input_tokens > engine.model_max_input:
+        raise ConfigError("max_input_tokens", max_input_tokens,
+                          f"an integer in [1, {engine.model_max_input}] (this model's input limit with "
+                          f"--max-new-tokens {engine.config.max_new_tokens})")
 
 
 def cmd_serve(args: argparse.Namespace, engine: object) -> int:
@@ -35,15 +85,20 @@ def cmd_serve(args: argparse.Namespace, engine: object) -> int:
     from testbed.serve.run import serve, warm_up
 
     assert isinstance(engine, Engine)
+    check_max_input(engine, args.max_input_tokens)
+    limits = limits_from_args(args)
     batch = BatchConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
                         max_queue=args.max_queue, timeout_s=args.timeout, batching=args.batching,
                         max_queued_tokens=args.max_queued_tokens, prefill_chunk=args.prefill_chunk or None)
     batch.check(engine)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: binding {args.host}: the server has no authentication", file=sys.stderr)
+        if args.host in ("0.0.0.0", "::") and not limits.allowed_hosts:
+            print("warning: only requests with a localhost Host header are answered: list the names clients use "
+                  "in --allowed-hosts", file=sys.stderr)
     warm_up(engine)
     print(f"serving {args.served_model_name or args.model} on {engine.config.label()} ({batch.label()}) at "
           f"http://{args.host}:{args.port}  (POST /v1/completions, /v1/chat/completions; GET /health, /metrics)",
           file=sys.stderr)
-    serve(engine, batch, args.host, args.port, args.served_model_name, args.log_level)
+    serve(engine, batch, args.host, args.port, args.served_model_name, args.log_level, limits)
     return 0

@@ -45,6 +45,9 @@ class ServerMetrics:
         self.rejected: Counter[str] = Counter()  # reason
         self.cancelled = 0
         self.output_tokens = 0
+        # kept by the HTTP protocol (testbed.serve.connection): timeouts, oversized heads, refusals
+        self.connection_events: Counter[str] = Counter()
+        self.open_connections = 0
         self.ttft = Histogram()
         self.e2e = Histogram()
         self.queue_wait = Histogram()
@@ -64,6 +67,12 @@ class ServerMetrics:
                   f"testbed_requests_cancelled_total {self.cancelled}",
                   "# HELP testbed_output_tokens_total Generated tokens sent (counted from token ids).",
                   "# TYPE testbed_output_tokens_total counter", f"testbed_output_tokens_total {self.output_tokens}"]
+        lines += ["# HELP testbed_connection_events_total Connections closed by a limit (timeouts, oversized "
+                  "heads, refusals), by event.", "# TYPE testbed_connection_events_total counter"]
+        for event, n in sorted(self.connection_events.items()):
+            lines.append(f'testbed_connection_events_total{{event="{event}"}} {n}')
+        lines += ["# HELP testbed_open_connections HTTP connections open now.",
+                  "# TYPE testbed_open_connections gauge", f"testbed_open_connections {self.open_connections}"]
         for name, (fn, help_) in extra_counters.items():
             lines += [f"# HELP {name} {help_}", f"# TYPE {name} counter", f"{name} {fn()}"]
         for name, (value, help_) in gauges.items():

@@ -113,6 +113,22 @@ def test_missing_test_file(tmp_path, data):
         load_sweep(write(tmp_path, tmp_path / "nowhere.tsv", '[[configs]]\nengine = "fake"\n'))
 
 
+@pytest.mark.parametrize("name,content,match", [
+    (None, None, r"dataset = '/etc/passwd': dataset '/etc/passwd' is not a test set file \(suffix 'none'\): give "
+                 r"one of test, dev, chat or a path to a .tsv, .txt or .jsonl file"),
+    ("set.csv", b"a,b\n", r"not a test set file \(suffix '.csv'\)"),
+    ("latin.tsv", "caf\xe9\tCaf\xe9\n".encode("latin-1"), r"is not UTF-8 text \(byte 3\)"),
+    ("bad.jsonl", b'{"text": "a"}\n[1]\n', r"bad.jsonl:2: each line needs a 'text' or a 'messages' field"),
+])
+def test_a_file_that_is_not_a_test_set_is_refused_at_validation(tmp_path, name, content, match):
+    # issue 15: dataset = "/etc/passwd" was read as a test set of one sentence per line
+    path = Path("/etc/passwd") if name is None else tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(SweepError, match=match):
+        load_sweep(write(tmp_path, path, '[[configs]]\nengine = "fake"\n'))
+
+
 def test_missing_sweep_file_names_the_shipped_ones():
     with pytest.raises(SweepError, match="not found.*default"):
         load_sweep("no-such-sweep.toml")
@@ -138,10 +154,22 @@ def test_references_file_count_must_match(tmp_path):
     assert [e.reference for e in s.examples] == ["eins", "zwei", "drei"]
 
 
-def test_unregistered_engine_is_not_a_validation_error(tmp_path, data):
-    # its rows are skipped at run time with the reason; its precision is the engine's business
-    s = load_sweep(write(tmp_path, data, '[[configs]]\nengine = "not-yet"\nprecision = "int8-static"\n'))
-    assert s.configs[-1].engine == "not-yet" and s.configs[-1].precision == "int8-static"
+def test_an_unregistered_engine_is_refused_at_validation(tmp_path, data):
+    # issue 15: engine = "vllm" was accepted and only found out when its row ran
+    with pytest.raises(SweepError, match=r"configs\[0\]\.engine = 'vllm' is not valid; allowed: one of the "
+                                         r"registered engines: torch, onnxruntime"):
+        load_sweep(write(tmp_path, data, '[[configs]]\nengine = "vllm"\n'))
+    with pytest.raises(SweepError, match=r"reference\.engine = 'vllm'"):
+        load_sweep(write(tmp_path, data, '[[configs]]\nengine = "fake"\n',
+                         base=BASE.replace('engine = "fake"', 'engine = "vllm"')))
+
+
+def test_a_registered_engine_that_is_not_installed_is_skipped_not_refused(tmp_path, data, monkeypatch):
+    from testbed.engines import registry
+
+    monkeypatch.setattr(registry, "is_available", lambda name: (name != "ctranslate2", "needs an extra"))
+    s = load_sweep(write(tmp_path, data, '[[configs]]\nengine = "ctranslate2"\nprecision = "int8-static"\n'))
+    assert s.configs[-1].engine == "ctranslate2" and s.configs[-1].precision == "int8-static"
 
 
 def test_shipped_sweeps_validate():

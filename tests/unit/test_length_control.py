@@ -112,7 +112,6 @@ def test_server_continuous_usage_stats_in_every_chunk(http):
     ({"min_tokens": -1}, "min_tokens=-1"),
     ({"min_tokens": "4"}, "min_tokens='4'"),
     ({"ignore_eos": "yes"}, "ignore_eos='yes'"),
-    ({"stop": ["."]}, "stop=['.']"),
     ({"stop_token_ids": [5]}, "stop_token_ids=[5]"),
     ({"logprobs": True}, "logprobs=True"),
     ({"frequency_penalty": 0.5}, "frequency_penalty=0.5"),
