@@ -87,16 +87,22 @@ class Waterfall:
                 "phases": [p.to_dict() for p in self.phases]}
 
 
-def build(label: str, start_ns: int, marks: Sequence[Mark], start_source: str = "") -> Waterfall:
-    """Phases between consecutive marks, in ms from ``start_ns``; missing (None) marks are skipped.
+def build(label: str, start_ns: int, marks: Sequence[Mark], end_ns: int | None = None) -> Waterfall:
+    """Phases between consecutive marks, in ms from ``start_ns``.
 
-    A mark before its predecessor is moved up to it (noted); a mark before the start likewise.
+    A mark before its predecessor is moved up to it; with ``end_ns`` (the last mark's time, taken
+    on the same clock as ``start_ns``), a mark after it is moved back to it.  Both are noted: they
+    are the error of aligning two clocks, and the phases still sum to ``end - start``.
     """
     phases: list[Phase] = []
     notes: list[str] = []
     prev = start_ns
     for m in marks:
         t = m.t_ns
+        if end_ns is not None and t > end_ns:
+            notes.append(f"{m.phase}: its end ({m.source}) was {(t - end_ns) / MS:.3f} ms after the last mark; "
+                         "moved back (clock alignment)")
+            t = end_ns
         if t < prev:
             notes.append(f"{m.phase}: its end ({m.source}) was {(prev - t) / MS:.3f} ms before its start; "
                          "moved up (clock alignment)")

@@ -18,7 +18,7 @@ COLOURS = {"page": "#dd8452", "client": "#dd8452", "ui server": "#8172b3", "serv
            "engine": "#4c72b0", "record": "#4c72b0"}
 
 
-def _colour(source: str) -> str:
+def colour(source: str) -> str:
     for key, c in COLOURS.items():
         if source.startswith(key):
             return c
@@ -35,7 +35,7 @@ def figure(waterfalls: Sequence[Waterfall], title: str = "") -> Any:
     axes = fig.subplots(1, n, sharex=True, squeeze=False)[0]
     for ax, wf in zip(axes, waterfalls):
         for y, p in enumerate(wf.phases):
-            ax.barh(y, max(p.duration_ms, 0.0), left=p.start_ms, height=0.6, color=_colour(p.source))
+            ax.barh(y, max(p.duration_ms, 0.0), left=p.start_ms, height=0.6, color=colour(p.source))
             if p.ticks_ms:
                 ax.vlines(p.ticks_ms, y - 0.3, y + 0.3, color="k", lw=0.6)
             ax.text(p.end_ms, y, f" {p.duration_ms:.1f}", va="center", fontsize=7)

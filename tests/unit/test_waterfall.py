@@ -120,3 +120,11 @@ def test_served_stream_timing_has_admission_and_last_write() -> None:
     assert t["token_ns"][-1] <= t["last_write_ns"]
     wf = W.build("served", t["arrival_ns"], W.server_marks(t))
     assert _names(wf)[:2] == [W.INTAKE, W.QUEUE] and _names(wf)[-1] == W.DETOK and not wf.notes
+
+
+def test_end_bounds_the_marks_between_two_clocks() -> None:
+    # a server mark after the page's last mark (alignment error): moved back, the sum is the page's E2E
+    marks = [W.Mark("server", 12 * MS, "server"), W.Mark("render", 10 * MS, "page")]
+    wf = W.build("x", 0, marks, end_ns=10 * MS)
+    assert _bounds(wf) == [(0, 10), (10, 10)] and wf.total_ms == 10
+    assert "2.000 ms after the last mark" in wf.notes[0]
