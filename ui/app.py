@@ -306,7 +306,7 @@ class AnswerTab:
         except json.JSONDecodeError:
             browser = {}
         hist = list(hist or [])
-        wfs = []
+        wfs, ids = [], []
         outs: dict[str, list[Any]] = {"a": [gr.skip(), gr.skip()], "b": [gr.skip(), gr.skip()]}
         for key, run in sorted(browser.items()):
             if not key.startswith(self.task + "-") or not isinstance(run, dict):
@@ -338,7 +338,8 @@ class AnswerTab:
                 label = f"{entry.slot}: {entry.config}"
             if marks is not None:
                 wfs.append(TL.waterfall(label, *marks))
-        wf_html = TL.html_of(wfs, "no answer reached the page: no waterfall") if wfs else gr.skip()
+                ids.append(nonce)
+        wf_html = TL.html_of(wfs, "no answer reached the page: no waterfall", ids) if wfs else gr.skip()
         return (hist, svc.history_rows(hist), svc.history_summary(hist), wf_html, *outs["a"], *outs["b"])
 
     def _direct_outputs(self, t: D.Ticket, nonce: str) -> list[Any]:

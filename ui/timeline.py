@@ -110,7 +110,7 @@ def waterfall(label: str, start: int, marks: Sequence[W.Mark], notes: Sequence[s
 
 
 # ------------------------------------------------------------------ HTML (the page's plot)
-def html_of(waterfalls: Sequence[W.Waterfall], empty: str = "") -> str:
+def html_of(waterfalls: Sequence[W.Waterfall], empty: str = "", ids: Sequence[str] = ()) -> str:
     """Side-by-side waterfalls on one shared time axis, as plain HTML bars (no script, no image).
 
     Each bar carries ``data-name / data-start-ms / data-end-ms / data-source`` so a test reads the
@@ -120,7 +120,8 @@ def html_of(waterfalls: Sequence[W.Waterfall], empty: str = "") -> str:
         return f'<div class="tb-wf-empty">{html.escape(empty)}</div>'
     axis = max(w.total_ms for w in waterfalls) or 1.0
     cols = []
-    for w in waterfalls:
+    for k, w in enumerate(waterfalls):
+        nonce = html.escape(ids[k]) if k < len(ids) else ""
         rows = []
         for p in w.phases:
             left, width = 100 * p.start_ms / axis, max(100 * p.duration_ms / axis, 0.15)
@@ -134,7 +135,8 @@ def html_of(waterfalls: Sequence[W.Waterfall], empty: str = "") -> str:
                 f'background:{colour(p.source)}">{ticks}</b></span>'
                 f'<span class="tb-ph-ms">{p.duration_ms:.1f}</span></div>')
         notes = "".join(f"<div class='tb-wf-note'>{html.escape(n)}</div>" for n in w.notes)
-        cols.append(f'<div class="tb-wf" data-label="{html.escape(w.label)}" data-total-ms="{w.total_ms:.4f}">'
+        cols.append(f'<div class="tb-wf" data-label="{html.escape(w.label)}" data-total-ms="{w.total_ms:.4f}" '
+                    f'data-nonce="{nonce}">'
                     f'<div class="tb-wf-title"><b>{html.escape(w.label)}</b> -- served E2E {w.total_ms:.1f} ms '
                     f'(axis 0-{axis:.0f} ms, shared)</div>{"".join(rows)}{notes}</div>')
     return f'<div class="tb-wfs">{"".join(cols)}</div>'
