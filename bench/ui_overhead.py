@@ -56,10 +56,6 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="also write the table (with its header) to this file")
     args = ap.parse_args()
     git_sha()
-    header = result_header("python bench/ui_overhead.py " + " ".join(sys.argv[1:]), rounds=1,
-                           answers=f"{args.requests} per configuration and page path",
-                           warmup=f"{args.warmup} clicks per path excluded",
-                           order="paths alternate click by click (direct, gradio, ...); A then B per click")
 
     from playwright.sync_api import sync_playwright
 
@@ -109,6 +105,11 @@ def main() -> int:
             browser.close()
     finally:
         demo.close()
+    header = result_header("python bench/ui_overhead.py " + " ".join(sys.argv[1:]), rounds=1,
+                           answers=f"{args.requests} per configuration and page path",
+                           warmup=f"{args.warmup} clicks per path excluded",
+                           order="paths alternate click by click (direct, gradio, ...); A then B per click",
+                           browser=_chromium_version(args.chromium), gradio=_gradio_version())
     text, out = _report(header, samples, phases, labels)
     print(text)
     if args.out:
@@ -121,6 +122,21 @@ def main() -> int:
         with open(args.json, "w", encoding="utf-8") as fh:
             json.dump(out, fh, indent=2)
     return 0
+
+
+def _chromium_version(path: str) -> str:
+    import subprocess
+
+    try:
+        return subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30).stdout.strip() or "?"
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+
+
+def _gradio_version() -> str:
+    from importlib.metadata import version
+
+    return version("gradio")
 
 
 def _setup(page: Any, args: argparse.Namespace) -> None:
