@@ -65,7 +65,7 @@ tb.show = function (key) {
 tb.one = async function (key, tk) {
   const run = {key: key, nonce: tk.id, path: "direct", t0: null, ttft: null, e2e: null, n: 0, done: false,
                recv_last: null, dom_last: null, offset: tb.offset, rtt: tb.rtt, error: tk.error || null,
-               chunks: []};
+               chunks: [], events: 0};
   tb.runs[key] = run;
   if (tk.error) { run.done = true; return; }
   const el = document.querySelector(tk.sel);
@@ -91,7 +91,7 @@ tb.one = async function (key, tk) {
         const line = buf.slice(0, i); buf = buf.slice(i + 2);
         if (!line.startsWith("data: ")) continue;
         const ev = JSON.parse(line.slice(6));
-        if (ev.p !== undefined) { put(ev.p, true); run.n = ev.n; got = true; }
+        if (ev.p !== undefined) { put(ev.p, true); run.n = ev.n; run.events += 1; got = true; }
         if (ev.error) run.error = ev.error;
         if (ev.done) {
           run.done = true;

@@ -174,7 +174,8 @@ def test_translate_streams_german_with_metrics_then_side_by_side(page: Any, tmp_
     metrics = page.inner_text("#tb-metrics-translate-a")
     assert "engine TTFT ms" in metrics and "TPOT ms" in metrics and "tok/s" in metrics
     run = page.evaluate("tb.runs['translate-a']")
-    assert run["path"] == "direct" and len(set(run["chunks"])) >= 2, f"not streamed: {run['chunks']}"
+    # streamed: several token events (reads of the body may coalesce them on a busy machine)
+    assert run["path"] == "direct" and run["events"] >= 2, f"not streamed: {run}"
     (wf,) = _waterfalls(page)
     _check_waterfall(wf, run["e2e"], DIRECT_INPROC)
     assert [p["source"] for p in wf["phases"]][:3] == ["page -> ui server", "ui server", "engine"]

@@ -245,3 +245,14 @@ def test_cli_registers_ui() -> None:
 
     args = build_parser().parse_args(["ui", "--port", "7999"])
     assert args.port == 7999 and args.func.__name__ == "cmd_ui"
+
+
+def test_cli_ui_takes_server_urls_and_refuses_bad_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.cli import build_parser, main
+
+    args = build_parser().parse_args(["ui", "--url", "http://127.0.0.1:8000", "--url", "http://127.0.0.1:8001"])
+    assert args.url == ["http://127.0.0.1:8000", "http://127.0.0.1:8001"]
+    assert main(["ui", "--url", "127.0.0.1:8000"]) == 2  # no scheme: refused before anything starts
+    assert "--url '127.0.0.1:8000' is not accepted" in capsys.readouterr().err
+    assert main(["ui", "--url", "http://a", "--url", "http://b", "--url", "http://c"]) == 2
+    assert "given 3 times" in capsys.readouterr().err
