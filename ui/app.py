@@ -25,7 +25,6 @@ separate step before the timed request (its time is shown apart), and B runs aft
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import threading
@@ -58,6 +57,7 @@ from testbed.ui import timeline as TL  # noqa: E402
 from testbed.ui.defaults import EXAMPLES, MODEL_NOTES, start_config  # noqa: E402
 from testbed.ui.page import CSS, HEAD_JS, INTRO  # noqa: E402
 from testbed.ui.pickers import Pickers, make_config  # noqa: E402
+from testbed.ui.render import message_html, metrics_html, served_html  # noqa: E402
 from testbed.ui.tabs import loadtest_tab, results_tab  # noqa: E402
 
 PATHS = ("direct", "gradio")
@@ -77,43 +77,6 @@ def _remember(nonce: str, item: dict[str, Any]) -> None:
 def _take(nonce: str) -> dict[str, Any] | None:
     with _PENDING_LOCK:
         return _PENDING.pop(nonce, None)
-
-
-# ------------------------------------------------------------------ rendering
-def metrics_html(nonce: str, snap: svc.Snapshot | None, label: str, note: str = "") -> str:
-    m = svc.answer_metrics(snap.record if snap else None)
-    done = snap is not None and snap.done
-    state = "error" if snap is not None and snap.error else ("done" if done else "streaming...")
-    cells = [("engine TTFT ms", S.fmt(m["ttft_ms"], ".1f")), ("TPOT ms", S.fmt(m["tpot_ms"], ".2f")),
-             ("E2E ms", S.fmt(m["e2e_ms"], ".1f")), ("tokens", str(m["tokens"])),
-             ("tok/s", S.fmt(m["tokens_per_s"], ".1f"))]
-    if m["encoder_ms"] is not None:
-        cells.append(("encoder ms", S.fmt(m["encoder_ms"], ".2f")))
-    head = "".join(f"<th>{k}</th>" for k, _ in cells)
-    row = "".join(f"<td>{v}</td>" for _, v in cells)
-    extra = ""
-    if snap is not None:
-        for w in snap.warnings:
-            extra += f'<div class="tb-warn">notice: {html.escape(w)}</div>'
-        if snap.error:
-            extra += f'<div class="tb-err">error: {html.escape(snap.error)}</div>'
-    if note:
-        extra += f"<div>{html.escape(note)}</div>"
-    ttft = "" if m["ttft_ms"] is None else f'{m["ttft_ms"]:.3f}'
-    return (f'<div class="tb-metrics" data-nonce="{html.escape(nonce)}" data-ntok="{m["tokens"]}" '
-            f'data-done="{1 if done else 0}" data-engine-ttft-ms="{ttft}" data-ok="{0 if snap and snap.error else 1}">'
-            f"<b>{html.escape(label)}</b> <i>{state}</i>"
-            f"<table><tr>{head}</tr><tr>{row}</tr></table>{extra}</div>")
-
-
-def message_html(nonce: str, label: str, text: str, error: bool = False) -> str:
-    cls = "tb-err" if error else "tb-warn"
-    return (f'<div class="tb-metrics" data-nonce="{html.escape(nonce)}" data-ntok="0" data-done="1" data-ok="0">'
-            f'<b>{html.escape(label)}</b><div class="{cls}">{html.escape(text)}</div></div>')
-
-
-def served_html(key: str) -> str:
-    return f'<div class="tb-served" id="tb-served-{key}-inner">served TTFT (browser): n/a</div>'
 
 
 def _content(m: dict[str, Any]) -> str:
@@ -177,7 +140,12 @@ class AnswerTab:
         compare.change(lambda c: gr.update(visible=c), compare, self.outs["b"][2])
         wf = gr.HTML(TL.html_of([], "the waterfall of the next answer shows here"), elem_id=f"tb-waterfall-{task}")
         gr.Examples(EXAMPLES[task], inputs=text)
+        self._wire(go, text, compare, path, status, tickets, nonce_a, nonce_b, wf, clear)
 
+    def _wire(self, go: Any, text: Any, compare: Any, path: Any, status: Any, tickets: Any, nonce_a: Any,
+              nonce_b: Any, wf: Any, clear: Any) -> None:
+        """The click: load step (tickets), the direct stream (page js), the Gradio path, the record step."""
+        task, app = self.task, self.app
         pa, pb = [*self.pa.inputs, self.pa.url], [*self.pb.inputs, self.pb.url]
         chat_a = [self.outs["a"][0]] if task == "chat" else []
         chat_b = [self.outs["b"][0]] if task == "chat" else []
