@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from testbed.errors import TestbedError
+
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Exit status 0 when at least one configuration was measured, 1 when none was (all failed or skipped)."""
@@ -45,11 +47,59 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.waterfall:
+        return _waterfall(args)
+    if not args.dir:
+        raise TestbedError("report: give a sweep run directory (DIR), or --waterfall RECORDS --out FILE.png")
     from testbed.eval.report import render_dir
 
     paths = render_dir(Path(args.dir))
     print(paths["report"].read_text(encoding="utf-8") if paths["report"] else "")
     return 0
+
+
+def _waterfall(args: argparse.Namespace) -> int:
+    """``testbed report --waterfall RECORDS [--request ID] --out FILE.png``."""
+    from testbed.report.waterfall import of_record, pick
+    from testbed.report.waterfall_plot import save_png
+
+    if args.dir:
+        raise TestbedError(f"report: give either DIR ({args.dir!r}) or --waterfall RECORDS, not both")
+    if not args.out:
+        raise TestbedError("report --waterfall: --out FILE.png is required (where to write the figure)")
+    records = read_records(Path(args.waterfall))
+    rec = pick(records, args.request)
+    wf = of_record(rec)
+    out = save_png([wf], Path(args.out), title=f"{args.waterfall}: request {rec.request_id}"
+                   + ("" if args.request else " (the median E2E)"))
+    for p in wf.phases:
+        print(f"{p.start_ms:9.3f} .. {p.end_ms:9.3f} ms  {p.duration_ms:8.3f} ms  {p.name} [{p.source}]")
+    for note in wf.notes:
+        print(f"note: {note}")
+    print(f"E2E {wf.total_ms:.3f} ms; wrote {out}", file=sys.stderr)
+    return 0
+
+
+def read_records(path: Path) -> list[Any]:
+    """The records of a ``records.jsonl`` (one RequestRecord per line), with errors naming the line."""
+    import json
+
+    from testbed.metrics.records import RequestRecord
+
+    if not path.is_file():
+        raise TestbedError(f"--waterfall {str(path)!r}: no such file; give a records.jsonl "
+                           "(written by testbed bench --out DIR)")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(RequestRecord.from_dict(json.loads(line)))
+        except (ValueError, TypeError) as exc:
+            raise TestbedError(f"{path}:{n}: not a request record ({exc})") from None
+    if not out:
+        raise TestbedError(f"{path}: no records in it")
+    return out
 
 
 def add_parsers(sub: Any) -> None:
@@ -74,7 +124,14 @@ def add_parsers(sub: Any) -> None:
                         "instead of rounds across all loaded configurations")
     e.set_defaults(func=cmd_eval)
 
-    r = sub.add_parser("report", help="re-render report.md, results.csv and pareto.png of a sweep directory",
-                       description="Re-render a sweep run directory's report from its results.jsonl.")
-    r.add_argument("dir", help="the run directory (holding results.jsonl)")
+    r = sub.add_parser("report", help="re-render a sweep directory's report, or draw one request's latency waterfall",
+                       description="Re-render a sweep run directory's report from its results.jsonl; or, with "
+                                   "--waterfall RECORDS, draw one request's latency waterfall (phases from the "
+                                   "send to the last token, each with the clock that took it) as a PNG.")
+    r.add_argument("dir", nargs="?", default=None, help="the run directory (holding results.jsonl)")
+    r.add_argument("--waterfall", metavar="RECORDS", default=None,
+                   help="a records.jsonl (testbed bench --out DIR; --return-timing adds the server's phases)")
+    r.add_argument("--request", metavar="ID", default=None,
+                   help="the request id to draw (default: the completed request with the median E2E)")
+    r.add_argument("--out", metavar="FILE.png", default=None, help="where to write the waterfall PNG")
     r.set_defaults(func=cmd_report)

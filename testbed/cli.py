@@ -212,9 +212,16 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise MissingExtraError("testbed ui", "ui", "gradio")
     from testbed.ui.app import OFFLINE_ENV, launch  # imports gradio: only for this subcommand
 
+    urls = list(args.url or [])
+    if len(urls) > 2:
+        raise TestbedError(f"--url was given {len(urls)} times; give it once (configuration A) or twice (A and B)")
+    for u in urls:
+        if not u.startswith(("http://", "https://")):
+            raise TestbedError(f"--url {u!r} is not accepted: give http://HOST:PORT of a running `testbed serve` "
+                               "or another OpenAI-compatible server")
     os.environ.update(OFFLINE_ENV)
     try:
-        launch(port=args.port, runs_dir=args.runs_dir)
+        launch(port=args.port, runs_dir=args.runs_dir, urls=urls)
     except OSError as exc:  # Gradio: the port is taken
         raise TestbedError(f"cannot start the demo on 127.0.0.1:{args.port or '7860-7959'}: {exc}; "
                            "pick a free port with --port N") from exc
@@ -289,7 +296,12 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser("ui", help="the Gradio demo on 127.0.0.1 (streaming, live latency, side by side)",
                        description="Start the demo on 127.0.0.1 (no share link, no analytics) and print its URL.")
     u.add_argument("--port", type=int, default=None, help="port (default: the first free one from 7860)")
-    u.add_argument("--runs-dir", default="runs", help="where the Results tab looks for evaluation runs (default runs)")
+    u.add_argument("--runs-dir", default="runs",
+                   help="where the Results tab looks for evaluation runs, and the start configuration comes from "
+                        "(the newest sweep's fastest configuration that passed the gate; default runs)")
+    u.add_argument("--url", action="append", metavar="URL",
+                   help="served mode: send configuration A's requests to this running `testbed serve` (or any "
+                        "OpenAI-compatible server); give it twice for A and B (default: engines in this process)")
     u.set_defaults(func=cmd_ui)
     return p
 

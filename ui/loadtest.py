@@ -1,9 +1,12 @@
 """The Load-test tab's work: a short scripted-client scenario on one loaded configuration.
 
-A scenario is a function ``(loaded, examples, warmup, max_new_tokens, progress) -> records``
-registered in :data:`SCENARIOS`; everything after it (summary, percentile table, histogram) is
-shared.  Today there is the in-process SingleStream of :mod:`testbed.client.inproc`; a server
-scenario (Poisson arrivals over HTTP) is one more entry that returns the client's records.
+A scenario is a function ``(loaded, examples, warmup, max_new_tokens, progress, batch) -> records``
+registered in :data:`SCENARIOS`; everything after it (summary, percentile table, histogram, the
+waterfall of the median request) is shared.  There are the in-process SingleStream of
+:mod:`testbed.client.inproc` and closed-loop users on the server's batcher in this process
+(:class:`~testbed.client.targets.InprocTarget`, with the batching mode and max batch of the
+:class:`~testbed.serve.batcher.BatchConfig`; an engine that cannot let rows join a running batch
+refuses ``continuous`` with a ``ConfigError``, shown as the tab's error).
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from testbed.datasets import Example, load_dataset
 from testbed.metrics import summary as S
 from testbed.metrics.records import RequestRecord
 from testbed.report.text import kv_table, latency_table
+from testbed.report.waterfall import median_record, of_record
+from testbed.serve.batcher import BatchConfig
 from testbed.ui.service import Loaded
 
 Progress = Callable[[int, int], None]
-Scenario = Callable[[Loaded, Sequence[Example], int, int | None, Progress | None], list[RequestRecord]]
+Scenario = Callable[[Loaded, Sequence[Example], int, int | None, Progress | None, BatchConfig],
+                    list[RequestRecord]]
 
 #: generated tokens at most per request in a load test (short runs on a CPU)
 LOAD_MAX_NEW = {"translate": 128, "chat": 64}
@@ -27,12 +33,27 @@ LOAD_DATASET = {"translate": "test", "chat": "chat"}
 
 
 def _inproc_singlestream(loaded: Loaded, examples: Sequence[Example], warmup: int, max_new: int | None,
-                         progress: Progress | None) -> list[RequestRecord]:
+                         progress: Progress | None, batch: BatchConfig) -> list[RequestRecord]:
     with loaded.lock:  # the engine is not thread-safe: the demo's answers wait meanwhile
         return singlestream(loaded.engine, examples, warmup=warmup, max_new_tokens=max_new, progress=progress)
 
 
-SCENARIOS: dict[str, Scenario] = {"singlestream (in-process)": _inproc_singlestream}
+def _batched_users(loaded: Loaded, examples: Sequence[Example], warmup: int, max_new: int | None,
+                   progress: Progress | None, batch: BatchConfig) -> list[RequestRecord]:
+    """``max_batch_size`` closed-loop users on the server's batcher (no HTTP), scheduler timing kept."""
+    from testbed.client.loadgen import LoadSpec, run
+    from testbed.client.targets import InprocTarget
+
+    total = warmup + len(examples)
+    spec = LoadSpec("concurrency", num_requests=len(examples), concurrency=batch.max_batch_size, warmup=warmup)
+    with loaded.lock:
+        batch.check(loaded.engine)  # continuous on an engine that cannot join rows: refused, never downgraded
+        target = InprocTarget(loaded.engine, batch, max_tokens=max_new, return_timing=True)
+        return list(run(target, examples, spec, progress=(lambda k: progress(k, total)) if progress else None))
+
+
+BATCHED = "concurrency (in-process batcher)"
+SCENARIOS: dict[str, Scenario] = {"singlestream (in-process)": _inproc_singlestream, BATCHED: _batched_users}
 
 
 def histogram(records: Sequence[RequestRecord], title: str = "") -> Any:
@@ -61,17 +82,30 @@ def histogram(records: Sequence[RequestRecord], title: str = "") -> Any:
     return fig
 
 
+def median_waterfall(records: Sequence[RequestRecord], title: str = "") -> Any:
+    """The waterfall figure of the completed request with the median E2E (None when none completed)."""
+    from testbed.report.waterfall_plot import figure
+
+    live = [r for r in records if S.is_completed(r) and not r.warmup]
+    if not live:
+        return None
+    rec = median_record(live)
+    return figure([of_record(rec, label=f"request {rec.request_id} (median E2E)")], title)
+
+
 def run_loadtest(loaded: Loaded, task: str, scenario: str, num_requests: int, warmup: int,
-                 progress: Progress | None = None) -> tuple[str, Any]:
+                 progress: Progress | None = None, batch: BatchConfig | None = None) -> tuple[str, Any, Any]:
     """Run ``scenario`` over the first ``num_requests`` examples of the task's test set."""
     fn = SCENARIOS.get(scenario)
     if fn is None:
-        return f"**unknown scenario** {scenario!r}; known: {', '.join(SCENARIOS)}", None
+        return f"**unknown scenario** {scenario!r}; known: {', '.join(SCENARIOS)}", None, None
     if num_requests < 1 or warmup < 0:
-        return f"**not run** -- requests must be >= 1 (got {num_requests}) and warm-up >= 0 (got {warmup})", None
+        return (f"**not run** -- requests must be >= 1 (got {num_requests}) and warm-up >= 0 (got {warmup})",
+                None, None)
+    batch = batch or BatchConfig()
     examples = load_dataset(LOAD_DATASET[task], limit=num_requests)
     max_new = LOAD_MAX_NEW[task]
-    records = fn(loaded, examples, warmup, max_new, progress)
+    records = fn(loaded, examples, warmup, max_new, progress, batch)
     summ = S.summarize(records, scenario=scenario)
     cfg = loaded.engine.config
     head = {
@@ -85,7 +119,9 @@ def run_loadtest(loaded: Loaded, task: str, scenario: str, num_requests: int, wa
         "output tokens/s": S.fmt(summ.output_throughput, ".1f"),
         "model load (ms)": S.fmt(loaded.load_ms, ".0f"),
     }
+    if scenario == BATCHED:
+        head["batching"] = batch.label()
     md = (f"{kv_table(head)}\n\n{latency_table(records)}\n\n"
           f"Percentiles: {S.PERCENTILE_METHOD}; TTFT = first token - scheduled start, "
           "TPOT = (last - first) / (N - 1), E2E = last token - scheduled start.")
-    return md, histogram(records, f"{cfg.label()} {scenario}")
+    return md, histogram(records, f"{cfg.label()} {scenario}"), median_waterfall(records, f"{cfg.label()} {scenario}")

@@ -238,9 +238,10 @@ class InprocTarget(Target):
     """The engine behind the same :class:`~testbed.serve.batcher.Batcher` the server uses, no HTTP."""
 
     def __init__(self, engine: Engine, batch: Any = None, max_tokens: int | None = None,
-                 ignore_eos: bool = False) -> None:
+                 ignore_eos: bool = False, return_timing: bool = False) -> None:
         from testbed.serve.batcher import BatchConfig, Batcher
 
+        self.return_timing = return_timing  # keep the scheduler's timing in extra["server_timing"]
         self.engine = engine.load()
         self.batcher = Batcher(engine, batch or BatchConfig())
         self.max_tokens = max_tokens
@@ -276,6 +277,7 @@ class InprocTarget(Target):
             rec.extra["error_message"] = str(b)
             return
         pieces: list[str] = []
+        admitted_ns: int | None = None
         try:
             while True:
                 msg = await reader.get()
@@ -288,6 +290,7 @@ class InprocTarget(Target):
                         rec.last_visible_ns = t
                 elif isinstance(msg, Admitted):
                     rec.n_in = msg.n_in
+                    admitted_ns = msg.t_ns
                     if msg.warnings:
                         rec.extra["warnings"] = list(msg.warnings)
                 elif isinstance(msg, Failed):
@@ -302,6 +305,8 @@ class InprocTarget(Target):
                     rec.encoder_done_ns = msg.timing.get("encoder_done_ns")
                     rec.extra["join_step"] = msg.timing.get("join_step")
                     rec.extra["batch_size"] = msg.timing.get("batch_size")
+                    if self.return_timing:
+                        rec.extra["server_timing"] = {**msg.timing, "admitted_ns": admitted_ns}
                     rec.output = "".join(pieces)
                     if not rec.chunk_ns:
                         rec.fail(NO_TOKENS_ERROR, rec.done_ns)

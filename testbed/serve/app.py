@@ -10,7 +10,8 @@ Endpoints:
   (one JSON answer with ``usage``); ``min_tokens`` / ``ignore_eos`` are honoured (or refused
   with a 400 on an engine that cannot mask EOS, :mod:`testbed.serve.protocol`);
   ``"return_timing": true`` (an extension) adds the engine-side timestamps of the request
-  (``timing``: arrival, batch start, encoder end, every token, end; ``perf_counter_ns``);
+  (``timing``: arrival, admission (tokenised), batch start, encoder end, every token, end, and
+  when streamed the hand-off of the last token to the HTTP write; ``perf_counter_ns``);
 * ``GET /health`` (model, queue depth, running rows), ``GET /v1/models``, ``GET /metrics``
   (Prometheus text: requests, rejections, cancellations, queue depth, TTFT / E2E histograms).
 
@@ -185,12 +186,13 @@ class Server:
         except ApiError as e:
             return self._error(endpoint, e)
         n_in, warnings = first.n_in, list(first.warnings) + list(parsed.warnings)
+        admitted_ns = first.t_ns
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}"
         if parsed.stream:
-            return StreamingResponse(self._sse(job, reader, parsed, rid, n_in, warnings, endpoint),
+            return StreamingResponse(self._sse(job, reader, parsed, rid, n_in, warnings, endpoint, admitted_ns),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return await self._collect(request, job, reader, parsed, rid, n_in, warnings, endpoint)
+        return await self._collect(request, job, reader, parsed, rid, n_in, warnings, endpoint, admitted_ns)
 
     def _check_length_control(self, p: ParsedRequest) -> None:
         """min_tokens / ignore_eos on an engine that cannot mask EOS: a 400 naming the field, never ignored."""
@@ -216,7 +218,7 @@ class Server:
         return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
 
     async def _collect(self, request: Request, job: Job, reader: JobReader, p: ParsedRequest,
-                       rid: str, n_in: int, warnings: list[str], endpoint: str) -> Response:
+                       rid: str, n_in: int, warnings: list[str], endpoint: str, admitted_ns: int) -> Response:
         # a non-streaming client that goes away is noticed by waiting on receive()
         watcher = asyncio.ensure_future(request.receive())
         pieces: list[str] = []
@@ -257,12 +259,12 @@ class Server:
         if warnings:
             out["warnings"] = warnings
         if p.return_timing:
-            out["timing"] = timing
+            out["timing"] = {**timing, "admitted_ns": admitted_ns}
         self.metrics.requests[(endpoint, 200)] += 1
         return Response(_dumps(out), media_type="application/json")
 
     async def _sse(self, job: Job, reader: JobReader, p: ParsedRequest, rid: str, n_in: int,
-                   warnings: list[str], endpoint: str) -> AsyncIterator[str]:
+                   warnings: list[str], endpoint: str, admitted_ns: int) -> AsyncIterator[str]:
         created = int(time.time())
         obj = "chat.completion.chunk" if p.chat else "text_completion"
         head = (f'data: {{"id":"{rid}","object":"{obj}","created":{created},"model":{_dumps(self.model_name)},'
@@ -272,6 +274,7 @@ class Server:
         cont = p.continuous_usage
         finished = False
         n_out = 0
+        last_write_ns: int | None = None  # taken only when the client asked for the timing
         try:
             if p.chat:
                 yield head + '"delta":{"role":"assistant","content":""},"finish_reason":null}]}\n\n'
@@ -285,6 +288,8 @@ class Server:
                         end = _chunk_end(n_in, n_out, cont)
                         events.append(f'{head}{key}{_dumps(tok.text)}{close},"token_ids":[{tok.token_id}],'
                                       f'"finish_reason":null{end}')
+                    if p.return_timing:
+                        last_write_ns = now_ns()
                     yield "".join(events)
                 elif isinstance(msg, Done):
                     reason, timing, token_ids = msg.finish_reason, msg.timing, list(msg.token_ids)
@@ -300,7 +305,7 @@ class Server:
                     if warnings:
                         tail["warnings"] = warnings
                     if p.return_timing:
-                        tail["timing"] = timing
+                        tail["timing"] = {**timing, "admitted_ns": admitted_ns, "last_write_ns": last_write_ns}
                     yield f"data: {_dumps(tail)}\n\ndata: [DONE]\n\n"
                     self.metrics.requests[(endpoint, 200)] += 1
                     return

@@ -12,11 +12,16 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from testbed.clock import now_ns
+
 
 @dataclass(frozen=True)
 class Admitted:
     n_in: int
     warnings: tuple[str, ...] = ()
+    # when the request was tokenised and admitted (the message is made right after ``prepare``):
+    # the end of the waterfall's "intake + tokenisation" phase
+    t_ns: int = field(default_factory=now_ns, compare=False)
 
 
 @dataclass(frozen=True)

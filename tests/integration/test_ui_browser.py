@@ -7,9 +7,13 @@ sets ``TESTBED_REQUIRE_BROWSER=1``, which turns that skip into a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT_KEEP = os.environ.get("TESTBED_UI_SCREENSHOT")  # optional copy kept outside tmp
+WATERFALL_KEEP = os.environ.get("TESTBED_UI_WATERFALL_SHOT")  # optional copy of the two waterfalls
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +66,11 @@ def app_url(runs_dir: Path) -> Iterator[str]:
     from testbed.ui.service import EngineCache
 
     class BoomEngine(FakeEngine):
-        """The fake engine, failing mid-stream on any input that contains BOOM."""
+        """The fake engine, failing mid-stream on any input that contains BOOM; its capabilities
+        say rows cannot join a running batch (so the load test's continuous mode is refused)."""
+
+        capabilities = dataclasses.replace(FakeEngine.capabilities, batching="static",
+                                           join_refusal="test engine: rows cannot join a running batch")
 
         def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
             words = {self.tokenizer.words[i] for i in prepared.input_ids}
@@ -130,20 +139,48 @@ def _translate(page: Any, text: str) -> dict[str, str]:
     return before
 
 
+def _waterfalls(page: Any, task: str = "translate") -> list[dict[str, Any]]:
+    """The waterfalls drawn under the answers: label, total and each bar's numbers."""
+    page.wait_for_selector(f"#tb-waterfall-{task} .tb-wf")
+    return list(page.evaluate(f"""() => [...document.querySelectorAll('#tb-waterfall-{task} .tb-wf')].map(w => ({{
+        label: w.dataset.label, total: parseFloat(w.dataset.totalMs),
+        phases: [...w.querySelectorAll('.tb-phase')].map(p => ({{name: p.dataset.name, source: p.dataset.source,
+                  start: parseFloat(p.dataset.startMs), end: parseFloat(p.dataset.endMs)}}))}}))"""))
+
+
+def _check_waterfall(wf: dict[str, Any], served_e2e: float, expect: list[str]) -> None:
+    """Phases present in this order, contiguous from 0, summing to the page's served E2E (1 ms)."""
+    names = [p["name"] for p in wf["phases"]]
+    assert names == expect, names
+    t = 0.0
+    for p in wf["phases"]:
+        assert abs(p["start"] - t) < 1e-3 and p["end"] >= p["start"], wf["phases"]
+        t = p["end"]
+    assert abs(sum(p["end"] - p["start"] for p in wf["phases"]) - served_e2e) < 1.0, (wf, served_e2e)
+    assert all(p["source"] for p in wf["phases"])
+
+
+DIRECT_INPROC = ["send (page -> ui server)", "queue wait (engine lock)", "tokenisation", "encoder pass",
+                 "first decoding step", "later tokens", "detokenisation + hand-off",
+                 "transport (ui server -> page)", "render (chunk -> DOM)"]
+
+
 def test_translate_streams_german_with_metrics_then_side_by_side(page: Any, tmp_path: Path) -> None:
-    # the answer streams: the metrics panel passes through states with fewer tokens than the end
-    page.evaluate("""() => { window.__counts = []; const host = document.querySelector('#tb-metrics-translate-a');
-        new MutationObserver(() => { const m = host.querySelector('[data-ntok]');
-          if (m) window.__counts.push(parseInt(m.dataset.ntok)); })
-          .observe(host, {subtree: true, childList: true, attributes: true}); }""")
+    # the direct path (the default): the answer streams into the output, chunk by chunk
     before = _translate(page, "Click OK to close the dialog.")
     _done(page, "translate-a", before)
     german = page.input_value("#tb-output-translate-a textarea")
     assert "Klicken" in german or "Dialog" in german, german
     metrics = page.inner_text("#tb-metrics-translate-a")
     assert "engine TTFT ms" in metrics and "TPOT ms" in metrics and "tok/s" in metrics
-    counts = [c for c in page.evaluate("window.__counts") if c > 0]
-    assert len(set(counts)) >= 2, f"not streamed token by token: {counts}"
+    run = page.evaluate("tb.runs['translate-a']")
+    # streamed: several token events (reads of the body may coalesce them on a busy machine)
+    assert run["path"] == "direct" and run["events"] >= 2, f"not streamed: {run}"
+    (wf,) = _waterfalls(page)
+    _check_waterfall(wf, run["e2e"], DIRECT_INPROC)
+    assert [p["source"] for p in wf["phases"]][:3] == ["page -> ui server", "ui server", "engine"]
+    later = next(p for p in wf["phases"] if p["name"] == "later tokens")
+    assert later["end"] > later["start"]
     page.wait_for_function("document.querySelector('#tb-served-translate-a').innerText.includes(' ms')")
     assert "served TTFT" in page.inner_text("#tb-served-translate-a")
     status = page.inner_text("#tb-status-translate")
@@ -160,10 +197,20 @@ def test_translate_streams_german_with_metrics_then_side_by_side(page: Any, tmp_
     b = page.input_value("#tb-output-translate-b textarea")
     assert a.strip() and b.strip()
     assert "torch/int8/cpu" in page.inner_text("#tb-metrics-translate-b")
+    # two waterfalls side by side, one shared axis: each sums to its own served E2E
+    page.wait_for_function("document.querySelectorAll('#tb-waterfall-translate .tb-wf').length === 2")
+    wa, wb = _waterfalls(page)
+    runs = page.evaluate("tb.runs")
+    _check_waterfall(wa, runs["translate-a"]["e2e"], DIRECT_INPROC)
+    _check_waterfall(wb, runs["translate-b"]["e2e"], DIRECT_INPROC)
+    assert "torch/int8/cpu" in wb["label"]
+    if WATERFALL_KEEP:
+        Path(WATERFALL_KEEP).parent.mkdir(parents=True, exist_ok=True)
+        page.locator("#tb-waterfall-translate").screenshot(path=WATERFALL_KEEP)
     # the history has one row per answer, with the browser's served TTFT filled in
     page.wait_for_function("document.querySelector('#tb-history').innerText.includes('torch/int8/cpu')")
     hist = page.inner_text("#tb-history")
-    assert hist.count("translate") >= 3
+    assert hist.count("translate") >= 3 and "(direct)" in hist
     summary = page.inner_text("#tb-history-summary")
     assert "served TTFT ms" in summary and "Gradio overhead ms" in summary
     shot = tmp_path / "ui_side_by_side.png"
@@ -226,6 +273,90 @@ def test_load_test_tab_on_fake_engine(page: Any) -> None:
     page.wait_for_selector("#tb-load-table table", timeout=60_000)
     table = page.inner_text("#tb-load-table")
     assert "TTFT (ms)" in table and "p90" in table and "20 / 0" in table
+    page.wait_for_selector("#tb-load-waterfall .js-plotly-plot, #tb-load-waterfall img", timeout=60_000)
+    # the batched scenario: continuous is refused for an engine whose capabilities say so, static runs
+    page.locator("#tb-load-scenario").get_by_label("concurrency (in-process batcher)").check()
+    page.locator("#tb-load-batching").get_by_label("continuous").check()
+    page.click("#tb-load-go")
+    page.wait_for_function("document.querySelector('#tb-load-table').innerText.includes('refused')", timeout=60_000)
+    assert "rows cannot join a running batch" in page.inner_text("#tb-load-table")
+    page.locator("#tb-load-batching").get_by_label("static").check()
+    page.click("#tb-load-go")
+    page.wait_for_function("document.querySelector('#tb-load-table').innerText.includes('static batch<=4')",
+                           timeout=60_000)
+    assert "20 / 0" in page.inner_text("#tb-load-table")
+
+
+def test_gradio_path_still_streams_and_draws_its_waterfall(page: Any) -> None:
+    """The earlier path (Gradio's queue), kept for the interleaved comparison."""
+    page.locator("#tb-path-translate").get_by_label("gradio").check()
+    page.evaluate("""() => { window.__counts = []; const host = document.querySelector('#tb-metrics-translate-a');
+        new MutationObserver(() => { const m = host.querySelector('[data-ntok]');
+          if (m) window.__counts.push(parseInt(m.dataset.ntok)); })
+          .observe(host, {subtree: true, childList: true, attributes: true}); }""")
+    _done(page, "translate-a", _translate(page, "Click OK to close the dialog."))
+    counts = [c for c in page.evaluate("window.__counts") if c > 0]
+    assert len(set(counts)) >= 2, f"not streamed token by token: {counts}"
+    run = page.evaluate("tb.runs['translate-a']")
+    assert run["path"] == "gradio"
+    page.wait_for_function("document.querySelector('#tb-waterfall-translate .tb-wf') !== null && "
+                           "document.querySelector('#tb-waterfall-translate').innerText.includes('Gradio queue')")
+    (wf,) = _waterfalls(page)
+    _check_waterfall(wf, run["e2e"], ["page -> handler (Gradio queue, SSE)", "queue wait (engine lock)",
+                                      "tokenisation", "encoder pass", "first decoding step", "later tokens",
+                                      "detokenisation + hand-off", "transport / Gradio + render"])
+
+
+@pytest.fixture(scope="module")
+def served_url(app_url: str) -> Iterator[str]:
+    """`testbed serve` (Marian on torch fp32) in its own process on 127.0.0.1."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "testbed", "serve", "--engine", "torch", "--precision", "fp32",
+                             "--port", str(port), "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    import httpx
+
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"testbed serve exited: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_served_mode_against_testbed_serve(page: Any, served_url: str) -> None:
+    page.fill("#tb-pick-translate-a-url textarea, #tb-pick-translate-a-url input", served_url)
+    before = _translate(page, "Click OK to close the dialog.")
+    _done(page, "translate-a", before)
+    german = page.input_value("#tb-output-translate-a textarea")
+    assert "Klicken" in german or "Dialog" in german, german
+    assert f"served by {served_url}" in page.inner_text("#tb-status-translate")
+    metrics = page.inner_text("#tb-metrics-translate-a")
+    assert served_url in metrics and "error" not in metrics
+    ttft = page.get_attribute("#tb-metrics-translate-a [data-nonce]", "data-engine-ttft-ms")
+    assert ttft and float(ttft) > 0  # from the server's return_timing
+    run = page.evaluate("tb.runs['translate-a']")
+    (wf,) = _waterfalls(page)
+    _check_waterfall(wf, run["e2e"], ["send (page -> ui server)", "ui server prepares the call",
+                                      "send (ui server -> server)", "intake + tokenisation", "queue wait",
+                                      "encoder pass", "first decoding step", "later tokens",
+                                      "detokenisation + hand-off", "transport (server -> ui server)",
+                                      "relay (ui server)", "transport (ui server -> page)", "render (chunk -> DOM)"])
+    sources = {p["name"]: p["source"] for p in wf["phases"]}
+    assert sources["encoder pass"] == "engine" and sources["intake + tokenisation"] == "server"
+    # a server that is not there: a clear error, nothing sent
+    page.fill("#tb-pick-translate-a-url textarea, #tb-pick-translate-a-url input", "http://127.0.0.1:9")
+    _done(page, "translate-a", _translate(page, "Click OK."))
+    assert "GET /v1/models failed" in page.inner_text("#tb-metrics-translate-a")
 
 
 def test_chat_streams_and_keeps_the_conversation(page: Any) -> None:

@@ -14,6 +14,7 @@ from testbed.config import EngineConfig
 from testbed.engines.base import ENCODER_DONE, GenerationRequest, Prepared
 from testbed.engines.fake.engine import FakeEngine
 from testbed.engines.registry import ENGINES, EngineEntry
+from testbed.errors import ConfigError
 from testbed.metrics import summary as S
 from testbed.ui import loadtest, results
 from testbed.ui import service as svc
@@ -208,13 +209,35 @@ def test_sweep_command_is_the_eval_subcommand(tmp_path: Path) -> None:
 def test_loadtest_runs_the_scenario_and_draws_the_histogram() -> None:
     ld = _cache().get(_cfg())
     seen: list[tuple[int, int]] = []
-    md, fig = loadtest.run_loadtest(ld, "translate", "singlestream (in-process)", 6, 2,
-                                    progress=lambda d, t: seen.append((d, t)))
+    md, fig, wf = loadtest.run_loadtest(ld, "translate", "singlestream (in-process)", 6, 2,
+                                        progress=lambda d, t: seen.append((d, t)))
     assert "6 / 0" in md and "2 warm-up excluded" in md and "TTFT (ms)" in md
     assert seen[-1] == (8, 8)
     assert fig is not None and len(fig.axes) == 2
-    bad, none = loadtest.run_loadtest(ld, "translate", "nope", 5, 0)
-    assert "unknown scenario" in bad and none is None
+    # the waterfall of the median request: one panel, its bars are the engine's phases
+    assert wf is not None and len(wf.axes) == 1
+    labels = [t.get_text() for t in wf.axes[0].get_yticklabels()]
+    assert labels[0].startswith("tokenisation") and any(x.startswith("later tokens") for x in labels)
+    bad, none, none2 = loadtest.run_loadtest(ld, "translate", "nope", 5, 0)
+    assert "unknown scenario" in bad and none is None and none2 is None
+
+
+def test_loadtest_batched_scenario_keeps_scheduler_timing_and_refuses_continuous() -> None:
+    import dataclasses
+
+    from testbed.serve.batcher import BatchConfig
+
+    ld = _cache().get(_cfg())
+    md, _, wf = loadtest.run_loadtest(ld, "translate", loadtest.BATCHED, 6, 1,
+                                      batch=BatchConfig(batching="static", max_batch_size=2))
+    assert "6 / 0" in md and "static batch<=2" in md
+    labels = [t.get_text() for t in wf.axes[0].get_yticklabels()]
+    assert any(x.startswith("intake + tokenisation [server]") for x in labels), labels
+    # an engine whose capabilities say rows cannot join: continuous is refused, never downgraded
+    caps = dataclasses.replace(ld.engine.capabilities, batching="static", join_refusal="cannot join here")
+    object.__setattr__(ld.engine, "capabilities", caps)
+    with pytest.raises(ConfigError, match="cannot join here"):
+        loadtest.run_loadtest(ld, "translate", loadtest.BATCHED, 6, 1, batch=BatchConfig(batching="continuous"))
 
 
 def test_cli_registers_ui() -> None:
@@ -222,3 +245,14 @@ def test_cli_registers_ui() -> None:
 
     args = build_parser().parse_args(["ui", "--port", "7999"])
     assert args.port == 7999 and args.func.__name__ == "cmd_ui"
+
+
+def test_cli_ui_takes_server_urls_and_refuses_bad_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    from testbed.cli import build_parser, main
+
+    args = build_parser().parse_args(["ui", "--url", "http://127.0.0.1:8000", "--url", "http://127.0.0.1:8001"])
+    assert args.url == ["http://127.0.0.1:8000", "http://127.0.0.1:8001"]
+    assert main(["ui", "--url", "127.0.0.1:8000"]) == 2  # no scheme: refused before anything starts
+    assert "--url '127.0.0.1:8000' is not accepted" in capsys.readouterr().err
+    assert main(["ui", "--url", "http://a", "--url", "http://b", "--url", "http://c"]) == 2
+    assert "given 3 times" in capsys.readouterr().err
