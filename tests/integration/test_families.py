@@ -177,7 +177,7 @@ def test_server_serves_a_seq2seq_dialogue_family(tiny):
     eng = engine(tiny, "blenderbot", "ctranslate2")
     msgs = [{"role": "user", "content": "Hello there."}]
     expected = eng.stream(GenerationRequest(messages=tuple(msgs))).run().token_ids
-    with TestClient(create_app(eng, model_name="tiny-blenderbot")) as c:
+    with TestClient(create_app(eng, model_name="tiny-blenderbot"), base_url="http://127.0.0.1") as c:
         r = c.post("/v1/chat/completions", json={"model": "tiny-blenderbot", "messages": msgs, "max_tokens": NEW})
         assert r.status_code == 200, r.text
         body = r.json()
