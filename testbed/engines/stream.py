@@ -199,6 +199,12 @@ class BatchStream:
     def pending(self) -> bool:
         return self.batch.has_pending()
 
+    @property
+    def can_admit_now(self) -> bool:
+        """May rows be admitted before the next iteration (a prefill in progress allows it only on
+        engines that prefill in chunks, each admission its own group)?"""
+        return self.can_join and (not self.pending or self.batch.chunked_prefill)
+
     def add(self, streams: Sequence[Stream]) -> list[int]:
         """Admit rows (their encoder pass runs now); returns their indices."""
         first = len(self.rows)
@@ -229,12 +235,13 @@ class BatchStream:
     def advance(self, prefill_budget: int | None = None) -> list[tuple[int, TokenEvent]]:
         """One iteration: the pending rows' first tokens, then one step of every running row.
 
-        ``prefill_budget`` (prompt tokens): while other rows are decoding, a long prompt is prefilled
-        one chunk per iteration (engines with chunked prefill), so the running rows keep stepping."""
+        ``prefill_budget`` (prompt tokens per iteration): engines with chunked prefill advance every
+        prompt being prefilled by one chunk per iteration, so the running rows keep stepping and a
+        short prompt admitted beside a long one gets its first token first."""
         events: list[tuple[int, TokenEvent]] = []
         try:
             if self.batch.has_pending():
-                out = self.batch.prefill(prefill_budget if self.batch.has_running() else None)
+                out = self.batch.prefill(prefill_budget)
                 events += self._accept(out, self._clock())
             if self.batch.has_running():
                 expect = [i for i in self.batch.slots if i in self.live and not self.batch.is_pending(i)]

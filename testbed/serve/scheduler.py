@@ -182,7 +182,7 @@ class Scheduler:
         bs = self.bs
         assert bs is not None
         free = self.config.max_batch_size - len(bs.live)
-        if free <= 0 or not self.ready or not bs.can_join or bs.pending:  # one prefill at a time
+        if free <= 0 or not self.ready or not bs.can_admit_now:
             return
         ws = self._take(free)
         if ws:
@@ -210,7 +210,8 @@ class Scheduler:
         bs = self.bs
         assert bs is not None
         try:
-            events = bs.advance(self.config.prefill_chunk)
+            # chunks only where something can overtake: continuous batching (static batches admit nothing new)
+            events = bs.advance(self.config.prefill_chunk if self.continuous else None)
         except Exception as exc:
             msg = f"generation failed: {type(exc).__name__}: {exc}"
             for i, job in self.jobs.items():

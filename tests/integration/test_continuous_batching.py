@@ -135,3 +135,28 @@ def test_a_cancelled_prompt_stops_its_chunked_prefill():
         assert bs.rows[0].token_ids == eng.stream(prepared[0].request).run().token_ids
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("engine_name", ["torch", "onnxruntime"])
+def test_a_short_prompt_admitted_beside_a_long_prefill_gets_its_first_token_first(engine_name):
+    """Nothing running, a long prompt is being prefilled in chunks; a short one admitted after its
+    first chunk finishes its own prefill first; both decode as alone."""
+    eng = create_engine(EngineConfig(engine=engine_name, model="smollm2-135m-instruct", threads=1)).load()
+    try:
+        long_text = " ".join(["Summarise these notes on the history of the printing press in Europe."] * 24)
+        reqs = [GenerationRequest(text=long_text, max_new_tokens=6), GenerationRequest(text="Hi!", max_new_tokens=6)]
+        singles = [eng.stream(r).run().token_ids for r in reqs]
+        prepared = [eng.prepare(r) for r in reqs]
+        bs = eng.stream_batch([])
+        from testbed.engines.stream import Stream
+
+        [a] = bs.add([Stream(eng, reqs[0], eng.clock, prepared=prepared[0])])
+        bs.advance(prefill_budget=32)
+        assert bs.can_admit_now and not bs.rows[a].events
+        [b] = bs.add([Stream(eng, reqs[1], eng.clock, prepared=prepared[1])])
+        while bs.live:
+            bs.advance(prefill_budget=32)
+        assert bs.rows[b].events[0].t_ns < bs.rows[a].events[0].t_ns
+        assert [bs.rows[a].token_ids, bs.rows[b].token_ids] == singles
+    finally:
+        eng.close()

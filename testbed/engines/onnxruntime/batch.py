@@ -38,7 +38,8 @@ class OrtBatch(StepBatch):
         self.seq2seq = self.m.seq2seq
         self.reports_encoder = self.seq2seq
         self.chunked_prefill = not self.seq2seq
-        self.pf: dict[str, Any] | None = None  # decoder-only: a prefill in progress (chunk by chunk)
+        # decoder-only: prefills in progress, one group per admission, advanced chunk by chunk
+        self.pfs: list[dict[str, Any]] = []
         self.banned = list(engine.banned)
         self.eos = sorted(engine.eos_token_ids)
         # the slot of each tensor row; None: a row that left, still in the tensors until the next
@@ -54,10 +55,10 @@ class OrtBatch(StepBatch):
         self.inp: Any = None
 
     def has_pending(self) -> bool:
-        return bool(self.waiting)
+        return bool(self.waiting) or bool(self.pfs)
 
     def is_pending(self, slot: int) -> bool:
-        return slot in self.waiting
+        return slot in self.waiting or any(slot in g["slots"] for g in self.pfs)
 
     def has_running(self) -> bool:
         return any(s is not None for s in self.order)
@@ -79,6 +80,12 @@ class OrtBatch(StepBatch):
 
     # ------------------------------------------------------------------ admission
     def _admit(self, rows: dict[int, Prepared]) -> None:
+        if not self.seq2seq:  # a new prefill group: it advances beside any group already in progress
+            ids, mask = pad_batch([self.prepared[s].input_ids for s in rows], self.e.pad_id, left=True)
+            self.pfs.append({"slots": list(rows), "ids": ids, "mask": mask, "c": 0,
+                             "pos": np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64),
+                             "past": self.m._empty_past(len(rows))})
+            return
         if self.waiting:
             raise RuntimeError("admit() called again before prefill()")
         self.waiting = list(rows)
@@ -107,31 +114,30 @@ class OrtBatch(StepBatch):
         return dict(zip(slots, nxt.tolist()))
 
     def _prefill_chunk(self, budget: int | None) -> dict[int, int]:
-        """Decoder-only: the pending prompts (left-padded together), ``budget // rows`` columns per call
-        (all of them without a budget); the first tokens come with the last chunk."""
+        """Decoder-only: every prefill group (its prompts left-padded together) advances by one chunk of
+        ``budget / groups / rows`` columns (all of them without a budget); a group's first tokens come
+        with its last chunk, so a short prompt admitted beside a long one is not held up by it."""
         m = self.m
-        if self.pf is None:
-            ids, mask = pad_batch([self.prepared[s].input_ids for s in self.waiting], self.e.pad_id, left=True)
-            self.pf = {"slots": list(self.waiting), "ids": ids, "mask": mask, "c": 0,
-                       "pos": np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(np.int64),
-                       "past": m._empty_past(len(self.waiting))}
-        pf = self.pf
-        slots, ids, mask, c = pf["slots"], pf["ids"], pf["mask"], pf["c"]
-        width = ids.shape[1]
-        k = width - c if budget is None else min(width - c, max(1, budget // len(slots)))
-        logits, pf["past"] = m._step({}, {"input_ids": np.ascontiguousarray(ids[:, c : c + k]),
-                                          "attention_mask": np.ascontiguousarray(mask[:, : c + k]),
-                                          "position_ids": np.ascontiguousarray(pf["pos"][:, c : c + k])}, pf["past"])
-        chunk = mask[:, c : c + k]
-        self.padding.add(chunk.size, int((chunk == 0).sum()))
-        pf["c"] = c + k
-        if pf["c"] < width:
-            return {}
-        self.pf, self.waiting = None, []
-        n = len(slots)
-        nxt = self._pick(logits, slots)
-        self._join(slots, pf["past"], nxt.reshape(n, 1), pf["pos"][:, -1:] + 1, mask=mask)
-        return dict(zip(slots, nxt.tolist()))
+        out: dict[int, int] = {}
+        groups = list(self.pfs)
+        for g in groups:
+            slots, ids, mask, c = g["slots"], g["ids"], g["mask"], g["c"]
+            width = ids.shape[1]
+            share = None if budget is None else max(1, budget // len(groups))
+            k = width - c if share is None else min(width - c, max(1, share // len(slots)))
+            logits, g["past"] = m._step({}, {"input_ids": np.ascontiguousarray(ids[:, c : c + k]),
+                                             "attention_mask": np.ascontiguousarray(mask[:, : c + k]),
+                                             "position_ids": np.ascontiguousarray(g["pos"][:, c : c + k])}, g["past"])
+            chunk = mask[:, c : c + k]
+            self.padding.add(chunk.size, int((chunk == 0).sum()))
+            g["c"] = c + k
+            if g["c"] < width:
+                continue
+            self.pfs.remove(g)
+            nxt = self._pick(logits, slots)
+            self._join(slots, g["past"], nxt.reshape(len(slots), 1), g["pos"][:, -1:] + 1, mask=mask)
+            out.update(zip(slots, nxt.tolist()))
+        return out
 
     def _join(self, slots: list[int], past: list[Any], inp: np.ndarray, pos: np.ndarray, *, bias: Any = None,
               mask: Any = None, fixed: dict[str, Any] | None = None) -> None:
@@ -187,17 +193,20 @@ class OrtBatch(StepBatch):
     # ------------------------------------------------------------------ leaving
     def _evict(self, slots: list[int]) -> None:
         gone = set(slots)
-        if self.pf is not None and gone.intersection(self.pf["slots"]):
-            pf = self.pf
-            keep = [i for i, s in enumerate(pf["slots"]) if s not in gone]
+        for g in list(self.pfs):  # rows whose prefill is in progress: their prefill stops
+            keep = [i for i, s in enumerate(g["slots"]) if s not in gone]
+            if len(keep) == len(g["slots"]):
+                continue
+            if not keep:
+                self.pfs.remove(g)
+                continue
             for name in ("ids", "mask", "pos"):
-                pf[name] = pf[name][keep]
-            pf["past"] = [self._dev(np.ascontiguousarray(self._host(p)[keep])) for p in pf["past"]]
-            pf["slots"] = [pf["slots"][i] for i in keep]
+                g[name] = g[name][keep]
+            g["past"] = [self._dev(np.ascontiguousarray(self._host(p)[keep])) for p in g["past"]]
+            g["slots"] = [g["slots"][i] for i in keep]
         self.waiting = [s for s in self.waiting if s not in gone]
         if not self.waiting:
             self.new_fixed = None
-            self.pf = None
         if not gone.intersection(self.order):
             return
         self.order = [None if s in gone else s for s in self.order]

@@ -57,7 +57,8 @@ class TorchBatch(StepBatch):
         self.seq2seq = engine.seq2seq
         self.reports_encoder = self.seq2seq
         self.chunked_prefill = not self.seq2seq
-        self.pf: dict[str, Any] | None = None  # decoder-only: a prefill in progress (chunk by chunk)
+        # decoder-only: prefills in progress, one group per admission, advanced chunk by chunk
+        self.pfs: list[dict[str, Any]] = []
         # the slot of each tensor row; None: a row that left, still in the tensors until the next
         # compaction (copying every cache at each departure costs about one decoding step)
         self.order: list[int | None] = []
@@ -72,10 +73,10 @@ class TorchBatch(StepBatch):
         self.enc_mask: Any = None
 
     def has_pending(self) -> bool:
-        return bool(self.waiting)
+        return bool(self.waiting) or bool(self.pfs)
 
     def is_pending(self, slot: int) -> bool:
-        return slot in self.waiting
+        return slot in self.waiting or any(slot in g["slots"] for g in self.pfs)
 
     def has_running(self) -> bool:
         return any(s is not None for s in self.order)
@@ -85,6 +86,13 @@ class TorchBatch(StepBatch):
 
     # ------------------------------------------------------------------ admission
     def _admit(self, rows: dict[int, Prepared]) -> None:
+        if not self.seq2seq:  # a new prefill group: it advances beside any group already in progress
+            from transformers import DynamicCache
+
+            ids, mask = self.e._pad([self.prepared[s] for s in rows])
+            self.pfs.append({"slots": list(rows), "ids": ids, "mask": mask, "cache": DynamicCache(), "c": 0,
+                             "pos": (mask.cumsum(-1) - 1).clamp(min=0)})
+            return
         if self.waiting:  # rows admitted twice before a prefill: prefill the earlier ones first
             raise RuntimeError("admit() called again before prefill()")
         self.waiting = list(rows)
@@ -120,31 +128,28 @@ class TorchBatch(StepBatch):
         return dict(zip(slots, nxt.tolist()))
 
     def _prefill_chunk(self, budget: int | None) -> dict[int, int]:
-        """Decoder-only: the pending prompts (left-padded together), ``budget // rows`` columns per call
-        (all of them without a budget); the first tokens come with the last chunk."""
-        torch = self.torch
-        with torch.inference_mode():
-            if self.pf is None:
-                from transformers import DynamicCache
-
-                ids, mask = self.e._pad([self.prepared[s] for s in self.waiting])
-                self.pf = {"slots": list(self.waiting), "ids": ids, "mask": mask, "cache": DynamicCache(), "c": 0,
-                           "pos": (mask.cumsum(-1) - 1).clamp(min=0)}
-            pf = self.pf
-            slots, ids, mask, c = pf["slots"], pf["ids"], pf["mask"], pf["c"]
-            width = ids.shape[1]
-            k = width - c if budget is None else min(width - c, max(1, budget // len(slots)))
-            logits = self._forward_causal(ids[:, c : c + k], mask[:, : c + k], pf["pos"][:, c : c + k], pf["cache"])
-            chunk = mask[:, c : c + k]
-            self.padding.add(chunk.numel(), int((chunk == 0).sum()))
-            pf["c"] = c + k
-            if pf["c"] < width:
-                return {}
-            self.pf, self.waiting = None, []
-            n = len(slots)
-            nxt = self.e._pick(logits, self.no_eos(slots))
-            self._join(slots, pf["cache"], mask, pf["pos"][:, -1:] + 1, nxt.view(n, 1), None, None)
-        return dict(zip(slots, nxt.tolist()))
+        """Decoder-only: every prefill group (its prompts left-padded together) advances by one chunk of
+        ``budget / groups / rows`` columns (all of them without a budget); a group's first tokens come
+        with its last chunk, so a short prompt admitted beside a long one is not held up by it."""
+        out: dict[int, int] = {}
+        groups = list(self.pfs)
+        with self.torch.inference_mode():
+            for g in groups:
+                slots, ids, mask, c = g["slots"], g["ids"], g["mask"], g["c"]
+                width = ids.shape[1]
+                share = None if budget is None else max(1, budget // len(groups))
+                k = width - c if share is None else min(width - c, max(1, share // len(slots)))
+                logits = self._forward_causal(ids[:, c : c + k], mask[:, : c + k], g["pos"][:, c : c + k], g["cache"])
+                chunk = mask[:, c : c + k]
+                self.padding.add(chunk.numel(), int((chunk == 0).sum()))
+                g["c"] = c + k
+                if g["c"] < width:
+                    continue
+                self.pfs.remove(g)
+                nxt = self.e._pick(logits, self.no_eos(slots))
+                self._join(slots, g["cache"], mask, g["pos"][:, -1:] + 1, nxt.view(len(slots), 1), None, None)
+                out.update(zip(slots, nxt.tolist()))
+        return out
 
     def _join(self, slots: list[int], cache: Any, mask: Any, pos: Any, inp: Any, enc: Any, enc_mask: Any) -> None:
         """Append rows (their own cache and tensors) to the running ones, padding either side."""
@@ -209,30 +214,29 @@ class TorchBatch(StepBatch):
 
     # ------------------------------------------------------------------ leaving
     def _evict_pending(self, gone: set[int]) -> None:
-        """Drop rows from a prefill in progress (a client that went away stops its prefill)."""
-        pf = self.pf
-        assert pf is not None
-        keep = [i for i, s in enumerate(pf["slots"]) if s not in gone]
-        if not keep:
-            self.pf = None
-            return
-        idx = self.torch.tensor(keep, dtype=self.torch.long, device=pf["ids"].device)
-        for layer in self_layers(pf["cache"]):
-            if layer.keys is not None and layer.keys.numel():
-                layer.keys = layer.keys.index_select(0, idx)
-                layer.values = layer.values.index_select(0, idx)
-        for name in ("ids", "mask", "pos"):
-            pf[name] = pf[name].index_select(0, idx)
-        pf["slots"] = [pf["slots"][i] for i in keep]
+        """Drop rows from the prefills in progress (a client that went away stops its prefill)."""
+        for g in list(self.pfs):
+            keep = [i for i, s in enumerate(g["slots"]) if s not in gone]
+            if len(keep) == len(g["slots"]):
+                continue
+            if not keep:
+                self.pfs.remove(g)
+                continue
+            idx = self.torch.tensor(keep, dtype=self.torch.long, device=g["ids"].device)
+            for layer in self_layers(g["cache"]):
+                if layer.keys is not None and layer.keys.numel():
+                    layer.keys = layer.keys.index_select(0, idx)
+                    layer.values = layer.values.index_select(0, idx)
+            for name in ("ids", "mask", "pos"):
+                g[name] = g[name].index_select(0, idx)
+            g["slots"] = [g["slots"][i] for i in keep]
 
     def _evict(self, slots: list[int]) -> None:
         gone = set(slots)
-        if self.pf is not None and gone.intersection(self.pf["slots"]):
-            self._evict_pending(gone)
+        self._evict_pending(gone)
         self.waiting = [s for s in self.waiting if s not in gone]
         if not self.waiting:
             self.new_enc = self.new_enc_mask = None
-            self.pf = None
         if not gone.intersection(self.order):
             return
         self.order = [None if s in gone else s for s in self.order]
