@@ -182,7 +182,7 @@ def _drive(env: Any, job_file: Path) -> None:
     runner.register_message("tb_records", lambda environment, msg, **kw: records.extend(msg.data["records"]))
     runner.register_message("tb_done", lambda environment, msg, **kw: finished.__setitem__(msg.data["worker"],
                                                                                            msg.data))
-    deadline = time.monotonic() + spec.get("connect_timeout_s", 300)
+    deadline = time.monotonic() + spec.get("connect_timeout_s", 120)
     while len(runner.clients) < n:
         if time.monotonic() > deadline:
             log.error("only %d of %d Locust workers connected", len(runner.clients), n)
