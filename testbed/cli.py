@@ -278,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     from testbed import cli_prune
 
     cli_prune.add_parser(sub)
+    from testbed.scale import cli as scale_cli
+
+    scale_cli.add_parser(sub)  # plan
     from testbed.export.cli import add_parser as add_export
 
     add_export(sub)
