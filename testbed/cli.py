@@ -197,6 +197,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from testbed.serve.cli import cmd_serve as run_serve
 
+    if args.backend == "ray":
+        from testbed.serve.cli import cmd_serve_ray
+
+        return cmd_serve_ray(args, _config(args))
     return run_serve(args, _engine(args))
 def cmd_ui(args: argparse.Namespace) -> int:
     import importlib.util
