@@ -126,3 +126,22 @@ def test_a_killed_worker_is_reported_with_the_requests_it_lost(null_server, tmp_
     assert s["completed"] + s["failed"] == 300  # not silently short
     assert s["errors"].get(J.LOST_ERROR) == dead[0]["lost"] == s["failed"]
     assert "requests lost" in (tmp_path / "summary.md").read_text()
+
+
+def test_cli_refuses_workers_without_url_and_worker_without_master(capsys):
+    from testbed.cli import main
+
+    assert main(["bench", "--engine", "null", "--scenario", "server", "--rate", "5", "--workers", "2"]) == 2
+    assert "--workers 2: give --url" in capsys.readouterr().err
+    if importlib.util.find_spec("locust") is not None:
+        assert main(["bench", "--worker"]) == 2
+        assert "--worker needs --master-host" in capsys.readouterr().err
+
+
+@needs_locust
+def test_singlestream_is_refused_with_workers():
+    from testbed.errors import TestbedError
+    from testbed.scale.locust_run import run_workers
+
+    with pytest.raises(TestbedError, match="singlestream"):
+        run_workers(HttpTarget("http://127.0.0.1:1", "m"), EXAMPLES, LoadSpec("singlestream"), 2)
