@@ -5,8 +5,9 @@ precision, ``threads``), runs the warm-up, and serves the same Starlette app
 (:class:`testbed.serve.app.Server`) through ``serve.ingress`` (``__serve_build_asgi_app__``: the
 app is built in the replica, after its engine) -- the same OpenAI routes, streaming included,
 and the same admission: each replica's own bounded queue answers 429 + ``Retry-After`` when
-full.  Ray may send a replica up to ``max_queue + max_batch_size`` requests at once
-(``max_ongoing_requests``), so it is the replica, not Ray, that refuses.
+full.  Ray may send a replica up to twice the requests it can hold (``max_ongoing_requests =
+2 x (max_queue + max_batch_size)``), so a full replica refuses (429) before Ray's proxy would hold
+requests back in a queue of its own.
 
 Pinning: a replica reserves ``threads`` CPUs from Ray (``num_cpus``), runs its engine on
 ``threads`` intra-op threads, and binds itself (``os.sched_setaffinity``) to ``threads`` cores
@@ -59,7 +60,7 @@ class RaySpec:
 
     def deployment_options(self, threads: int, batch: BatchConfig) -> dict[str, Any]:
         opts: dict[str, Any] = {"ray_actor_options": {"num_cpus": threads},
-                                "max_ongoing_requests": batch.max_queue + batch.max_batch_size}
+                                "max_ongoing_requests": 2 * (batch.max_queue + batch.max_batch_size)}
         if self.min_replicas is not None:
             auto: dict[str, Any] = {"min_replicas": self.min_replicas, "max_replicas": self.max_replicas}
             if self.target_ongoing_requests is not None:

@@ -20,7 +20,7 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
 def test_spec_options_fixed_and_autoscaling():
     b = BatchConfig(max_batch_size=4, max_queue=8)
     fixed = RaySpec(replicas=2).deployment_options(1, b)
-    assert fixed == {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 12, "num_replicas": 2}
+    assert fixed == {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 24, "num_replicas": 2}
     auto = RaySpec(min_replicas=1, max_replicas=3, target_ongoing_requests=2).deployment_options(2, b)
     assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
     assert "num_replicas" not in auto and auto["ray_actor_options"] == {"num_cpus": 2}
