@@ -145,3 +145,16 @@ def test_singlestream_is_refused_with_workers():
 
     with pytest.raises(TestbedError, match="singlestream"):
         run_workers(HttpTarget("http://127.0.0.1:1", "m"), EXAMPLES, LoadSpec("singlestream"), 2)
+
+
+@needs_locust
+def test_concurrency_scenario_from_two_workers(null_server, tmp_path):
+    from testbed.metrics.summary import SLO
+    from testbed.scale.locust_run import locust_bench
+
+    spec = LoadSpec("concurrency", num_requests=40, concurrency=3, warmup=0)
+    res = locust_bench(HttpTarget(null_server.url, "marian-en-de"), EXAMPLES, spec, SLO.parse(""), {"target": "t"},
+                       2, tmp_path)
+    assert res["summary"]["completed"] == 40 and [w["recorded"] for w in res["workers"]] == [20, 20]
+    live = [r for r in res["records"] if not r.warmup]
+    assert all(r.send_ns >= r.schedule_ns for r in live)  # closed loop: scheduled when a user is free
