@@ -202,6 +202,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from testbed.serve.cli import cmd_serve as run_serve
 
+    if args.backend == "ray":
+        from testbed.serve.cli import cmd_serve_ray
+
+        return cmd_serve_ray(args, _config(args))
     return run_serve(args, _engine(args))
 def cmd_ui(args: argparse.Namespace) -> int:
     import importlib.util
@@ -290,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     from testbed import cli_prune
 
     cli_prune.add_parser(sub)
+    from testbed.scale import cli as scale_cli
+
+    scale_cli.add_parser(sub)  # plan
     from testbed.export.cli import add_parser as add_export
 
     add_export(sub)

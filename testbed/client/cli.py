@@ -55,6 +55,20 @@ def add_load_args(b: argparse.ArgumentParser) -> None:
                    help="inproc target: static batches, or continuous (rows join and leave between steps)")
     g.add_argument("--max-wait-ms", type=float, default=2.0, help="inproc target: batch fill wait (ms)")
     g.add_argument("--max-queue", type=int, default=1024, help="inproc target: admission queue bound")
+    d = b.add_argument_group("distributed load (Locust; pip install 'testbed[scale]')")
+    d.add_argument("--workers", type=int, default=None,
+                   help="with --url: run the scenario from N Locust worker processes under a Locust master, "
+                        "each with an independent seeded share of the schedule; one merged report")
+    d.add_argument("--master", action="store_true",
+                   help="with --workers N: start only the Locust master and wait for N workers from other "
+                        "machines (testbed bench --worker --master-host THIS_HOST)")
+    d.add_argument("--master-bind-host", default="127.0.0.1",
+                   help="--master: the address the master listens on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    d.add_argument("--master-port", type=int, default=None, help="the Locust master's port (default: a free one; "
+                                                                 "5557 with --master / --worker)")
+    d.add_argument("--worker", action="store_true",
+                   help="be one Locust worker of a master on --master-host (another machine's testbed bench --master)")
+    d.add_argument("--master-host", default=None, help="--worker: the master's address")
 
 
 def _describe(engine: Any) -> dict[str, Any]:
@@ -75,7 +89,7 @@ def _print_trial(row: dict[str, Any]) -> None:
 
 def wants_load(args: argparse.Namespace) -> bool:
     """True unless this is the classic in-process SingleStream job (no --url, no --target, no peak search)."""
-    return bool(args.url or args.target or args.find_peak or args.scenario != "singlestream")
+    return bool(args.url or args.target or args.find_peak or args.scenario != "singlestream" or args.worker)
 
 
 def client_limits(args: argparse.Namespace, target: str) -> Any:
@@ -93,6 +107,22 @@ def client_limits(args: argparse.Namespace, target: str) -> Any:
     return ClientLimits(args.client_limit_ms, args.client_limit_ms)
 
 
+def run_locust_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """``--worker --master-host H``: one Locust worker of testbed's locustfile, until its master ends."""
+    import subprocess
+
+    from testbed.errors import TestbedError
+    from testbed.scale import require
+
+    require("testbed bench --worker", "locust")
+    from testbed.scale.locust_run import worker_cmd
+
+    if not args.master_host:
+        raise TestbedError("--worker needs --master-host (the machine running testbed bench --workers N --master)")
+    rc = subprocess.call(worker_cmd(args.master_host, args.master_port or 5557))
+    return {"markdown": f"Locust worker ended (exit code {rc})"}
+
+
 def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dict[str, Any]:
     from testbed.client.bench import load_bench
     from testbed.client.loadgen import LoadSpec
@@ -101,8 +131,13 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
     from testbed.errors import TestbedError
     from testbed.metrics.summary import SLO
 
+    if args.worker:
+        return run_locust_worker(args)
     if args.scenario not in SCENARIOS:
         raise TestbedError(f"--scenario {args.scenario!r}: give one of {', '.join(SCENARIOS)}")
+    if args.workers is not None and (not args.url or args.find_peak):
+        raise TestbedError(f"--workers {args.workers}: give --url (Locust workers load an HTTP server), "
+                           "without --find-peak")
     target = args.target or ("http" if args.url else "inproc")
     if target == "http" and not args.url:
         raise TestbedError("--target http needs --url (e.g. --url http://127.0.0.1:8000)")
@@ -150,6 +185,12 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
 
         describe = {**_describe(engine), **batch.to_dict(), "target": f"inproc {config.label()} {batch.label()}"}
     out = Path(args.out) if args.out else None
+    if args.workers is not None:
+        from testbed.scale.locust_run import locust_bench
+
+        port = args.master_port or (5557 if args.master else None)
+        return locust_bench(make(), examples, spec, slo, {**describe, "workers": args.workers}, args.workers, out,
+                            local_workers=not args.master, bind_host=args.master_bind_host, port=port)
     try:
         if args.find_peak:
             search = PeakSearch(start_rate=args.rate, trial_s=args.duration or 30.0, min_queries=args.peak_min_queries,

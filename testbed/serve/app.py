@@ -79,6 +79,7 @@ class Server:
         self.max_tokens_limit = engine.config.max_new_tokens
         self.metrics = ServerMetrics()
         self.started = time.time()
+        self.replica: str | None = None  # set by a replica of a Ray Serve deployment (testbed.scale.ray_serve)
         self._mailbox: LoopMailbox | None = None
         self.routes = Starlette(routes=[
             Route("/v1/completions", self.completions, methods=["POST"]),
@@ -99,9 +100,12 @@ class Server:
 
     # ------------------------------------------------------------------ small endpoints
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "model": self.model_name, "engine": self.engine.config.label(),
-                             "batching": self.batcher.config.label(), "queue_depth": self.batcher.queue_depth,
-                             "running": self.batcher.running})
+        body = {"status": "ok", "model": self.model_name, "engine": self.engine.config.label(),
+                "batching": self.batcher.config.label(), "queue_depth": self.batcher.queue_depth,
+                "running": self.batcher.running}
+        if self.replica is not None:
+            body["replica"] = self.replica
+        return JSONResponse(body)
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [
@@ -129,6 +133,8 @@ class Server:
                             "testbed_positions_total": (lambda: pad.total, "Key/value positions computed or attended."),
                             "testbed_deadline_exceeded_total": (lambda: s.expired, "Requests past their deadline.")},
         )
+        if self.replica is not None:  # one replica's numbers: say which
+            text = f"# testbed replica {self.replica}\n" + text
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ generation

@@ -29,6 +29,16 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=60.0, help="per-request deadline in seconds (60)")
     g.add_argument("--served-model-name", default=None, help="the model name clients send (default: --model)")
     g.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    r = s.add_argument_group("replicas (Ray Serve; pip install 'testbed[scale]')")
+    r.add_argument("--backend", choices=["uvicorn", "ray"], default="uvicorn",
+                   help="uvicorn: one server process (default); ray: a Ray Serve deployment of --replicas replicas, "
+                        "each the same server with its own engine (--threads threads, pinned) and queue")
+    r.add_argument("--replicas", type=int, default=1, help="--backend ray: replicas (fixed; default 1)")
+    r.add_argument("--ray-address", default=None, help="--backend ray: an existing Ray cluster (default: a local one)")
+    r.add_argument("--min-replicas", type=int, default=None, help="--backend ray: autoscaling lower bound")
+    r.add_argument("--max-replicas", type=int, default=None, help="--backend ray: autoscaling upper bound")
+    r.add_argument("--target-ongoing-requests", type=float, default=None,
+                   help="--backend ray, autoscaling: ongoing requests per replica Ray Serve scales to")
     s.set_defaults(on_overflow="refuse")  # an over-long prompt is a 400, as on other OpenAI servers
     d = Limits()
     lim = s.add_argument_group("limits and safety (README: Limits and safety)")
@@ -77,6 +87,34 @@ def check_max_input(engine: object, max_input_tokens: int | None) -> None:
         raise ConfigError("max_input_tokens", max_input_tokens,
                           f"an integer in [1, {engine.model_max_input}] (this model's input limit with "
                           f"--max-new-tokens {engine.config.max_new_tokens})")
+
+
+def batch_config(args: argparse.Namespace) -> object:
+    from testbed.serve.batcher import BatchConfig
+
+    return BatchConfig(max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                       max_queue=args.max_queue, timeout_s=args.timeout, batching=args.batching,
+                       max_queued_tokens=args.max_queued_tokens, prefill_chunk=args.prefill_chunk or None)
+
+
+def cmd_serve_ray(args: argparse.Namespace, config: object) -> int:
+    """``--backend ray``: the deployment on Ray Serve (the engine is built in each replica, not here)."""
+    from testbed.config import EngineConfig
+    from testbed.serve.batcher import BatchConfig
+
+    assert isinstance(config, EngineConfig)
+    from testbed.scale.ray_serve import RaySpec, serve_forever
+
+    spec = RaySpec(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
+                   target_ongoing_requests=args.target_ongoing_requests, address=args.ray_address,
+                   host=args.host, port=args.port)
+    batch = batch_config(args)
+    assert isinstance(batch, BatchConfig)
+    n = f"{spec.min_replicas}..{spec.max_replicas} (autoscaling)" if spec.min_replicas is not None else spec.replicas
+    print(f"serving {args.served_model_name or args.model} on Ray Serve: {n} replicas of {config.label()} "
+          f"({batch.label()}, {config.threads or 1} thread(s) each) at http://{args.host}:{args.port}", file=sys.stderr)
+    serve_forever(config, batch, spec, args.served_model_name)
+    return 0
 
 
 def cmd_serve(args: argparse.Namespace, engine: object) -> int:

@@ -1,0 +1,79 @@
+"""Ray Serve replicas (`testbed serve --backend ray`): the same tokens as `testbed serve`, per-replica
+/health, 429 from a replica's own queue; option checks.  Skipped, with the reason, without the extra."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+
+from testbed.config import EngineConfig
+from testbed.errors import ConfigError
+from testbed.scale.ray_serve import RaySpec
+from testbed.serve.batcher import BatchConfig
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason="the scale extra is not installed (pip install 'testbed[scale]')")
+
+
+def test_spec_options_fixed_and_autoscaling():
+    b = BatchConfig(max_batch_size=4, max_queue=8)
+    fixed = RaySpec(replicas=2).deployment_options(1, b)
+    assert fixed == {"ray_actor_options": {"num_cpus": 1}, "max_ongoing_requests": 24, "num_replicas": 2}
+    auto = RaySpec(min_replicas=1, max_replicas=3, target_ongoing_requests=2).deployment_options(2, b)
+    assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2}
+    assert "num_replicas" not in auto and auto["ray_actor_options"] == {"num_cpus": 2}
+    with pytest.raises(ConfigError, match="replicas"):
+        RaySpec(replicas=0)
+    with pytest.raises(ConfigError, match="min_replicas"):
+        RaySpec(min_replicas=1)
+    with pytest.raises(ConfigError, match="min_replicas"):
+        RaySpec(min_replicas=3, max_replicas=2)
+
+
+def _stream(url: str, prompt: str) -> tuple[list[int], str]:
+    import httpx
+
+    body = {"model": "marian-en-de", "prompt": prompt, "stream": True, "max_tokens": 12,
+            "stream_options": {"include_usage": True}}
+    ids, text = [], ""
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                c = json.loads(line[6:]).get("choices") or [{}]
+                ids += c[0].get("token_ids") or []
+                text += c[0].get("text") or ""
+    return ids, text
+
+
+@needs_ray
+def test_streaming_through_ray_serve_returns_the_same_tokens_as_testbed_serve():
+    import httpx
+
+    from testbed.engines.registry import create_engine
+    from testbed.scale.ray_serve import deploy, shutdown
+    from testbed.serve.run import BackgroundServer, free_port, warm_up
+
+    cfg = EngineConfig(engine="fake", max_new_tokens=12, threads=1)
+    batch = BatchConfig(max_batch_size=2, max_queue=4)
+    # one request: the fake engine numbers words as it meets them, so a replica's later answers
+    # depend on what it served before (and Ray picks the replica)
+    prompts = ["one two three four"]
+    engine = create_engine(cfg).load()
+    warm_up(engine)  # as `testbed serve` and each replica do (the fake engine numbers words as it meets them)
+    with BackgroundServer(engine, batch) as srv:
+        want = [_stream(srv.url, p) for p in prompts]
+    port = free_port()
+    try:
+        deploy(cfg, batch, RaySpec(replicas=2, port=port))
+        url = f"http://127.0.0.1:{port}"
+        got = [_stream(url, p) for p in prompts]
+        health = [httpx.get(url + "/health", timeout=30).json() for _ in range(12)]
+        metrics = httpx.get(url + "/metrics", timeout=30).text
+    finally:
+        shutdown()
+    assert got == want and all(ids for ids, _ in got)
+    assert all(h["status"] == "ok" and h["replica"] for h in health)
+    assert metrics.startswith("# testbed replica ")
