@@ -45,7 +45,9 @@ class BatchConfig:
     input tokens (one long prompt costs what it costs); ``timeout_s``: the per-request deadline from
     arrival to the last token; ``retry_after_s``: the ``Retry-After`` a refusal carries;
     ``prefill_chunk``: while rows are decoding, a new decoder-only prompt is prefilled this many
-    tokens per step (None: at once), so one long prompt cannot stall the others.
+    tokens per step (None: at once), so one long prompt cannot stall the others; ``join_quantum``
+    (continuous): while at least this many requests wait, they join a running batch in groups of at
+    least this many (default max batch / 8).
     """
 
     max_batch_size: int = 1
@@ -56,6 +58,7 @@ class BatchConfig:
     batching: str = "static"
     prefill_chunk: int | None = 256
     max_queued_tokens: int | None = None
+    join_quantum: int = 0  # 0: max(1, max_batch_size // 8)
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_batch_size, int) or not 1 <= self.max_batch_size <= 1024:
@@ -70,6 +73,10 @@ class BatchConfig:
             raise ConfigError("retry_after_s", self.retry_after_s, "an integer number of seconds in [1, 3600]")
         if self.batching not in BATCHING_MODES:
             raise ConfigError("batching", self.batching, ", ".join(BATCHING_MODES))
+        if not isinstance(self.join_quantum, int) or self.join_quantum < 0:
+            raise ConfigError("join_quantum", self.join_quantum, "a non-negative integer (0: max batch / 8)")
+        if self.join_quantum == 0:
+            object.__setattr__(self, "join_quantum", max(1, self.max_batch_size // 8))
         if self.prefill_chunk is not None and (not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 1):
             raise ConfigError("prefill_chunk", self.prefill_chunk, "a positive number of tokens, or none")
         if self.max_queued_tokens is not None and (
@@ -82,7 +89,7 @@ class BatchConfig:
     def to_dict(self) -> dict[str, Any]:
         return {"batching": self.batching, "max_batch_size": self.max_batch_size, "max_wait_ms": self.max_wait_ms,
                 "max_queue": self.max_queue, "max_queued_tokens": self.max_queued_tokens, "timeout_s": self.timeout_s,
-                "prefill_chunk": self.prefill_chunk}
+                "prefill_chunk": self.prefill_chunk, "join_quantum": self.join_quantum}
 
     def check(self, engine: Engine) -> None:
         """Refuse a mode the engine cannot run (never silently downgraded)."""

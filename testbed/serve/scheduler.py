@@ -12,7 +12,9 @@ A job's life (messages from :mod:`testbed.serve.messages` go to the job's ``sink
   its end; jobs that arrive meanwhile wait for the next batch;
 * **continuous** batching: the same first batch, and then, between any two decoding steps,
   waiting jobs join the running batch up to ``max_batch_size`` rows (their encoder pass or
-  prefill runs, then they step with the others);
+  prefill runs, then they step with the others); while at least ``join_quantum`` jobs wait, they
+  join in groups of at least that many (a join costs its own prefill and a copy of the padded
+  caches), otherwise all that wait join at once;
 * in both, a finished row leaves at once and one whose consumer went away (:meth:`Job.cancel`)
   or whose deadline passed is dropped between steps (its slot is free: in continuous mode a
   waiting job takes it at the next step); a job past its deadline before it started gets
@@ -183,6 +185,11 @@ class Scheduler:
         assert bs is not None
         free = self.config.max_batch_size - len(bs.live)
         if free <= 0 or not self.ready or not bs.can_admit_now:
+            return
+        # joining costs a prefill of its own and a copy of the padded caches: while more requests wait
+        # than the join quantum, join in groups of at least that many (all that wait join at once otherwise)
+        quantum = self.config.join_quantum
+        if len(self.ready) >= quantum and free < quantum:
             return
         ws = self._take(free)
         if ws:
