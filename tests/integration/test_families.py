@@ -219,3 +219,32 @@ def test_ctranslate2_streamed_batch_equals_streams_with_target_prefixes(tiny, fa
         assert [r.token_ids for r in bs.rows] == [eng.stream(t).run().token_ids for t in TEXTS]
     finally:
         eng.close()
+
+
+@pytest.mark.parametrize("family", list(T.FAMILIES))
+def test_torch_rows_joining_a_running_batch_decode_as_alone_or_are_refused(tiny, family):
+    """Continuous batching on every family: rows that join at later steps get their single-stream
+    tokens (per-row positions), or the engine says it cannot join rows for that family."""
+    from testbed.engines.base import GenerationRequest
+    from testbed.engines.stream import Stream
+
+    eng = engine(tiny, family)
+    try:
+        reqs = [GenerationRequest(text=t) for t in TEXTS]
+        singles = [eng.stream(r).run().token_ids for r in reqs]
+        prepared = [eng.prepare(r) for r in reqs]
+        bs = eng.stream_batch(prepared[:1])
+        if not bs.batch.join_running:
+            assert "cannot join" in bs.batch.join_refusal or "positions" in bs.batch.join_refusal
+            bs.close()
+            return
+        rows = [0]
+        for k, p in enumerate(prepared[1:], start=1):
+            for _ in range(k):  # join after k more steps
+                bs.advance()
+            rows += bs.add([Stream(eng, p.request, eng.clock, prepared=p)])
+        while bs.live:
+            bs.advance()
+        assert [bs.rows[r].token_ids for r in rows] == singles
+    finally:
+        eng.close()
