@@ -49,6 +49,10 @@ from testbed.signature import git_sha, result_header  # noqa: E402
 TESTBED = [sys.executable, "-m", "testbed"]
 
 
+def _rate(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def start_server(args: list[str], port: int, timeout_s: float = 600) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([*TESTBED, "serve", "--port", str(port), *args], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -128,7 +132,7 @@ def ray_part(args: argparse.Namespace) -> list[str]:
         one = peak_of(1, args, Path(d))
         two = peak_of(2, args, Path(d))
     out = [f"## (b) Ray Serve: {args.engine} {args.precision}, 1 thread per replica, SLO {args.slo}", "",
-           "| replicas | find-peak rate (req/s) |", "|---:|---:|", f"| 1 | {one} |", f"| 2 | {two} |", ""]
+           "| replicas | find-peak rate (req/s) |", "|---:|---:|", f"| 1 | {_rate(one)} |", f"| 2 | {_rate(two)} |", ""]
     if one and two:
         pred = predicted_peak(one, 2)
         out += [f"2 / 1 replica peak: **{two / one:.2f}x** (target >= 1.6x); plan's prediction {pred:.3g} req/s, "
