@@ -266,11 +266,12 @@ class Engine(ABC):
         try:
             b.admit(dict(enumerate(prepared)))
             take(b.prefill())
-            while live and b.has_running():
-                before = set(live)
-                take(b.step())
-                if live == before and not any(outs[i] for i in live):  # pragma: no cover - defensive
-                    break
+            while live:
+                out = b.step()
+                take(out)
+                for i in live - out.keys():  # the engine stopped it without EOS (as in BatchStream.advance)
+                    live.discard(i)
+                    b.evict([i])
         finally:
             b.close()
         return outs
