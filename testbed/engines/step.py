@@ -155,6 +155,37 @@ class StepBatch(ABC):
     def _evict(self, slots: list[int]) -> None: ...
 
 
+class PaddedBatch(StepBatch):
+    """The bookkeeping of an engine whose rows are padded tensors (torch, ONNX Runtime).
+
+    ``order``: the slot of each tensor row, None for a row that left and stays in the tensors until
+    the next compaction (copying every cache at each departure cost about one decoding step);
+    ``waiting``: seq2seq rows admitted (encoder run) and not yet prefilled; ``pfs``: decoder-only
+    prefills in progress, one group (``{"slots": [...], ...}``) per admission, advanced chunk by chunk.
+    """
+
+    def __init__(self, seq2seq: bool) -> None:
+        super().__init__()
+        self.seq2seq = seq2seq
+        self.reports_encoder = seq2seq
+        self.chunked_prefill = not seq2seq
+        self.order: list[int | None] = []
+        self.waiting: list[int] = []
+        self.pfs: list[dict[str, Any]] = []
+
+    def has_pending(self) -> bool:
+        return bool(self.waiting) or bool(self.pfs)
+
+    def is_pending(self, slot: int) -> bool:
+        return slot in self.waiting or any(slot in g["slots"] for g in self.pfs)
+
+    def has_running(self) -> bool:
+        return any(s is not None for s in self.order)
+
+    def _zombies(self) -> int:
+        return sum(s is None for s in self.order)
+
+
 class LockstepBatch(StepBatch):
     """No batched forward: each row's ``_decode`` generator, advanced one token per step."""
 
@@ -233,8 +264,7 @@ class LockstepBatch(StepBatch):
                 self.running.remove(s)
 
 
-def pad_left(arr: Any, width: int, axis: int, value: float = 0.0) -> Any:
-    """``arr`` (numpy or torch) padded on the left of ``axis`` to ``width`` with ``value``."""
+def _pad(arr: Any, width: int, axis: int, value: float, left: bool) -> Any:
     n = arr.shape[axis]
     if n >= width:
         return arr
@@ -243,23 +273,19 @@ def pad_left(arr: Any, width: int, axis: int, value: float = 0.0) -> Any:
     if hasattr(arr, "new_full"):  # torch
         import torch
 
-        return torch.cat([arr.new_full(shape, value), arr], dim=axis)
+        fill = arr.new_full(shape, value)
+        return torch.cat([fill, arr] if left else [arr, fill], dim=axis)
     import numpy as np
 
-    return np.concatenate([np.full(shape, value, dtype=arr.dtype), arr], axis=axis)
+    fill = np.full(shape, value, dtype=arr.dtype)
+    return np.concatenate([fill, arr] if left else [arr, fill], axis=axis)
+
+
+def pad_left(arr: Any, width: int, axis: int, value: float = 0.0) -> Any:
+    """``arr`` (numpy or torch) padded on the left of ``axis`` to ``width`` with ``value``."""
+    return _pad(arr, width, axis, value, left=True)
 
 
 def pad_right(arr: Any, width: int, axis: int, value: float = 0.0) -> Any:
     """``arr`` (numpy or torch) padded on the right of ``axis`` to ``width`` with ``value``."""
-    n = arr.shape[axis]
-    if n >= width:
-        return arr
-    shape = list(arr.shape)
-    shape[axis] = width - n
-    if hasattr(arr, "new_full"):
-        import torch
-
-        return torch.cat([arr, arr.new_full(shape, value)], dim=axis)
-    import numpy as np
-
-    return np.concatenate([arr, np.full(shape, value, dtype=arr.dtype)], axis=axis)
+    return _pad(arr, width, axis, value, left=False)

@@ -23,29 +23,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from testbed.engines.onnxruntime.runner import MASK_VALUE, pad_batch
-from testbed.engines.step import StepBatch, pad_left, pad_right
+from testbed.engines.step import PaddedBatch, pad_left, pad_right
 
 if TYPE_CHECKING:
     from testbed.engines.base import Prepared
     from testbed.engines.onnxruntime.engine import OnnxRuntimeEngine
 
 
-class OrtBatch(StepBatch):
+class OrtBatch(PaddedBatch):
     def __init__(self, engine: OnnxRuntimeEngine) -> None:
-        super().__init__()
+        super().__init__(engine.ort.seq2seq)
         self.e = engine
         self.m = engine.ort
-        self.seq2seq = self.m.seq2seq
-        self.reports_encoder = self.seq2seq
-        self.chunked_prefill = not self.seq2seq
-        # decoder-only: prefills in progress, one group per admission, advanced chunk by chunk
-        self.pfs: list[dict[str, Any]] = []
         self.banned = list(engine.banned)
         self.eos = sorted(engine.eos_token_ids)
-        # the slot of each tensor row; None: a row that left, still in the tensors until the next
-        # compaction (copying every cache at each departure cost about one decoding step)
-        self.order: list[int | None] = []
-        self.waiting: list[int] = []
         self.new_fixed: dict[str, Any] | None = None
         self.past: list[Any] = []
         self.fixed: dict[str, Any] = {}
@@ -53,15 +44,6 @@ class OrtBatch(StepBatch):
         self.mask: Any = None  # decoder-only attention mask (B,T)
         self.pos: Any = None
         self.inp: Any = None
-
-    def has_pending(self) -> bool:
-        return bool(self.waiting) or bool(self.pfs)
-
-    def is_pending(self, slot: int) -> bool:
-        return slot in self.waiting or any(slot in g["slots"] for g in self.pfs)
-
-    def has_running(self) -> bool:
-        return any(s is not None for s in self.order)
 
     # ------------------------------------------------------------------ helpers
     def _host(self, v: Any) -> np.ndarray:
@@ -186,9 +168,6 @@ class OrtBatch(StepBatch):
         self.inp = nxt.reshape(n, 1)
         self.pos = self.pos + 1
         return {s: t for s, t in zip(self.order, nxt.tolist()) if s is not None}
-
-    def _zombies(self) -> int:
-        return sum(s is None for s in self.order)
 
     # ------------------------------------------------------------------ leaving
     def _evict(self, slots: list[int]) -> None:

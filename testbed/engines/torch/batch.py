@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from testbed.engines.step import StepBatch, pad_left, pad_right
+from testbed.engines.step import PaddedBatch, pad_left, pad_right
 
 if TYPE_CHECKING:
     from testbed.engines.base import Prepared
@@ -49,20 +49,11 @@ def cross_layers(cache: Any) -> list[Any]:
     return list(cache.cross_attention_cache.layers) if isinstance(cache, EncoderDecoderCache) else []
 
 
-class TorchBatch(StepBatch):
+class TorchBatch(PaddedBatch):
     def __init__(self, engine: TorchEngine) -> None:
-        super().__init__()
+        super().__init__(engine.seq2seq)
         self.e = engine
         self.torch = engine._torch
-        self.seq2seq = engine.seq2seq
-        self.reports_encoder = self.seq2seq
-        self.chunked_prefill = not self.seq2seq
-        # decoder-only: prefills in progress, one group per admission, advanced chunk by chunk
-        self.pfs: list[dict[str, Any]] = []
-        # the slot of each tensor row; None: a row that left, still in the tensors until the next
-        # compaction (copying every cache at each departure costs about one decoding step)
-        self.order: list[int | None] = []
-        self.waiting: list[int] = []  # admitted, not prefilled
         self.new_enc: Any = None  # seq2seq: encoder outputs and mask of the waiting rows
         self.new_enc_mask: Any = None
         self.cache: Any = None
@@ -71,18 +62,6 @@ class TorchBatch(StepBatch):
         self.inp: Any = None
         self.enc: Any = None
         self.enc_mask: Any = None
-
-    def has_pending(self) -> bool:
-        return bool(self.waiting) or bool(self.pfs)
-
-    def is_pending(self, slot: int) -> bool:
-        return slot in self.waiting or any(slot in g["slots"] for g in self.pfs)
-
-    def has_running(self) -> bool:
-        return any(s is not None for s in self.order)
-
-    def _zombies(self) -> int:
-        return sum(s is None for s in self.order)
 
     # ------------------------------------------------------------------ admission
     def _admit(self, rows: dict[int, Prepared]) -> None:
