@@ -35,12 +35,16 @@ def _post(url: str, text: str, out: dict, key: str) -> None:
 
 
 def test_a_short_request_sent_during_a_long_prefill_finishes_before_the_long_ones_first_token(chat):
-    cfg = BatchConfig(max_batch_size=4, max_wait_ms=0, batching="continuous", prefill_chunk=64)
+    # small chunks: even a fast CPU spends seconds on this prefill, so the short request arrives during it
+    cfg = BatchConfig(max_batch_size=4, max_wait_ms=0, batching="continuous", prefill_chunk=16)
     with BackgroundServer(chat, cfg) as srv:
         out: dict = {}
         t = threading.Thread(target=_post, args=(srv.url, LONG, out, "long"))
         t.start()
-        time.sleep(0.5)  # the long prompt is being prefilled (about 1.4k tokens, 64 per step)
+        with httpx.Client(base_url=srv.url, timeout=30) as c:  # wait until the long prompt is being prefilled
+            deadline = time.monotonic() + 60
+            while c.get("/health").json()["running"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
         _post(srv.url, "Hi!", out, "short")
         t.join(120)
     long_t, short_t = out["long"]["timing"], out["short"]["timing"]
@@ -49,7 +53,7 @@ def test_a_short_request_sent_during_a_long_prefill_finishes_before_the_long_one
 
 
 def test_a_client_that_disconnects_stops_its_prefill(chat):
-    cfg = BatchConfig(max_batch_size=4, max_wait_ms=0, batching="continuous", prefill_chunk=32)
+    cfg = BatchConfig(max_batch_size=4, max_wait_ms=0, batching="continuous", prefill_chunk=16)
     with BackgroundServer(chat, cfg) as srv:
         with httpx.Client(base_url=srv.url, timeout=5) as c:
             try:
