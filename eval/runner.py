@@ -153,7 +153,9 @@ class _Run:
             row.update(status="skipped", error=f"engine {cfg.engine!r}: {why}")
             return None
         try:
-            engine = (self.create or create_engine)(cfg.engine_config(self.sweep.model, self.sweep.max_new_tokens))
+            sw = self.sweep
+            engine = (self.create or create_engine)(cfg.engine_config(sw.model, sw.max_new_tokens, sw.src_lang,
+                                                                      sw.tgt_lang))
         except (ConfigError, MissingExtraError) as exc:
             row.update(status="skipped", error=str(exc))
             return None

@@ -70,8 +70,8 @@ CONFIG_KEYS = ("engine", "precision", "pruning", "device", "threads", "batch", "
 # how the Offline scenario forms its batches: the engine's own generate() over fixed batches ("engine"),
 # or every request through the server's scheduler at max batch `batch` ("static" | "continuous")
 BATCHING = ("engine", "static", "continuous")
-TOP_KEYS = ("name", "description", "model", "dataset", "references", "max_new_tokens", "seed",
-            "offline", "singlestream", "accuracy", "reference", "defaults", "configs")
+TOP_KEYS = ("name", "description", "model", "src_lang", "tgt_lang", "dataset", "references", "max_new_tokens",
+            "seed", "offline", "singlestream", "accuracy", "reference", "defaults", "configs")
 TABLE_KEYS = {
     "offline": ("num_examples", "warmup_batches"),
     "singlestream": ("num_requests", "warmup", "interleave"),
@@ -112,10 +112,12 @@ class ServingConfig:
         served = f"/{self.batching}" if self.batching != "engine" else ""
         return f"{self.engine}/{self.precision}{pruned}/{self.device}{threads}/b{self.batch}{served}"
 
-    def engine_config(self, model: str, max_new_tokens: int) -> EngineConfig:
+    def engine_config(self, model: str, max_new_tokens: int, src_lang: str | None = None,
+                      tgt_lang: str | None = None) -> EngineConfig:
         """The :class:`EngineConfig` (raises ConfigError for a value the config does not accept)."""
         return EngineConfig(model=model, engine=self.engine, precision=self.precision, device=self.device,
-                            threads=self.threads, max_new_tokens=max_new_tokens, pruning=self.pruning)
+                            threads=self.threads, max_new_tokens=max_new_tokens, pruning=self.pruning,
+                            src_lang=src_lang, tgt_lang=tgt_lang)
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ class Sweep:
     offline_warmup_batches: int = 1
     divergence_examples: int = 64
     interleave: bool = True
+    src_lang: str | None = None  # the model's language options (mBART, M2M100, NLLB), for every row
+    tgt_lang: str | None = None
 
     @property
     def offline_set(self) -> tuple[Example, ...]:
@@ -178,6 +182,8 @@ class Sweep:
             "gate_reference": self.gate_reference, "gate_ratio": self.gate_ratio,
             "gate_length_ratio": list(self.gate_length_ratio), "divergence_examples": len(self.divergence_set),
             "reference": self.reference.to_dict(),
+            # only when set: the keys of sweeps without languages stay what they were (resume)
+            **{k: v for k, v in (("src_lang", self.src_lang), ("tgt_lang", self.tgt_lang)) if v is not None},
         }
 
     @property
@@ -249,7 +255,8 @@ def _config_values(path: str, where: str, entry: dict[str, Any]) -> dict[str, li
     return out
 
 
-def _make_config(path: str, where: str, values: dict[str, Any], model: str, max_new: int) -> ServingConfig:
+def _make_config(path: str, where: str, values: dict[str, Any], model: str, max_new: int,
+                 langs: tuple[str | None, str | None] = (None, None)) -> ServingConfig:
     cfg = ServingConfig(
         engine=values.get("engine", "torch"), precision=values.get("precision", "fp32"),
         pruning=values.get("pruning", "none"), device=values.get("device", "cpu"),
@@ -269,7 +276,7 @@ def _make_config(path: str, where: str, values: dict[str, Any], model: str, max_
         raise _err(path, f"{where}.batching", cfg.batching,
                    f"engine, static ({cfg.engine}: {caps.join_refusal or 'rows cannot join a running batch'})")
     try:
-        ec = cfg.engine_config(model, max_new)
+        ec = cfg.engine_config(model, max_new, *langs)
     except ConfigError as exc:
         raise SweepError(f"{path}: {where}: {exc}") from None
     try:
@@ -381,7 +388,8 @@ def _accuracy(path: str, doc: dict[str, Any], n_off: int) -> dict[str, Any]:
             "gate_length_ratio": (float(lr[0]), float(lr[1]))}
 
 
-def _configs(path: str, doc: dict[str, Any], model: str, max_new: int) -> tuple[ServingConfig, list[ServingConfig]]:
+def _configs(path: str, doc: dict[str, Any], model: str, max_new: int,
+             langs: tuple[str | None, str | None]) -> tuple[ServingConfig, list[ServingConfig]]:
     """The reference and the configurations (the reference first, duplicates dropped)."""
     defaults = _config_values(path, "defaults", _table(path, doc, "defaults"))
     for k, v in defaults.items():
@@ -394,7 +402,7 @@ def _configs(path: str, doc: dict[str, Any], model: str, max_new: int) -> tuple[
     if any(len(v) != 1 for v in ref_vals.values()):
         raise SweepError(f"{path}: [reference] takes one value per key (it is one configuration)")
     ref_values = {**base_values, "engine": "torch", "precision": "fp32", **{k: v[0] for k, v in ref_vals.items()}}
-    reference = _make_config(path, "reference", ref_values, model, max_new)
+    reference = _make_config(path, "reference", ref_values, model, max_new, langs)
 
     entries = doc.get("configs", [])
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
@@ -408,7 +416,7 @@ def _configs(path: str, doc: dict[str, Any], model: str, max_new: int) -> tuple[
         vals = _config_values(path, where, entry)
         keys = list(vals)
         for combo in itertools.product(*(vals[k] for k in keys)):
-            cfg = _make_config(path, where, {**base_values, **dict(zip(keys, combo))}, model, max_new)
+            cfg = _make_config(path, where, {**base_values, **dict(zip(keys, combo))}, model, max_new, langs)
             if cfg not in configs:
                 configs.append(cfg)
     return reference, configs
@@ -432,9 +440,29 @@ def parse_sweep(doc: dict[str, Any], path: str = "<sweep>") -> Sweep:
     examples, ds_path, refs = _examples(path, doc, dataset)
     scen = _scenarios(path, doc, len(examples))
     acc = _accuracy(path, doc, scen["offline_examples"])
-    reference, configs = _configs(path, doc, model, max_new)
+    langs = _languages(path, doc, model)
+    reference, configs = _configs(path, doc, model, max_new, langs)
     return Sweep(
         path=path, name=str(doc.get("name", Path(path).stem)), model=model, dataset=dataset, references=refs,
         max_new_tokens=max_new, seed=seed, reference=reference, configs=tuple(configs), examples=tuple(examples),
         dataset_sha256=_dataset_hash(ds_path), description=str(doc.get("description", "")), **scen, **acc,
+        src_lang=langs[0], tgt_lang=langs[1],
     )
+
+
+def _languages(path: str, doc: dict[str, Any], model: str) -> tuple[str | None, str | None]:
+    """``src_lang`` / ``tgt_lang``: strings; for a local checkpoint, checked against its family and
+    tokenizer now (a multilingual model needs ``tgt_lang``; other families refuse both).  A registry
+    name or hub id is checked when its engine loads (the row is then skipped with the reason)."""
+    langs = (doc.get("src_lang"), doc.get("tgt_lang"))
+    for name, v in zip(("src_lang", "tgt_lang"), langs):
+        if v is not None and (not isinstance(v, str) or not v.strip() or " " in v):
+            raise _err(path, name, v, "a language code of the model's tokenizer (e.g. de, de_DE, deu_Latn), or unset")
+    if Path(model).is_dir() and (Path(model) / "config.json").is_file():
+        from testbed.spec import load_spec
+
+        try:
+            load_spec(Path(model), langs[0], langs[1])
+        except ConfigError as exc:
+            raise SweepError(f"{path}: {exc}") from None
+    return langs

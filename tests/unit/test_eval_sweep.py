@@ -204,3 +204,19 @@ def test_old_gate_bleu_ratio_name_is_read_and_interleave_is_in_the_key(data):
     import dataclasses
 
     assert dataclasses.replace(s, interleave=False).sweep_key != s.sweep_key
+
+
+def test_language_keys_are_validated_and_keyed_only_when_set(tmp_path, data):
+    """src_lang / tgt_lang: one pair for the sweep's model, passed to every row's EngineConfig; a
+    value that is not a language code is refused naming the field; unset, the keys are unchanged."""
+    plain = load_sweep(write(tmp_path, data, '[[configs]]\nengine = "fake"\n'))
+    with_langs = load_sweep(write(tmp_path, data, '[[configs]]\nengine = "fake"\n',
+                                  top='src_lang = "eng_Latn"\ntgt_lang = "deu_Latn"\n'))
+    assert (with_langs.src_lang, with_langs.tgt_lang) == ("eng_Latn", "deu_Latn")
+    ec = with_langs.reference.engine_config(with_langs.model, 16, with_langs.src_lang, with_langs.tgt_lang)
+    assert (ec.src_lang, ec.tgt_lang) == ("eng_Latn", "deu_Latn")
+    assert "src_lang" not in plain.settings() and plain.sweep_key != with_langs.sweep_key
+    for bad, match in (('tgt_lang = 7\n', r"tgt_lang = 7 is not valid; allowed: a language code"),
+                       ('src_lang = "en glish"\n', r"src_lang = 'en glish' is not valid")):
+        with pytest.raises(SweepError, match=match):
+            load_sweep(write(tmp_path, data, '[[configs]]\nengine = "fake"\n', top=bad))
