@@ -32,23 +32,17 @@ EXPORTER_VERSION = 3
 GRAPH_VERSION = {"seq2seq": 4, "causal": 3}
 OPSET = 17
 PRECISIONS = ("fp32", "int8", "int8-static", "fp16")
-# model_type -> architecture and graph wrappers (testbed.export.wrappers): encoder, decoder
+# model_type -> architecture and graph classes (module.Class under testbed.export): encoder, decoder
 GRAPHS: dict[str, tuple[str, str | None, str]] = {
-    "marian": ("seq2seq", "MarianEncoderGraph", "MarianDecoderGraph"),
-    "llama": ("causal", None, "LlamaDecoderGraph"),
-    "qwen2": ("causal", None, "LlamaDecoderGraph"),  # Llama's graph; the q/k/v biases live in the projections
-    "gpt2": ("causal", None, "GPT2DecoderGraph"),
+    "marian": ("seq2seq", "wrappers.MarianEncoderGraph", "wrappers.MarianDecoderGraph"),
+    "t5": ("seq2seq", "seq2seq_graphs.T5EncoderGraph", "seq2seq_graphs.T5DecoderGraph"),
+    **{mt: ("seq2seq", "seq2seq_graphs.BartLikeEncoderGraph", "seq2seq_graphs.BartLikeDecoderGraph")
+       for mt in ("bart", "mbart", "m2m_100", "blenderbot", "blenderbot-small")},  # NLLB is m2m_100
+    "llama": ("causal", None, "wrappers.LlamaDecoderGraph"),
+    "qwen2": ("causal", None, "wrappers.LlamaDecoderGraph"),  # Llama's graph; the q/k/v biases live in the projections
+    "gpt2": ("causal", None, "wrappers.GPT2DecoderGraph"),
 }
 SUPPORTED = {mt: g[0] for mt, g in GRAPHS.items()}
-# families testbed decodes that have no ONNX graph yet, and why (the engine refuses them with this)
-NOT_EXPORTED = {
-    "t5": "T5's relative position bias and unscaled attention need a graph of their own, not written yet",
-    "bart": "the BART decoder graph (learned positions with offset 2, forced BOS prefix) is not written yet",
-    "mbart": "the mBART decoder graph (pre-norm, layernorm_embedding, target-language prefix) is not written yet",
-    "m2m_100": "the M2M100 / NLLB graph (sinusoidal positions, target-language prefix) is not written yet",
-    "blenderbot": "the BlenderBot graph (pre-norm decoder) is not written yet",
-    "blenderbot-small": "the BlenderBot-small graph (embedding norm before positions) is not written yet",
-}
 # int8 dynamic: per-tensor weight scales (per-channel is part of the cache key; not yet measured here)
 INT8_PER_CHANNEL = False
 CALIB_SENTENCES = {"seq2seq": 48, "causal": 8}
@@ -92,11 +86,16 @@ def model_type(src: Path) -> str:
     fam = family_of(cfg, read_json(src / "tokenizer_config.json").get("tokenizer_class"), str(src))
     mt = str(cfg.get("model_type", "?"))
     if mt not in GRAPHS:
-        raise ConfigError(
-            "model", f"{src} (family {fam.name})", ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items()),
-            f"the ONNX exporter has graphs for these model types; {NOT_EXPORTED.get(mt, 'not supported')}",
-        )
+        raise ConfigError("model", f"{src} (family {fam.name}, model_type {mt})",
+                          ", ".join(f"{k} ({v})" for k, v in SUPPORTED.items()),
+                          "the ONNX exporter has graphs for these model types")
     return mt
+
+
+def graph_class(name: str) -> Any:
+    """``module.Class`` of :data:`GRAPHS` -> the class (modules under ``testbed.export``)."""
+    mod, cls = name.rsplit(".", 1)
+    return getattr(importlib.import_module(f"testbed.export.{mod}"), cls)
 
 
 def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str) -> dict[str, Any]:
@@ -159,9 +158,10 @@ def _meta(model: Any, src: Path) -> dict[str, Any]:
         "max_positions": spec.max_positions, "vocab_size": int(cfg.vocab_size), "banned": list(spec.banned_ids),
     }
     if spec.seq2seq:
-        heads = cfg.decoder_attention_heads
-        meta.update(num_layers=cfg.decoder_layers, kv_heads=heads, head_dim=cfg.d_model // heads,
-                    decoder_start_token_id=spec.decoder_start_token_id)
+        from testbed.export.seq2seq_graphs import cache_dims
+
+        layers, heads, dim = cache_dims(cfg)
+        meta.update(num_layers=layers, kv_heads=heads, head_dim=dim, decoder_start_token_id=spec.decoder_start_token_id)
     else:
         heads = cfg.num_attention_heads
         meta.update(num_layers=cfg.num_hidden_layers, kv_heads=getattr(cfg, "num_key_value_heads", None) or heads,
@@ -184,8 +184,6 @@ def _export(module: Any, args: tuple[Any, ...], path: Path, inputs: list[str], o
 def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
     import torch
 
-    from testbed.export import wrappers as W
-
     say(f"exporting {src} to ONNX (fp32) ...")
     model = _load_torch(src)
     meta = _meta(model, src)
@@ -195,12 +193,14 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
     present = [f"present_{x}" for x in kv]
     cross = [f"cross_{x}" for x in kv]
     b, t = 2, 3
+    _, enc_graph, dec_graph = GRAPHS[meta["model_type"]]
     if meta["architecture"] == "seq2seq":
+        assert enc_graph is not None
         s = 5
         ids = torch.randint(1, 100, (b, s))
         mask = torch.ones((b, s), dtype=torch.long)
         mask[1, -2:] = 0
-        _export(W.MarianEncoderGraph(model), (ids, mask), out / "encoder.onnx", ["input_ids", "attention_mask"],
+        _export(graph_class(enc_graph)(model), (ids, mask), out / "encoder.onnx", ["input_ids", "attention_mask"],
                 ["encoder_bias", *cross],
                 {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
                  "encoder_bias": {0: "batch", 3: "src"},
@@ -210,7 +210,7 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
         crosses = [torch.randn(b, h, d, s) if c.startswith("cross_k") else torch.randn(b, h, s, d) for c in cross]
         pos_ids = torch.full((b, 1), t, dtype=torch.long)
         self_bias = torch.zeros((b, 1, 1, t + 1))
-        _export(W.MarianDecoderGraph(model),
+        _export(graph_class(dec_graph)(model),
                 (torch.randint(1, 100, (b, 1)), pos_ids, self_bias, enc_bias, *pasts, *crosses),
                 out / "decoder.onnx", ["input_ids", "position_ids", "self_bias", "encoder_bias", *past, *cross],
                 ["logits", *present],
@@ -224,8 +224,7 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
         mask = torch.ones((b, t + length), dtype=torch.long)
         pos = torch.arange(t, t + length).unsqueeze(0).expand(b, length).contiguous()
         pasts = [torch.randn(b, h, t, d) for _ in past]
-        graph = getattr(W, GRAPHS[meta["model_type"]][2])
-        _export(graph(model), (ids, mask, pos, *pasts), out / "decoder.onnx",
+        _export(graph_class(dec_graph)(model), (ids, mask, pos, *pasts), out / "decoder.onnx",
                 ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present],
                 {"input_ids": {0: "batch", 1: "new"}, "attention_mask": {0: "batch", 1: "total"},
                  "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"},
@@ -324,15 +323,20 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
         return orig_step(fixed, inputs, past)
 
     m._step = recording_step  # type: ignore[method-assign]
+    steps, positions = CALIB_STEPS[family], meta.get("max_positions")
+    if positions:  # stay inside the position table (a checkpoint's table may be shorter than a dev sentence)
+        steps = min(steps, positions // 2 if family != "seq2seq" else positions - 1)
     for text in texts:
         ids = prompt_ids(tok, text, family)
+        if positions:
+            ids = ids[:positions] if family == "seq2seq" else ids[-(positions - steps):]
         a, mask = pad_batch([list(ids)], meta["pad_token_id"] or 0, left=family != "seq2seq")
         if family == "seq2seq":
             feeds["encoder.onnx"].append({"input_ids": a, "attention_mask": mask})
-        for i, nxt in enumerate(m.greedy(a, mask, CALIB_STEPS[family], meta["banned"])):
+        for i, nxt in enumerate(m.greedy(a, mask, steps, meta["banned"])):
             if isinstance(nxt, str):
                 continue
-            if int(nxt[0]) in meta["eos_token_ids"] or i > CALIB_STEPS[family]:
+            if int(nxt[0]) in meta["eos_token_ids"] or i > steps:
                 break
     return feeds
 

@@ -68,11 +68,12 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
 def _fused(linears: list[nn.Linear], scales: list[float]) -> nn.Linear:
     """One Linear computing several (scaled) projections of the same input: one MatMul per step."""
     w = torch.cat([lin.weight.detach() * s for lin, s in zip(linears, scales)], dim=0)
-    b = torch.cat([lin.bias.detach() * s for lin, s in zip(linears, scales)], dim=0)
-    out = nn.Linear(w.shape[1], w.shape[0])
+    biased = linears[0].bias is not None  # all or none (T5 has none)
+    out = nn.Linear(w.shape[1], w.shape[0], bias=biased)
     with torch.no_grad():
         out.weight.copy_(w)
-        out.bias.copy_(b)
+        if biased:
+            out.bias.copy_(torch.cat([lin.bias.detach() * s for lin, s in zip(linears, scales)], dim=0))
     return out
 
 

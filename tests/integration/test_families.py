@@ -30,8 +30,7 @@ LANGS = {"mbart": ("en_XX", "de_DE"), "m2m100": ("en", "de"), "nllb": ("eng_Latn
 TEXTS = ("Click OK to close the dialog.", "Select the range of cells that you want to sort.", "Yes.",
          "The selected text is copied to the clipboard, and the dialog closes when you press the button.")
 NEW = 16
-ONNX_FAMILIES = ("marian", "llama", "qwen2", "gpt2")
-ONNX_REFUSED = ("t5", "bart", "mbart", "m2m100", "nllb", "blenderbot", "blenderbot-small")
+ONNX_FAMILIES = T.FAMILIES  # every family has ONNX graphs (testbed.export.wrappers, testbed.export.seq2seq_graphs)
 # families whose tiny random weights repeat one token on the texts above (checked by a test below)
 NEAR_CONSTANT = {"bart", "blenderbot-small"}
 
@@ -118,11 +117,35 @@ def test_onnxruntime_fp32_equals_torch(tiny, family):
     check_engine(tiny, family, "onnxruntime")
 
 
-@pytest.mark.parametrize("family", ONNX_REFUSED)
-def test_onnxruntime_refuses_families_without_graphs(tiny, family):
+def test_onnx_exporter_has_graphs_for_every_family_and_refuses_other_model_types(tmp_path):
+    """The exporter's table is the families' table; a model_type outside it is refused naming it."""
+    from testbed.export.onnx_export import GRAPHS, model_type
+    from testbed.spec import FAMILIES
+
+    assert set(GRAPHS) == set(FAMILIES)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(ConfigError) as e:
-        engine(tiny, family, "onnxruntime")
-    assert "not written yet" in str(e.value) and "gpt2 (causal)" in str(e.value)
+        model_type(tmp_path)
+    assert "model_type bert" in str(e.value) and "t5 (seq2seq" in str(e.value) and "gpt2 (causal" in str(e.value)
+
+
+@pytest.mark.parametrize("precision", ["int8", "int8-static"])
+@pytest.mark.parametrize("family", T.SEQ2SEQ)
+def test_onnxruntime_int8_builds_and_generates(tiny, family, precision):
+    """int8 graphs of every seq2seq family build (quantized MatMuls in both graphs) and decode.  Their
+    tokens are not compared with fp32: int8 kernels differ between CPUs (AVX2, AVX-512 VNNI)."""
+    src, tgt = LANGS.get(family, (None, None))
+    eng = create_engine(EngineConfig(model=str(tiny(family)), engine="onnxruntime", precision=precision,
+                                     threads=1, max_new_tokens=NEW, src_lang=src, tgt_lang=tgt))
+    try:
+        outs = eng.generate(list(TEXTS[:2]))
+        manifest = json.loads((eng.artifact / "manifest.json").read_text())
+    finally:
+        eng.close()
+    assert all(1 <= len(g.token_ids) <= NEW for g in outs)
+    counts = json.dumps(manifest)
+    assert ("MatMulInteger" in counts or "DynamicQuantizeMatMul" in counts) if precision == "int8" \
+        else "QuantizeLinear" in counts, counts[:400]
 
 
 def test_near_constant_families_are_the_ones_listed(tiny):
@@ -252,14 +275,12 @@ def test_ctranslate2_streamed_batch_equals_streams_with_target_prefixes(tiny, fa
         eng.close()
 
 
-@pytest.mark.parametrize("family", list(T.FAMILIES))
-def test_torch_rows_joining_a_running_batch_decode_as_alone_or_are_refused(tiny, family):
-    """Continuous batching on every family: rows that join at later steps get their single-stream
-    tokens (per-row positions), or the engine says it cannot join rows for that family."""
+def _rows_joining_decode_as_alone_or_are_refused(tiny, family, name) -> str:
+    """"joined" (and every row got its single-stream tokens) or "refused" (with the reason)."""
     from testbed.engines.base import GenerationRequest
     from testbed.engines.stream import Stream
 
-    eng = engine(tiny, family)
+    eng = engine(tiny, family, name)
     try:
         reqs = [GenerationRequest(text=t) for t in TEXTS]
         singles = [eng.stream(r).run().token_ids for r in reqs]
@@ -268,7 +289,7 @@ def test_torch_rows_joining_a_running_batch_decode_as_alone_or_are_refused(tiny,
         if not bs.batch.join_running:
             assert "cannot join" in bs.batch.join_refusal or "positions" in bs.batch.join_refusal
             bs.close()
-            return
+            return "refused"
         rows = [0]
         for k, p in enumerate(prepared[1:], start=1):
             for _ in range(k):  # join after k more steps
@@ -279,3 +300,65 @@ def test_torch_rows_joining_a_running_batch_decode_as_alone_or_are_refused(tiny,
         assert [bs.rows[r].token_ids for r in rows] == singles
     finally:
         eng.close()
+    return "joined"
+
+
+@pytest.mark.parametrize("family", list(T.FAMILIES))
+def test_torch_rows_joining_a_running_batch_decode_as_alone_or_are_refused(tiny, family):
+    """Continuous batching on every family: rows that join at later steps get their single-stream
+    tokens (per-row positions), or the engine says it cannot join rows for that family."""
+    _rows_joining_decode_as_alone_or_are_refused(tiny, family, "torch")
+
+
+@pytest.mark.parametrize("family", T.SEQ2SEQ)
+def test_onnxruntime_rows_joining_a_running_batch_decode_as_alone(tiny, family):
+    """The seq2seq graphs take each row's position and a per-row self-attention mask, so rows join a
+    running batch on every family (T5's relative bias and M2M100's sinusoidal positions included)."""
+    assert _rows_joining_decode_as_alone_or_are_refused(tiny, family, "onnxruntime") == "joined"
+
+
+def test_sweep_takes_the_language_options_of_a_multilingual_family(tiny, tmp_path):
+    """A sweep's src_lang / tgt_lang reach every row's engine; without tgt_lang an NLLB sweep is refused
+    when it is read, naming the field."""
+    from testbed.eval.runner import run_sweep
+    from testbed.eval.sweep import SweepError, parse_sweep
+
+    data = tmp_path / "prompts.txt"
+    data.write_text("\n".join(TEXTS) + "\n")
+    doc = {
+        "model": str(tiny("nllb")), "dataset": str(data), "max_new_tokens": 8,
+        "offline": {"num_examples": 2}, "singlestream": {"num_requests": 1, "warmup": 0},
+        "accuracy": {"gate_reference": "fp32", "gate_metric": "chrf", "divergence_examples": 1},
+        "defaults": {"threads": 1, "batch": 2}, "configs": [{"engine": "onnxruntime", "precision": "fp32"}],
+    }
+    with pytest.raises(SweepError, match="tgt_lang.*--tgt-lang"):
+        parse_sweep(doc, "nllb-sweep")
+    sweep = parse_sweep({**doc, "src_lang": "eng_Latn", "tgt_lang": "deu_Latn"}, "nllb-sweep")
+    rows = run_sweep(sweep, tmp_path / "run", progress=False, render=False)
+    assert [r["status"] for r in rows] == ["ok"] * 2, [r.get("error") for r in rows]
+
+
+def test_onnx_t5_with_a_tied_head_and_relu_matches_torch(tiny, tmp_path):
+    """Original T5 (t5-small): tied head, so the decoder output is rescaled by d_model ** -0.5, and a
+    ReLU feed-forward; the tiny T5 above is the flan-t5 shape (untied, gated-GELU).  The fp32 export
+    fails unless ONNX Runtime's greedy tokens equal torch's and first-step logits are within 1e-3."""
+    import shutil
+
+    import torch
+    import transformers as tf
+
+    from testbed.export.onnx_export import ensure_onnx
+
+    src = tiny("t5")
+    out = tmp_path / "t5-tied"
+    cfg = tf.T5Config.from_pretrained(src)
+    cfg = tf.T5Config(**{**cfg.to_dict(), "feed_forward_proj": "relu", "tie_word_embeddings": True})
+    assert cfg.scale_decoder_outputs and not cfg.is_gated_act
+    torch.manual_seed(T.SEED)
+    tf.T5ForConditionalGeneration(cfg).eval().save_pretrained(out)
+    for f in src.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "spiece", "generation")):
+            shutil.copy2(f, out / f.name)
+    art = ensure_onnx(str(out), "fp32", root=tmp_path / "artefacts", log=lambda _: None)
+    report = json.loads((art / "manifest.json").read_text())
+    assert "identical_greedy_outputs" in json.dumps(report), report
