@@ -352,7 +352,9 @@ def test_onnx_t5_with_a_tied_head_and_relu_matches_torch(tiny, tmp_path):
     src = tiny("t5")
     out = tmp_path / "t5-tied"
     cfg = tf.T5Config.from_pretrained(src)
-    cfg = tf.T5Config(**{**cfg.to_dict(), "feed_forward_proj": "relu", "tie_word_embeddings": True})
+    keep = {k: v for k, v in cfg.to_dict().items() if k not in (
+        "scale_decoder_outputs", "tie_word_embeddings", "is_gated_act", "dense_act_fn")}
+    cfg = tf.T5Config(**{**keep, "feed_forward_proj": "relu"})  # tie_word_embeddings unset: original T5
     assert cfg.scale_decoder_outputs and not cfg.is_gated_act
     torch.manual_seed(T.SEED)
     tf.T5ForConditionalGeneration(cfg).eval().save_pretrained(out)
