@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import statistics
 import sys
 from collections.abc import Callable
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         for tid in g.token_ids:
             d.add(tid)
         det.append((now_ns() - t0) / 1e3 / max(len(g.token_ids), 1))
-    command = "python bench/ct2_overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python bench/ct2_overhead.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = (f"# The CTranslate2 engine's overhead: `{args.model}` {args.precision}, {args.threads} thread(s)\n\n"
             + result_header(command, requests=f"{len(reqs)} of `{args.dataset}`", warmup=args.warmup,
                             output_tokens_median=statistics.median(n_out))

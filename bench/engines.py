@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -424,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{model}: {len(rows)} configurations: {', '.join(r.label for r in rows)}", file=sys.stderr)
         run(rows, examples, model, max_new, args)
         md, _ = table(rows, examples, translation)
-        command = "python bench/engines.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python bench/engines.py " + shlex.join(argv if argv is not None else sys.argv[1:])
         text = header(command, model, len(examples), dataset, args, max_new, rows) + "\n\n" + md + "\n"
         print("\n" + text)
         write_text_atomic(out / fname, text)
