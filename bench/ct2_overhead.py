@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         det.append((now_ns() - t0) / 1e3 / max(len(g.token_ids), 1))
     command = "python bench/ct2_overhead.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     text = (f"# The CTranslate2 engine's overhead: `{args.model}` {args.precision}, {args.threads} thread(s)\n\n"
-            + result_header(command, requests=f"{len(reqs)} of `{args.dataset}`", warmup=args.warmup,
+            + result_header(command, rounds=1, requests=f"{len(reqs)} of `{args.dataset}`", warmup=args.warmup,
                             output_tokens_median=statistics.median(n_out))
             + "\nInterleaved sentence by sentence; every variant is timed from the request text to its output. "
             "See the script's docstring for what each variant adds.\n\n" + "\n".join(lines)
