@@ -1,30 +1,45 @@
 """Engines x precisions, side by side in one run: latency at batch 1, batch throughput, BLEU/chrF.
 
-Every registered engine whose runtime is installed runs every precision it declares for the CPU
-(and each ``--pruning`` spec where it runs pruned models), plus a few settings variants (ONNX
-Runtime with thread spinning on, and with IO binding on the CPU; ``--extra-threads``).
-CTranslate2 (the ``ctranslate2`` engine) is the peer to beat.
+Configurations (:func:`configurations`, a list of :class:`Config`): every registered engine whose
+runtime is installed, with every precision it declares for the CPU (so a precision another
+change registers, like ``int8-auto``, is picked up as it is), each ``--pruning`` spec where the
+engine runs pruned models, the settings :data:`VARIANTS` (ONNX Runtime with thread spinning on,
+with IO binding), ``--add engine/precision[/option=value...]`` configurations, and the references:
+**CTranslate2 called directly** (``ct2-direct``, int8 and fp32: :class:`Direct`), the peer to beat.
 
-Per configuration, after warm-up: per-sentence greedy decoding at batch 1 (SingleStream: median
-and p90 E2E, median TTFT and TPOT), interleaved sentence by sentence (every configuration runs
-sentence i before any runs sentence i+1; ``--rounds`` passes, each over every rounds-th
-sentence), and sentences/s at ``--batch``, interleaved chunk by chunk, so a noisy machine's
-drift hits all alike; ratios to torch fp32 and to CTranslate2 int8; BLEU and chrF of the batch-1 outputs
-of the same sentences, BLEU of the batched outputs, and ``batch_divergence``: the fraction of sentences
-whose token ids at ``--batch`` differ from the same configuration's at batch 1 (dynamic int8 takes one
-activation scale over the whole batch, so its outputs depend on the batch; fp32 should give 0).  The
-chat table (SmolLM2) gives TTFT / TPOT / E2E on chat prompts.
+Per configuration, after warm-up, interleaved sentence by sentence (every configuration runs
+sentence i before any runs sentence i+1, the starting one rotating; ``--rounds`` passes, each over
+every rounds-th sentence), so a noisy machine's drift hits all alike:
+
+* **streamed** (the testbed's ``Engine.stream``): E2E p50/p90, TTFT p50, TPOT p50 (METRICS.md);
+* **non-streamed** latency: one call for the sentence, wall time from before tokenisation to
+  the decoded text (``Engine.generate([request])``; for ``ct2-direct``, ``translate_batch`` /
+  ``generate_batch``): the like-for-like comparison with CTranslate2 called directly;
+* ``ct2-direct`` has no stream: its TTFT is the same call with 1 new token, its TPOT per sentence
+  ``(t_full - t_first) / (N - 1)`` (N >= 2; the median over sentences);
+* **TPOT split**: *overhead* is the same configuration's TPOT on the model's skeleton
+  (:mod:`testbed.skeleton`: the same architecture, vocabulary, tokenizer and decoding spec, one
+  layer each side at width 16, EOS silenced so each request runs ``--skeleton-tokens`` tokens),
+  measured every ``--skeleton-every``-th sentence in the same interleaved loop: the runtime call,
+  binding, vocabulary-sized logits and their copy/argmax, Python and the stream; *compute* is
+  TPOT minus it (the layers' arithmetic);
+* ratios to **CT2 int8 direct at the same thread count** (``ct2-direct/int8/tN``) and to torch fp32
+  (same thread count): non-streamed latency, streamed E2E, TPOT, and sentences/s at ``--batch``
+  (Offline: each chunk of ``--batch`` sentences through every configuration in turn);
+* BLEU and chrF of the batch-1 outputs (streamed; ct2-direct: its own), BLEU at ``--batch``, and
+  ``batch_divergence``: the fraction of sentences whose token ids at ``--batch`` differ from the
+  same configuration's at batch 1 (dynamic int8 takes one activation scale over the whole batch).
 
     python bench/engines.py                          # marian (200 test sentences) + chat (8 prompts)
-    python bench/engines.py -n 60 --rounds 3 --task translation
+    python bench/engines.py -n 100 --rounds 1 --threads 1 --extra-threads '' --task translation
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,182 +56,325 @@ from testbed.eval.divergence import batch_divergence  # noqa: E402
 from testbed.io import write_text_atomic  # noqa: E402
 from testbed.metrics import summary as S  # noqa: E402
 from testbed.metrics.accuracy import score  # noqa: E402
+from testbed.metrics.steps import call_tpot_ms, split_tpot  # noqa: E402
 from testbed.signature import git_sha, result_header  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+DIRECT = "ct2-direct"
 
 
 # --------------------------------------------------------------------------- configurations
-@dataclass
-class Row:
-    label: str
-    make: Callable[[], Engine]
-    engine: Engine | None = None
-    records: list[Any] = field(default_factory=list)
-    batch_ns: int = 0
-    batch_n: int = 0
-    load_s: float = 0.0
-    single_ids: list[list[int] | None] = field(default_factory=list)  # batch 1, per sentence
-    batch_ids: list[list[int] | None] = field(default_factory=list)  # at --batch, per sentence
-    batch_text: list[str | None] = field(default_factory=list)
+@dataclass(frozen=True)
+class Config:
+    """One configuration: ``engine`` is a registered engine name or :data:`DIRECT`."""
+
+    engine: str
+    precision: str
+    threads: int | None
+    pruning: str = "none"
+    options: tuple[tuple[str, Any], ...] = ()  # engine constructor keywords (spinning=True, ...)
+
+    @property
+    def label(self) -> str:
+        return (f"{self.engine}/{self.precision}" + (f"/{self.pruning}" if self.pruning != "none" else "")
+                + (f"/t{self.threads}" if self.threads else "") + "".join(f" {k}" for k, _ in self.options))
+
+
+VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("onnxruntime", "int8", {"spinning": True}),
+    ("onnxruntime", "int8", {"io_binding": True}),
+]
+"""Settings variants at ``--threads`` (engine, precision, constructor keywords): extend here."""
+
+
+def parse_add(spec: str, threads: int | None) -> Config:
+    """``engine/precision[/key=value...]`` -> a :class:`Config` (values: ints, true/false, strings)."""
+    parts = spec.split("/")
+    if len(parts) < 2:
+        raise SystemExit(f"--add {spec!r}: expected engine/precision[/key=value...]")
+    opts: list[tuple[str, Any]] = []
+    for p in parts[2:]:
+        k, eq, v = p.partition("=")
+        if not eq:
+            raise SystemExit(f"--add {spec!r}: option {p!r} is not key=value")
+        val: Any = {"true": True, "false": False}.get(v.lower(), int(v) if v.isdigit() else v)
+        opts.append((k, val))
+    return Config(parts[0], parts[1], threads, options=tuple(opts))
 
 
 def configurations(model: str, threads: int | None, extra_threads: list[int], pruning: list[str],
-                   max_new: int, only: list[str]) -> list[Row]:
+                   added: list[Config]) -> list[Config]:
     from testbed.registry import resolve_model
 
     arch = resolve_model(model).architecture
-    rows: list[Row] = []
-
-    def add(label: str, make: Callable[[], Engine]) -> None:
-        if not only or any(o in label for o in only):
-            rows.append(Row(label, make))
-
+    thread_set = [threads, *extra_threads]
+    out = [Config(DIRECT, p, t) for p in ("int8", "fp32") for t in thread_set if is_available("ctranslate2")[0]]
     # fake and null are the floors of a measurement path, not serving configurations
-    names = [n for n in ENGINES if n not in ("fake", "null") and is_available(n)[0]]
-    for name in names:
-        cls: type[Engine] = engine_class(name)
-        caps = cls.capabilities
+    for name in [n for n in ENGINES if n not in ("fake", "null") and is_available(n)[0]]:
+        caps = engine_class(name).capabilities
         if "cpu" not in caps.devices or arch not in caps.architectures:
             continue
-        precs = [p for p in caps.precisions if "cpu" in caps.precision_devices.get(p, caps.devices)]
-        prunings = ["none"] + (pruning if caps.pruning else [])
-        for prec in precs:
-            for pr in prunings:
-                for thr in [threads, *extra_threads] if prec in ("int8", "fp32") else [threads]:
-                    cfg = EngineConfig(model=model, engine=cls.name, precision=prec, threads=thr,
-                                       max_new_tokens=max_new, pruning=pr)
-                    label = f"{cls.name}/{prec}" + (f"/{pr}" if pr != "none" else "") + (f"/t{thr}" if thr else "")
-                    add(label, lambda cfg=cfg: create_engine(cfg))
-        if cls.name == "onnxruntime":
-            cfg = EngineConfig(model=model, engine="onnxruntime", precision="int8", threads=threads,
-                               max_new_tokens=max_new)
-            add(f"onnxruntime/int8/t{threads} spinning", lambda cfg=cfg: engine_class("onnxruntime")(
-                cfg, spinning=True).load())  # type: ignore[call-arg]
-            add(f"onnxruntime/int8/t{threads} iobinding", lambda cfg=cfg: engine_class("onnxruntime")(
-                cfg, io_binding=True).load())  # type: ignore[call-arg]
-    return rows
+        for prec in [p for p in caps.precisions if "cpu" in caps.precision_devices.get(p, caps.devices)]:
+            for pr in ["none"] + (pruning if caps.pruning else []):
+                for thr in thread_set if prec in ("int8", "fp32") else [threads]:
+                    out.append(Config(name, prec, thr, pr))
+    out += [Config(e, p, threads, options=tuple(o.items())) for e, p, o in VARIANTS if is_available(e)[0]]
+    return out + added
 
 
-def _set_threads(eng: Engine) -> None:
+# --------------------------------------------------------------------------- runners
+class Direct:
+    """CTranslate2 called directly: the tokenizer, one ``translate_batch`` / ``generate_batch`` call
+    on the same converted model the ``ctranslate2`` engine loads (its options: end tokens,
+    ``<pad>`` suppressed, the decoding length, ``return_end_token``, beam 1), the decoded text.
+    No testbed code runs between the tokenizer and the text (the engine object only holds the
+    loaded ``Translator`` / ``Generator``)."""
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        self.e: Any = create_engine(EngineConfig(**{**cfg.to_dict(), "engine": "ctranslate2"}))
+        self.config = self.e.config
+
+    def generate(self, requests: list[GenerationRequest], max_new: int | None = None) -> list[tuple[list[int], str]]:
+        e = self.e
+        n = max_new or self.config.max_new_tokens
+        tokens = [e.tokenizer.convert_ids_to_tokens(e.encode_input(r)) for r in requests]
+        opts = e._options(n)
+        if e.seq2seq:
+            skip = len(e.target_prefix or ())
+            if skip:
+                opts["target_prefix"] = [e.target_prefix] * len(tokens)
+            res = e.model.translate_batch(tokens, beam_size=1, return_end_token=True, **opts)
+            ids = [[int(i) for i in e.tokenizer.convert_tokens_to_ids(r.hypotheses[0])][skip:] for r in res]
+        else:
+            res = e.model.generate_batch(tokens, beam_size=1, return_end_token=True, **opts)
+            ids = [[e._hf_id(int(i)) for i in r.sequences_ids[0]] for r in res]
+        return [(i, e.decode(i)) for i in ids]
+
+    def close(self) -> None:
+        self.e.close()
+
+
+@dataclass
+class Row:
+    cfg: Config
+    runner: Engine | Direct | None = None
+    skeleton: Engine | Direct | None = None
+    load_s: float = 0.0
+    records: list[Any] = field(default_factory=list)  # streamed (engines)
+    single_ns: list[int | None] = field(default_factory=list)  # non-streamed, per sentence
+    first_ns: list[int | None] = field(default_factory=list)  # direct: 1 new token
+    single_ids: list[list[int] | None] = field(default_factory=list)
+    single_text: list[str | None] = field(default_factory=list)
+    skel_tpot: list[float] = field(default_factory=list)
+    batch_ns: int = 0
+    batch_n: int = 0
+    batch_ids: list[list[int] | None] = field(default_factory=list)
+    batch_text: list[str | None] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.cfg.label
+
+
+def make(cfg: Config, model: str, max_new: int) -> Engine | Direct:
+    ec = EngineConfig(model=model, engine="ctranslate2" if cfg.engine == DIRECT else cfg.engine,
+                      precision=cfg.precision, threads=cfg.threads, max_new_tokens=max_new, pruning=cfg.pruning)
+    if cfg.engine == DIRECT:
+        return Direct(ec)
+    if cfg.options:
+        return engine_class(cfg.engine)(ec, **dict(cfg.options)).load()  # type: ignore[call-arg]
+    return create_engine(ec)
+
+
+def _set_threads(runner: Engine | Direct | None) -> None:
     # torch's thread count is process-global: set it for each torch configuration's turn
-    if eng.config.threads and eng.name == "torch":
+    if isinstance(runner, Engine) and runner.config.threads and runner.name == "torch":
         import torch
 
-        torch.set_num_threads(eng.config.threads)
+        torch.set_num_threads(runner.config.threads)
+
+
+def _timed(fn: Any, *args: Any, **kw: Any) -> tuple[Any, int]:
+    t0 = now_ns()
+    out = fn(*args, **kw)
+    return out, now_ns() - t0
+
+
+def measure_one(row: Row, ex: Example, i: int) -> None:
+    """Sentence ``i`` through ``row``: streamed (engines) and non-streamed, or the two direct calls."""
+    req = request_of(ex)
+    r = row.runner
+    if isinstance(r, Direct):
+        row.first_ns[i] = _timed(r.generate, [req], max_new=1)[1]
+        (out, ns) = _timed(r.generate, [req])
+        row.single_ids[i], row.single_text[i] = out[0]
+    else:
+        assert r is not None
+        row.records[i] = run_one(r, req, keep_token_ids=True)
+        row.single_ids[i] = row.records[i].extra.pop("token_ids", None)
+        row.single_text[i] = row.records[i].output if row.records[i].ok else None
+        ns = _timed(r.generate, [req])[1]
+    row.single_ns[i] = ns
+
+
+def measure_skeleton(row: Row, ex: Example, tokens: int) -> None:
+    """One request on the skeleton, ``tokens`` long: its TPOT is the configuration's step overhead."""
+    s = row.skeleton
+    req = request_of(ex, max_new_tokens=tokens)
+    if isinstance(s, Direct):
+        first = _timed(s.generate, [req], max_new=1)[1]
+        (out, full) = _timed(s.generate, [req])
+        t = call_tpot_ms(full, first, len(out[0][0]))
+    else:
+        assert s is not None
+        t = S.tpot_ms(run_one(s, req))
+    if t is not None:
+        row.skel_tpot.append(t)
 
 
 # --------------------------------------------------------------------------- the run
-def run(rows: list[Row], examples: list[Example], rounds: int, warmup: int, batch: int, progress: bool) -> None:
+def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    for row in tqdm(rows, desc="load + warm-up", disable=not progress):
-        t0 = now_ns()
-        row.engine = row.make()
-        row.load_s = (now_ns() - t0) / 1e9
-        _set_threads(row.engine)
-        for ex in examples[:warmup]:
-            run_one(row.engine, request_of(ex), warmup=True)
-        row.engine.generate([GenerationRequest(text=ex.text, messages=ex.messages) for ex in examples[:batch]])
-        row.records = [None] * len(examples)
-        row.single_ids = [None] * len(examples)
-        row.batch_ids = [None] * len(examples)
-        row.batch_text = [None] * len(examples)
-    # latency: sentence by sentence, every configuration in turn (the starting one rotates), so
-    # the drift of a shared machine hits all configurations alike; `rounds` passes over the set
-    bar = tqdm(total=rounds * len(examples), desc="batch-1 latency (interleaved)", disable=not progress)
+    from testbed.registry import resolve_model
+    from testbed.skeleton import skeleton_dir
+
+    skel = str(skeleton_dir(resolve_model(model))) if args.skeleton_every else None
+    n, reqs = len(examples), [GenerationRequest(text=ex.text, messages=ex.messages) for ex in examples]
+    for row in tqdm(rows, desc="load + warm-up", disable=args.no_progress):
+        row.runner, row.load_s = _timed(make, row.cfg, model, max_new)
+        row.load_s /= 1e9
+        _set_threads(row.runner)
+        row.records, row.single_ns, row.first_ns = [None] * n, [None] * n, [None] * n
+        row.single_ids, row.single_text, row.batch_ids, row.batch_text = [None] * n, [None] * n, [None] * n, [None] * n
+        for ex in examples[: args.warmup]:
+            measure_one(row, ex, 0)
+        row.runner.generate(reqs[: args.batch])
+        if skel:
+            row.skeleton = make(row.cfg, skel, args.skeleton_tokens)
+            measure_skeleton(row, examples[0], args.skeleton_tokens)
+            row.skel_tpot.clear()
+    rounds = min(args.rounds, n)
+    bar = tqdm(total=n, desc="batch-1 latency (interleaved)", disable=args.no_progress)
     for r in range(rounds):
-        for i in range(r, len(examples), rounds):
+        for i in range(r, n, rounds):
             k = i % len(rows)
             for row in rows[k:] + rows[:k]:
-                assert row.engine is not None
-                _set_threads(row.engine)
-                row.records[i] = run_one(row.engine, request_of(examples[i]), keep_token_ids=True)
-                row.single_ids[i] = row.records[i].extra.pop("token_ids", None)
+                _set_threads(row.runner)
+                measure_one(row, examples[i], i)
+                if skel and i % args.skeleton_every == 0:
+                    measure_skeleton(row, examples[i], args.skeleton_tokens)
             bar.update(1)
     bar.close()
-    # throughput: each chunk of `batch` sentences through every configuration in turn
-    reqs = [GenerationRequest(text=ex.text, messages=ex.messages) for ex in examples]
-    for c, k in enumerate(range(0, len(reqs), batch)):
-        chunk = reqs[k : k + batch]
+    # Offline throughput: each chunk of `batch` sentences through every configuration in turn
+    for c, k in enumerate(range(0, n, args.batch)):
+        chunk = reqs[k : k + args.batch]
         j = c % len(rows)
         for row in rows[j:] + rows[:j]:
-            assert row.engine is not None
-            _set_threads(row.engine)
-            t0 = now_ns()
-            gens = row.engine.generate(chunk)
-            row.batch_ns += now_ns() - t0
+            assert row.runner is not None
+            _set_threads(row.runner)
+            gens, ns = _timed(row.runner.generate, chunk)
+            row.batch_ns += ns
             row.batch_n += len(chunk)
-            for j, g in enumerate(gens):
-                row.batch_ids[k + j], row.batch_text[k + j] = g.token_ids, g.text
+            for j2, g in enumerate(gens):
+                ids, text = (g.token_ids, g.text) if not isinstance(g, tuple) else g
+                row.batch_ids[k + j2], row.batch_text[k + j2] = ids, text
 
 
-def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[str, dict[str, Any]]:
-    refs = [ex.reference for ex in examples]
-    stats: dict[str, dict[str, Any]] = {}
-    for row in rows:
+# --------------------------------------------------------------------------- the tables
+def _ms(values: list[Any], p: float = 50) -> float | None:
+    return S.percentiles(values, ps=(p,))[f"p{p:g}"]
+
+
+def row_stats(row: Row, refs: list[str | None], translation: bool) -> dict[str, Any]:
+    n = len(row.single_ns)
+    if isinstance(row.runner, Direct):
+        ok = [i for i in range(n) if row.single_ns[i] is not None]
+        st: dict[str, Any] = {
+            "e2e50": None, "e2e90": None, "failed": n - len(ok),
+            "ttft": _ms([row.first_ns[i] / 1e6 for i in ok if row.first_ns[i] is not None]),
+            "tpot": _ms([call_tpot_ms(row.single_ns[i], row.first_ns[i], len(row.single_ids[i] or ())) for i in ok]),
+        }
+    else:
         recs = row.records
         e2e = S.percentiles(map(S.e2e_ms, recs), ps=(50, 90))
-        st: dict[str, Any] = {
-            "e2e50": e2e["p50"], "e2e90": e2e["p90"],
-            "ttft": S.percentiles(map(S.ttft_ms, recs), ps=(50,))["p50"],
-            "tpot": S.percentiles(map(S.tpot_ms, recs), ps=(50,))["p50"],
-            "failed": sum(1 for r in recs if not r.ok),
-            "sps": row.batch_n / (row.batch_ns / 1e9) if row.batch_ns else None,
-        }
-        pairs = [(a, b) for a, b in zip(row.single_ids, row.batch_ids) if a is not None and b is not None]
-        st["divergence"] = batch_divergence([a for a, _ in pairs], [b for _, b in pairs])
-        if translation and all(r is not None for r in refs) and st["failed"] < len(recs):
-            acc = score([r.output or "" for r in recs], [str(x) for x in refs])
-            st.update(bleu=acc["bleu"], chrf=acc["chrf"])
-            if all(t is not None for t in row.batch_text):
-                st["bleu_batch"] = score([str(t) for t in row.batch_text], [str(x) for x in refs])["bleu"]
-        stats[row.label] = st
+        st = {"e2e50": e2e["p50"], "e2e90": e2e["p90"], "failed": sum(1 for r in recs if not r.ok),
+              "ttft": _ms(list(map(S.ttft_ms, recs))), "tpot": _ms(list(map(S.tpot_ms, recs)))}
+    st["lat50"] = _ms([None if v is None else v / 1e6 for v in row.single_ns])
+    st["overhead"], st["compute"] = split_tpot(st["tpot"], _ms(row.skel_tpot) if row.skel_tpot else None)
+    st["sps"] = row.batch_n / (row.batch_ns / 1e9) if row.batch_ns else None
+    pairs = [(a, b) for a, b in zip(row.single_ids, row.batch_ids) if a is not None and b is not None]
+    st["divergence"] = batch_divergence([a for a, _ in pairs], [b for _, b in pairs])
+    if translation and all(r is not None for r in refs) and all(t is not None for t in row.single_text):
+        acc = score([str(t) for t in row.single_text], [str(x) for x in refs])
+        st.update(bleu=acc["bleu"], chrf=acc["chrf"])
+        if all(t is not None for t in row.batch_text):
+            st["bleu_batch"] = score([str(t) for t in row.batch_text], [str(x) for x in refs])["bleu"]
+    return st
 
-    def find(prefix: str) -> dict[str, Any] | None:
-        for label, st in stats.items():
-            if label.startswith(prefix) and "spinning" not in label and st["e2e50"] is not None:
-                return st
-        return None
 
-    torch32, ct2i8 = find("torch/fp32"), find("ctranslate2/int8")
+def reference(stats: dict[Config, dict[str, Any]], cfg: Config, engine: str, precision: str) -> dict[str, Any] | None:
+    """The ``engine/precision`` row at ``cfg``'s thread count (else the first such row), no options."""
+    cands = [c for c in stats if c.engine == engine and c.precision == precision and c.pruning == "none"
+             and not c.options]
+    same = [c for c in cands if c.threads == cfg.threads]
+    pick = (same or cands or [None])[0]
+    return stats[pick] if pick is not None else None
 
-    def ratio(v: float | None, base: dict[str, Any] | None, key: str) -> str:
-        b = base.get(key) if base else None
-        return f"{v / b:.2f}" if v is not None and b else "n/a"
 
-    head = ("| config | E2E p50 ms | E2E p90 ms | TTFT p50 ms | TPOT p50 ms | E2E / torch fp32 | E2E / CT2 int8 "
-            f"| sent/s @batch | thr / torch fp32 | thr / CT2 int8 | failed | batch_divergence "
-            f"|{' BLEU (batch 1) | BLEU (@batch) | chrF |' if translation else ''}")
+def ratio(v: float | None, base: dict[str, Any] | None, key: str) -> str:
+    b = base.get(key) if base else None
+    return f"{v / b:.2f}" if v is not None and b else "n/a"
+
+
+COLUMNS = ("| config | E2E p50 ms (streamed) | E2E p90 ms | TTFT p50 ms | TPOT p50 ms | TPOT overhead ms "
+           "| TPOT compute ms | latency p50 ms (non-streamed) | latency / CT2 int8 direct "
+           "| E2E (streamed) / CT2 int8 direct | TPOT / CT2 int8 direct | E2E / torch fp32 | sent/s @batch "
+           "| thr / CT2 int8 direct | thr / torch fp32 | failed | batch_divergence |")
+
+
+def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[str, dict[Config, dict[str, Any]]]:
+    refs = [ex.reference for ex in examples]
+    stats = {row.cfg: row_stats(row, refs, translation) for row in rows}
+    head = COLUMNS + (" BLEU (batch 1) | BLEU (@batch) | chrF |" if translation else "")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for label, st in stats.items():
-        if st["e2e50"] is None:
-            lines.append(f"| {label} | all {st['failed']} requests failed |")
+    for cfg, st in stats.items():
+        if st["lat50"] is None and st["e2e50"] is None:
+            lines.append(f"| {cfg.label} | all {st['failed']} requests failed |")
             continue
+        ct2 = reference(stats, cfg, DIRECT, "int8")
+        t32 = reference(stats, cfg, "torch", "fp32")
         acc = (f" {S.fmt(st.get('bleu'))} | {S.fmt(st.get('bleu_batch'))} | {S.fmt(st.get('chrf'))} |"
                if translation else "")
         div = st["divergence"]
-        sps = st["sps"]
-        thr_t = f"{sps / torch32['sps']:.2f}" if sps and torch32 and torch32["sps"] else "n/a"
-        thr_c = f"{sps / ct2i8['sps']:.2f}" if sps and ct2i8 and ct2i8["sps"] else "n/a"
         lines.append(
-            f"| {label} | {S.fmt(st['e2e50'])} | {S.fmt(st['e2e90'])} | {S.fmt(st['ttft'])} | {S.fmt(st['tpot'])} "
-            f"| {ratio(st['e2e50'], torch32, 'e2e50')} | {ratio(st['e2e50'], ct2i8, 'e2e50')} "
-            f"| {S.fmt(sps, '.1f')} | {thr_t} | {thr_c} | {st['failed']} "
+            f"| {cfg.label} | {S.fmt(st['e2e50'])} | {S.fmt(st['e2e90'])} | {S.fmt(st['ttft'])} | {S.fmt(st['tpot'])} "
+            f"| {S.fmt(st['overhead'], '.3f')} | {S.fmt(st['compute'], '.3f')} | {S.fmt(st['lat50'])} "
+            f"| {ratio(st['lat50'], ct2, 'lat50')} | {ratio(st['e2e50'], ct2, 'lat50')} "
+            f"| {ratio(st['tpot'], ct2, 'tpot')} | {ratio(st['e2e50'], t32, 'e2e50')} | {S.fmt(st['sps'], '.1f')} "
+            f"| {ratio(st['sps'], ct2, 'sps')} | {ratio(st['sps'], t32, 'sps')} | {st['failed']} "
             f"| {'n/a' if div is None else f'{100 * div:.0f}%'} |{acc}")
     return "\n".join(lines), stats
 
 
-def header(command: str, model: str, n: int, dataset: str, rounds: int, batch: int, max_new: int,
+def header(command: str, model: str, n: int, dataset: str, args: argparse.Namespace, max_new: int,
            rows: list[Row]) -> str:
     loads = ", ".join(f"{r.label} {r.load_s:.1f} s" for r in rows)
+    every = args.skeleton_every
     return (f"# Engines side by side: `{model}`\n\n"
-            + result_header(command, rounds=rounds, requests=f"{n} of `{dataset}`", batch=batch)
-            + f"\nGreedy, max {max_new} new tokens; batch 1 (SingleStream after warm-up, interleaved sentence "
-            f"by sentence) and batch {batch} (interleaved chunk by chunk), in one process.  Ratios < 1 are "
-            "faster (E2E) / > 1 more throughput.  `batch_divergence`: sentences whose token ids at batch "
-            f"{batch} differ from batch 1.  Ratios measured on this CPU are not claims about another.  "
-            f"Load + build (excluded): {loads}.")
+            + result_header(command, rounds=args.rounds, requests=f"{n} of `{dataset}`", batch=args.batch,
+                            skeleton=(f"TPOT overhead from every {every}th request, {args.skeleton_tokens} tokens, "
+                                      "on the model's skeleton (testbed.skeleton)") if every else "not measured")
+            + f"\nGreedy, max {max_new} new tokens, in one process.  Batch 1 interleaved sentence by sentence "
+            f"(after warm-up): *streamed* through `Engine.stream` (E2E, TTFT, TPOT as in METRICS.md) and "
+            "*non-streamed* (one `Engine.generate([request])` call, tokenizer to text; for `ct2-direct` one "
+            "`translate_batch`/`generate_batch` call on the same converted model: its TTFT is the call with 1 new "
+            "token, its TPOT `(t_full - t_first)/(N-1)`).  *TPOT overhead*: the configuration's TPOT on the "
+            "model's skeleton (1 layer each side at width 16, same vocabulary and decoding); *compute* = TPOT - "
+            f"overhead.  Batch {args.batch}: Offline, interleaved chunk by chunk.  Ratios are to the reference at the "
+            "same thread count: < 1 faster (latency, E2E, TPOT), > 1 more throughput (thr).  `batch_divergence`: "
+            f"sentences whose token ids at batch {args.batch} differ from batch 1.  Ratios measured on this CPU are "
+            f"not claims about another.  Load + build (excluded): {loads}.")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,25 +386,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chat-n", type=int, default=8, help="chat prompts (default 8)")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--extra-threads", default="1", help="comma-separated extra thread counts for fp32/int8 rows")
     ap.add_argument("--pruning", default="", help="comma-separated pruning specs for engines that run them")
+    ap.add_argument("--add", action="append", default=[], metavar="ENGINE/PRECISION[/KEY=VALUE...]",
+                    help="one more configuration at --threads (repeatable), e.g. onnxruntime/int8/graph_opt=basic")
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--chat-max-new-tokens", type=int, default=48)
+    ap.add_argument("--skeleton-every", type=int, default=4, help="measure the skeleton every k-th request (0: off)")
+    ap.add_argument("--skeleton-tokens", type=int, default=32)
     ap.add_argument("--skip", default="bf16", help="comma-separated label substrings to leave out (default: bf16)")
-    ap.add_argument("--only", default="", help="comma-separated label substrings to keep (torch/fp32 always kept)")
+    ap.add_argument("--only", default="", help="comma-separated label substrings to keep (references always kept)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     git_sha()  # the tree measured is the one at the start (cached): later edits do not relabel the run
 
-    extra = [int(x) for x in args.extra_threads.split(",") if x.strip()]
-    pruning = [x for x in args.pruning.split(",") if x.strip()]
-    only = [x for x in args.only.split(",") if x.strip()]
-    skip = [x for x in args.skip.split(",") if x.strip()]
+    def split(s: str) -> list[str]:
+        return [x for x in s.split(",") if x.strip()]
+
+    extra, pruning, only, skip = [int(x) for x in split(args.extra_threads)], split(args.pruning), split(args.only), \
+        split(args.skip)
     if only:
-        only += ["torch/fp32", "ctranslate2/int8"]
+        only += ["torch/fp32", f"{DIRECT}/int8"]
+    added = [parse_add(a, args.threads) for a in args.add]
     out = Path(args.out)
     jobs = []
     if args.task in ("translation", "both"):
@@ -255,19 +419,20 @@ def main(argv: list[str] | None = None) -> int:
         jobs.append((args.chat_model, "chat", args.chat_n, args.chat_max_new_tokens, False, "engines_chat.md"))
     for model, dataset, n, max_new, translation, fname in jobs:
         examples = load_dataset(dataset, limit=n)
-        rows = [r for r in configurations(model, args.threads, extra, pruning, max_new, only)
-                if not any(x in r.label for x in skip)]
+        cfgs = [c for c in configurations(model, args.threads, extra, pruning, added)
+                if not any(x in c.label for x in skip) and (not only or any(o in c.label for o in only))]
+        rows = [Row(c) for c in cfgs]
         print(f"{model}: {len(rows)} configurations: {', '.join(r.label for r in rows)}", file=sys.stderr)
-        run(rows, examples, min(args.rounds, len(examples)), args.warmup, args.batch, not args.no_progress)
+        run(rows, examples, model, max_new, args)
         md, _ = table(rows, examples, translation)
-        command = "python bench/engines.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        head = header(command, model, len(examples), dataset, args.rounds, args.batch, max_new, rows)
-        text = head + "\n\n" + md + "\n"
+        command = "python bench/engines.py " + shlex.join(argv if argv is not None else sys.argv[1:])
+        text = header(command, model, len(examples), dataset, args, max_new, rows) + "\n\n" + md + "\n"
         print("\n" + text)
         write_text_atomic(out / fname, text)
         for row in rows:
-            if row.engine is not None:
-                row.engine.close()
+            for r in (row.runner, row.skeleton):
+                if r is not None:
+                    r.close()
     return 0
 
 

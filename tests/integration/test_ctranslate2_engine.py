@@ -70,6 +70,34 @@ def test_stream_equals_batch_and_no_encoder_boundary_is_faked(ct2_fp32, fp32_out
         assert all(a.t_ns <= b.t_ns for a, b in zip(s.events, s.events[1:]))
 
 
+class _Spy:
+    """Delegates to a CTranslate2 model, recording the keyword arguments of each call."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def translate_batch(self, *args, **kw):
+        self.calls.append(kw)
+        return self.model.translate_batch(*args, **kw)
+
+
+def test_non_streamed_generate_is_one_plain_translate_batch_call_with_direct_tokens(ct2_fp32, fp32_outputs,
+                                                                                   sentences, monkeypatch):
+    # bench/engines.py's like-for-like latency: Engine.generate([request]) against translate_batch called
+    # directly.  The engine's call must be one synchronous call without a per-step callback (the
+    # streaming adapter's cost, bench/results/ct2_overhead.md), and give what the stock call gives
+    spy = _Spy(ct2_fp32.model)
+    monkeypatch.setattr(ct2_fp32, "model", spy)
+    tok = ct2_fp32.tokenizer
+    for ex, gen in list(zip(sentences, fp32_outputs))[:6]:
+        spy.calls.clear()
+        assert ct2_fp32.generate([ex.text])[0].token_ids == gen.token_ids
+        assert len(spy.calls) == 1 and not {"callback", "asynchronous"} & set(spy.calls[0]), spy.calls
+        direct = spy.model.translate_batch([tok.convert_ids_to_tokens(tok(ex.text)["input_ids"])], beam_size=1,
+                                           max_decoding_length=128)[0].hypotheses[0]
+        assert tok.convert_ids_to_tokens(gen.token_ids) == [*direct, tok.eos_token], ex.text
+
+
 def test_max_new_tokens_caps_stream_and_batch_alike(ct2_fp32, torch_fp32):
     req = GenerationRequest(text=DEMO, max_new_tokens=3)
     s = ct2_fp32.stream(req).run()

@@ -17,6 +17,14 @@
   all rows, static: rows cannot join a running call); ``generate`` is the non-streaming batch call.
   CTranslate2 does not expose the end of the encoder pass, so this engine **never yields
   ``ENCODER_DONE``**: records have no ``encoder_ms`` and the encoder time is inside TTFT.
+* What streaming costs (``bench/ct2_overhead.py``, ``bench/results/ct2_overhead.md``): the
+  non-streamed path (``generate``) is one synchronous ``translate_batch`` / ``generate_batch`` call
+  with no callback, the call a user of CTranslate2 makes directly (and measured as fast).  A
+  streamed request adds, per output token, CTranslate2's Python callback on its worker thread (the
+  GIL taken once per step), the hand-off of the step to the consumer's thread (a thread wake-up:
+  on a busy machine a scheduling delay, during which the GIL may be held) and the ``Stream``'s own
+  per-token work (the timestamp, incremental detokenisation).  These are the price of delivering
+  each token when it is computed; a caller that needs no token times should call ``generate``.
 """
 
 from __future__ import annotations
