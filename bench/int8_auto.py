@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         from testbed.io import write_text_atomic
 
-        header = result_header(cmd, ranking=", ".join(ranking) or "-", batch=s.batch, threads="ORT default")
+        header = result_header(cmd, ranking=", ".join(ranking) or "-", batch=s.batch, threads="ORT default",
+                               rounds="1 (each candidate decodes dev and test once; no timing)")
         write_text_atomic(Path(args.out), header + "\n" + text)
     print(text)
     return 0
