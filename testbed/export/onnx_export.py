@@ -2,7 +2,8 @@
 
 One pipeline: load (fp32) -> export (legacy TorchScript exporter, opset 17) -> precision
 (fp32 as exported; ``int8`` ORT dynamic quantization of the weight MatMuls; ``int8-static`` QDQ
-with activation ranges calibrated on the committed *dev* set; ``fp16`` for GPU providers)
+with activation ranges calibrated on the committed *dev* set; ``int8-auto`` dynamic int8 with a
+recipe searched on the dev set, :mod:`testbed.export.int8_auto`; ``fp16`` for GPU providers)
 -> validate (greedy tokens and logits of ONNX Runtime against the torch fp32 model) -> save
 with a manifest (:mod:`testbed.artifacts`).  Quantized and fp16 artefacts are built from the
 cached fp32 artefact, so a model is traced once.

@@ -9,9 +9,11 @@ optimisation level ``all`` unless told otherwise.  A GPU provider that fails to 
 Runtime fall back to the CPU silently: the engine checks ``session.get_providers()`` and refuses.
 
 Precisions: ``fp32``; ``int8`` (ORT dynamic quantization, CPU); ``int8-static`` (QDQ, activation
-ranges calibrated on the dev set, CPU); ``fp16`` (GPU providers only).  Greedy decoding, the
-same as the torch engine: Marian's pad token (its decoder start token) is never emitted.  Decoding
-is :class:`testbed.engines.onnxruntime.batch.OrtBatch`: rows join and leave between steps.
+ranges calibrated on the dev set, CPU); ``int8-auto`` (dynamic int8 with a recipe searched on the
+dev set, :mod:`testbed.export.int8_auto`; the recipe is in :meth:`describe`); ``fp16`` (GPU
+providers only).  Greedy decoding, the same as the torch engine: Marian's pad token (its decoder
+start token) is never emitted.  Decoding is :class:`testbed.engines.onnxruntime.batch.OrtBatch`:
+rows join and leave between steps.
 """
 
 from __future__ import annotations
