@@ -66,11 +66,15 @@ class SearchSettings:
     batch: int = 32
     max_new_tokens: int = 128  # the default sweep's
     bootstrap_samples: int = 1000  # the sweep's verdict on dev (0: the point rule alone)
+    # batch compositions a candidate must pass in (dynamic int8 takes one activation scale per batch,
+    # so its output depends on the batch): c-th = the sorted set's batch boundaries shifted by c*batch/n
+    compositions: int = 1
     length_low: float = 0.9
     length_high: float = 1.1
 
     def __post_init__(self) -> None:
-        for name in ("dev_sentences", "sensitivity_sentences", "timing_sentences", "batch", "max_new_tokens"):
+        for name in ("dev_sentences", "sensitivity_sentences", "timing_sentences", "batch", "max_new_tokens",
+                     "compositions"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"int8-auto {name}", v, "a positive integer")
@@ -114,7 +118,10 @@ def int8_isa() -> list[str]:
 
 
 def search_key(settings: SearchSettings) -> dict[str, Any]:
-    return {"version": SEARCH_VERSION, "dataset": "dev", **settings.to_dict(), "int8_isa": int8_isa(),
+    d = settings.to_dict()
+    if d["compositions"] == 1:  # added after the first artefacts were built: the default keeps their key
+        del d["compositions"]
+    return {"version": SEARCH_VERSION, "dataset": "dev", **d, "int8_isa": int8_isa(),
             "options": [list(o) for o in OPTIONS]}
 
 
@@ -184,12 +191,14 @@ def _engine(art: Path, model: str, pruning: str, threads: int | None, max_new_to
                                       threads=threads, max_new_tokens=max_new_tokens)).load()
 
 
-def decode_dev(engine: Any, texts: Sequence[str], batch: int) -> list[tuple[str, int]]:
-    """(text, output tokens) per dev sentence, in batches over the set sorted by length (the sweep's Offline order)."""
+def decode_dev(engine: Any, texts: Sequence[str], batch: int, shift: int = 0) -> list[tuple[str, int]]:
+    """(text, output tokens) per dev sentence, in batches over the set sorted by length (the sweep's Offline
+    order); ``shift`` > 0 makes the first batch that many sentences long (another batch composition)."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     outs: list[tuple[str, int]] = [("", 0)] * len(texts)
-    for s in range(0, len(order), batch):
-        chunk = order[s : s + batch]
+    starts = [0, *range(shift, len(order), batch)] if 0 < shift < batch else list(range(0, len(order), batch))
+    for s, e in zip(starts, [*starts[1:], len(order)]):
+        chunk = order[s:e]
         for i, g in zip(chunk, engine.generate([texts[i] for i in chunk])):
             outs[i] = (g.text, len(g.token_ids))
     return outs
@@ -247,10 +256,10 @@ class _Search:
                                               pc, rr)
         return self.dirs[key]
 
-    def outputs(self, pc: bool, rr: bool, excluded: Sequence[str], n: int) -> list[tuple[str, int]]:
+    def outputs(self, pc: bool, rr: bool, excluded: Sequence[str], n: int, shift: int = 0) -> list[tuple[str, int]]:
         eng = _engine(self.variant(pc, rr, excluded), self.model, self.pruning, None, self.s.max_new_tokens)
         try:
-            return decode_dev(eng, self.texts[:n], self.s.batch)
+            return decode_dev(eng, self.texts[:n], self.s.batch, shift)
         finally:
             eng.close()
 
@@ -269,12 +278,18 @@ class _Search:
         return sens
 
     def candidate(self, pc: bool, rr: bool, excluded: Sequence[str]) -> dict[str, Any]:
-        outs = self.outputs(pc, rr, excluded, len(self.texts))
-        res = {"per_channel": pc, "reduce_range": rr, "fp32_groups": list(excluded),
-               **_gate(outs, self.fp32, self.refs, self.s)}
+        gates = []
+        for c in range(self.s.compositions):  # the fp32 graphs are batch-invariant: one reference serves all
+            outs = self.outputs(pc, rr, excluded, len(self.texts), c * self.s.batch // self.s.compositions)
+            gates.append(_gate(outs, self.fp32, self.refs, self.s))
+        res = {"per_channel": pc, "reduce_range": rr, "fp32_groups": list(excluded), **gates[0]}
+        if len(gates) > 1:
+            res.update(passed_dev=all(g["passed_dev"] for g in gates), compositions=gates)
         self.say(f"int8-auto candidate per_channel={pc} reduce_range={rr} fp32 groups [{', '.join(excluded)}]: "
                  f"dev BLEU {res['dev_bleu']:.2f} ({res['pct_of_fp32']}% of fp32), length ratio "
-                 f"{res['length_ratio']}, delta 95% CI {res['dev_delta_ci95']}: {res['dev_verdict']}")
+                 f"{res['length_ratio']}, delta 95% CI {res['dev_delta_ci95']}: {res['dev_verdict']}"
+                 + (f"; verdicts over {len(gates)} batch compositions: {', '.join(g['dev_verdict'] for g in gates)}"
+                    if len(gates) > 1 else ""))
         return res
 
     def time(self, cands: Sequence[dict[str, Any]]) -> list[float]:
