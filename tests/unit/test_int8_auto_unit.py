@@ -50,3 +50,35 @@ def test_int8_auto_is_an_onnxruntime_cpu_precision():
         create_engine(EngineConfig(engine="onnxruntime", precision="int8-auto", device="cuda"), load=False)
     with pytest.raises(ConfigError, match="engine torch"):
         create_engine(EngineConfig(engine="torch", precision="int8-auto"), load=False)
+
+
+class _BatchRecorder:
+    """An engine stand-in that records the batches it is given (decode_dev only calls generate)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+
+    def generate(self, texts):
+        from testbed.engines.types import Generation
+
+        self.batches.append(list(texts))
+        return [Generation([1, 2], t.upper(), 1, "eos") for t in texts]
+
+
+def test_batch_compositions_shift_the_batch_boundaries_and_keep_every_sentence_once():
+    from testbed.export.int8_auto import decode_dev
+
+    texts = ["x" * (70 - i) for i in range(70)]  # sorted by length: reversed
+    plain, shifted = _BatchRecorder(), _BatchRecorder()
+    out = decode_dev(plain, texts, 32)
+    assert [len(b) for b in plain.batches] == [32, 32, 6]
+    assert decode_dev(shifted, texts, 32, shift=16) == out == [(t.upper(), 2) for t in texts]
+    assert [len(b) for b in shifted.batches] == [16, 32, 22]
+    assert shifted.batches[0] == sorted(texts, key=len)[:16]
+
+
+def test_compositions_enter_the_key_only_when_not_the_default():
+    assert "compositions" not in search_key(SearchSettings())
+    assert search_key(parse_search("compositions=2"))["compositions"] == 2
+    with pytest.raises(ConfigError, match="int8-auto compositions=0"):
+        parse_search("compositions=0")
