@@ -1,7 +1,7 @@
 """int8-auto candidates on dev *and* test: does the dev-set choice hold on the test set?
 
 Builds (in a scratch directory) each dynamic-int8 recipe named on the command line from the fp32
-ONNX artefact of marian-en-de, decodes the dev set (600) and the test set (1200) greedily in
+ONNX artefact of marian-en-de, decodes the whole dev set (601) and test set (1200) greedily in
 batches of 32 over the set sorted by length (the sweep's Offline order, through the ONNX Runtime
 engine's ``generate``), and gates each against the fp32 graphs' outputs with the sweep's rule and
 verdict (testbed.eval.gate: BLEU >= 0.99 x fp32, length ratio in [0.9, 1.1], paired-bootstrap 95%
@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     fp32_bleu = {k: _gate(fp32[k], fp32[k], refs[k], SearchSettings(bootstrap_samples=0))["dev_bleu"] for k in texts}
     lines = [f"# int8-auto candidates on dev and test ({MODEL}, ONNX Runtime dynamic int8)", "",
-             f"fp32 graphs: dev BLEU {fp32_bleu['dev']:.2f} (600 sentences), test BLEU {fp32_bleu['test']:.2f} "
-             "(1200); gate: BLEU >= 0.99 x fp32, length ratio in [0.9, 1.1], verdict from the paired-bootstrap "
-             "95% interval of BLEU - fp32 (testbed.eval.gate).", "",
+             f"fp32 graphs: dev BLEU {fp32_bleu['dev']:.2f} ({len(texts['dev'])} sentences), test BLEU "
+             f"{fp32_bleu['test']:.2f} ({len(texts['test'])}); gate: BLEU >= 0.99 x fp32, length ratio in [0.9, 1.1], "
+             "verdict from the paired-bootstrap 95% interval of BLEU - fp32 (testbed.eval.gate).", "",
              "| per-channel | reduced range | groups kept in fp32 | dev BLEU (% of fp32) | dev ΔBLEU 95% CI | "
              "dev verdict | test BLEU (% of fp32) | test ΔBLEU 95% CI | test verdict |",
              "|---|---|---|---:|---:|---|---:|---:|---|"]
