@@ -14,7 +14,7 @@ import json
 import pytest
 import tiny_checkpoints as T
 
-from testbed.export.int8_auto import SearchSettings, matmul_groups
+from testbed.export.int8_auto import TIE, SearchSettings, matmul_groups
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="pip install 'testbed[cpu]'")]
@@ -59,9 +59,11 @@ def test_a_permissive_gate_takes_the_fastest_all_int8_option(marian, cache):
     assert [(c["per_channel"], c["reduce_range"], c["fp32_groups"]) for c in tried] == [
         (False, False, []), (True, False, []), (False, True, []), (True, True, [])]
     assert all(c["passed_dev"] for c in tried)
-    fastest = min(tried, key=lambda c: c["median_ms_batch1"])
-    assert auto["recipe"]["per_channel"] == fastest["per_channel"]
-    assert auto["recipe"]["reduce_range"] == fastest["reduce_range"] and auto["recipe"]["passed_dev"]
+    fastest = min(c["median_ms_batch1"] for c in tried)
+    ties = [c for c in tried if c["median_ms_batch1"] <= fastest * (1 + TIE)]  # noise: the first option wins
+    assert (auto["recipe"]["per_channel"], auto["recipe"]["reduce_range"]) == (ties[0]["per_channel"],
+                                                                               ties[0]["reduce_range"])
+    assert auto["recipe"]["passed_dev"]
     assert isinstance(auto["sensitivity"], str)  # no candidate needed a ranking
     assert _manifest(art)["key"]["search"]["gate_ratio"] == 0.0
 
@@ -72,7 +74,9 @@ def test_a_strict_gate_ends_on_a_passing_candidate_in_ranking_order_and_the_sign
     from testbed.engines.registry import create_engine
 
     # exact length and BLEU >= fp32: all-int8 may or may not pass; the all-fp32 end always does
+    # in two batch compositions (the fp32 outputs are batch-invariant, so the all-fp32 end passes both)
     monkeypatch.setenv("TESTBED_INT8_AUTO", "gate_ratio=1.0,length_low=1.0,length_high=1.0,max_excluded=11,"
+                       "compositions=2,"
                        + ",".join(f"{k}={v}" for k, v in SMALL.items()))
     eng = create_engine(EngineConfig(model=str(marian), engine="onnxruntime", precision="int8-auto", threads=1,
                                      max_new_tokens=8))
@@ -81,6 +85,8 @@ def test_a_strict_gate_ends_on_a_passing_candidate_in_ranking_order_and_the_sign
         assert auto["recipe"]["passed_dev"]
         for c in auto["candidates"]:
             assert c["fp32_groups"] == auto["ranking"][: len(c["fp32_groups"])]
+            assert len(c["compositions"]) == 2
+            assert c["passed_dev"] == all(g["dev_verdict"] == "pass" for g in c["compositions"])
         if any(c["fp32_groups"] for c in auto["candidates"]):
             assert sorted(auto["ranking"]) == sorted(auto["sensitivity"])
             assert len(auto["ranking"]) == 11
