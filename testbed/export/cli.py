@@ -20,7 +20,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     x.add_argument("--model", default=DEFAULT_TRANSLATION_MODEL)
     x.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default: onnx)")
-    x.add_argument("--precision", default="fp32", help="onnx: fp32, int8, int8-static, fp16 (default: fp32)")
+    x.add_argument("--precision", default="fp32", help="onnx: fp32, int8, int8-static, int8-auto, fp16 (default: fp32)")
+    x.add_argument("--int8-auto", default=None, metavar="NAME=VALUE,...",
+                   help="int8-auto search settings (dev_sentences, sensitivity_sentences, timing_sentences, "
+                        "max_excluded, gate_ratio, batch, max_new_tokens, bootstrap_samples, length_low, length_high); "
+                        "also read from TESTBED_INT8_AUTO")
     x.add_argument("--pruning", default="none", help="none (default), unstructured:S or structured:F")
     x.add_argument("--out", default=None, help="copy the artefact to this directory")
     x.add_argument("--force", action="store_true", help="rebuild the cached artefact, and overwrite --out")
@@ -33,10 +37,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from testbed.export import export
 
     parse_pruning(args.pruning)
+    if args.int8_auto is not None:
+        import os
+
+        from testbed.export.int8_auto import ENV, parse_search
+
+        parse_search(args.int8_auto)  # a bad setting is refused before anything is built
+        os.environ[ENV] = args.int8_auto
     where = export(args.model, args.format, args.precision, args.pruning,
                    Path(args.out) if args.out else None, force=args.force)
     manifest = verify(where)
+    recipe = {"int8_auto": manifest["int8_auto"]["recipe"]} if "int8_auto" in manifest else {}
     print(json.dumps({"artifact": str(where), "key_hash": manifest.get("key_hash"),
-                      "validation": manifest.get("validation"), "files": sorted(manifest.get("files", {}))},
+                      "validation": manifest.get("validation"), **recipe, "files": sorted(manifest.get("files", {}))},
                      indent=2))
     return 0

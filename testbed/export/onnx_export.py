@@ -2,7 +2,8 @@
 
 One pipeline: load (fp32) -> export (legacy TorchScript exporter, opset 17) -> precision
 (fp32 as exported; ``int8`` ORT dynamic quantization of the weight MatMuls; ``int8-static`` QDQ
-with activation ranges calibrated on the committed *dev* set; ``fp16`` for GPU providers)
+with activation ranges calibrated on the committed *dev* set; ``int8-auto`` dynamic int8 with a
+recipe searched on the dev set, :mod:`testbed.export.int8_auto`; ``fp16`` for GPU providers)
 -> validate (greedy tokens and logits of ONNX Runtime against the torch fp32 model) -> save
 with a manifest (:mod:`testbed.artifacts`).  Quantized and fp16 artefacts are built from the
 cached fp32 artefact, so a model is traced once.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -24,6 +26,9 @@ from typing import Any
 
 from testbed.artifacts import ArtifactError, build
 from testbed.errors import ConfigError
+from testbed.export.int8_auto import ENV as INT8_AUTO_ENV
+from testbed.export.int8_auto import SearchSettings, parse_search, search_key
+from testbed.export.int8_auto import search as auto_search
 from testbed.registry import ModelInfo, content_hash, resolve_model, tokenizer_hash
 
 EXPORTER_VERSION = 3
@@ -31,7 +36,7 @@ EXPORTER_VERSION = 3
 # (seq2seq 4: the decoder takes position_ids and self_bias, so rows join a running batch)
 GRAPH_VERSION = {"seq2seq": 4, "causal": 3}
 OPSET = 17
-PRECISIONS = ("fp32", "int8", "int8-static", "fp16")
+PRECISIONS = ("fp32", "int8", "int8-static", "int8-auto", "fp16")
 # model_type -> architecture and graph classes (module.Class under testbed.export): encoder, decoder
 GRAPHS: dict[str, tuple[str, str | None, str]] = {
     "marian": ("seq2seq", "wrappers.MarianEncoderGraph", "wrappers.MarianDecoderGraph"),
@@ -98,7 +103,8 @@ def graph_class(name: str) -> Any:
     return getattr(importlib.import_module(f"testbed.export.{mod}"), cls)
 
 
-def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str) -> dict[str, Any]:
+def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str,
+             auto: SearchSettings | None = None) -> dict[str, Any]:
     key: dict[str, Any] = {
         "format": "onnx", "model": info.name, "model_hash": content_hash(src), "tokenizer_hash": tokenizer_hash(src),
         "precision": precision,
@@ -109,26 +115,37 @@ def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str) -> dict[s
         key["per_channel"] = INT8_PER_CHANNEL
     if precision == "int8-static":
         key["calibration"] = {"dataset": "dev", "sentences": CALIB_SENTENCES, "steps": CALIB_STEPS, "method": "minmax"}
+    if precision == "int8-auto":  # the search's settings and the CPU's int8 ISA (testbed.export.int8_auto)
+        key["search"] = search_key(auto or SearchSettings())
     return key
 
 
 def ensure_onnx(
     model: str | ModelInfo, precision: str = "fp32", pruning: str = "none", *, force: bool = False,
-    root: Path | None = None, log: Log | None = None,
+    root: Path | None = None, log: Log | None = None, int8_auto: SearchSettings | None = None,
 ) -> Path:
-    """The artefact directory for (model, precision, pruning), built on first use and reused after."""
+    """The artefact directory for (model, precision, pruning), built on first use and reused after.
+
+    ``int8_auto``: the search settings of ``int8-auto`` (default: those of the ``TESTBED_INT8_AUTO``
+    environment variable, ``name=value,...``, else :class:`SearchSettings`'s defaults).
+    """
     if precision not in PRECISIONS:
         raise ConfigError("precision", precision, ", ".join(PRECISIONS), "(ONNX export)")
     info = resolve_model(model) if isinstance(model, str) else model
     src = source_dir(info, pruning)
     model_type(src)
-    key = onnx_key(info, src, precision, pruning)
+    auto = (int8_auto or parse_search(os.environ.get(INT8_AUTO_ENV))) if precision == "int8-auto" else None
+    key = onnx_key(info, src, precision, pruning, auto)
     say = log or _say
 
     def builder(out: Path) -> dict[str, Any]:
         if precision == "fp32":
             return _build_fp32(src, out, say)
         base = ensure_onnx(info, "fp32", pruning, root=root, log=log)
+        if auto is not None:
+            model = str(info.path) if info.path is not None else info.name
+            return _build_from_fp32(base, src, precision, out, say,
+                                    lambda o: auto_search(base, o, model, pruning, auto, say))
         return _build_from_fp32(base, src, precision, out, say)
 
     tag = f"{info.name}-{precision}" + (f"-{pruning.replace(':', '')}" if pruning != "none" else "")
@@ -248,7 +265,8 @@ def _graphs(d: Path) -> list[str]:
     return [g for g in ("encoder.onnx", "decoder.onnx") if (d / g).is_file()]
 
 
-def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log) -> dict[str, Any]:
+def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
+                     auto: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
     meta = json.loads((base / "onnx_config.json").read_text())
     for f in base.iterdir():
         if f.is_file() and f.suffix != ".onnx" and f.name != "manifest.json":
@@ -261,6 +279,8 @@ def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log)
             say(f"int8 dynamic quantization of {g} (per_channel={INT8_PER_CHANNEL}) ...")
             quantize_dynamic(base / g, out / g, weight_type=QuantType.QInt8, per_channel=INT8_PER_CHANNEL,
                              op_types_to_quantize=["MatMul", "Gemm"], extra_options={"MatMulConstBOnly": True})
+    elif precision == "int8-auto" and auto is not None:
+        extra["int8_auto"] = auto(out)
     elif precision == "int8-static":
         extra["calibration"] = _quantize_static(base, out, meta, say)
     elif precision == "fp16":

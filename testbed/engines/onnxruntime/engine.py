@@ -9,13 +9,16 @@ optimisation level ``all`` unless told otherwise.  A GPU provider that fails to 
 Runtime fall back to the CPU silently: the engine checks ``session.get_providers()`` and refuses.
 
 Precisions: ``fp32``; ``int8`` (ORT dynamic quantization, CPU); ``int8-static`` (QDQ, activation
-ranges calibrated on the dev set, CPU); ``fp16`` (GPU providers only).  Greedy decoding, the
-same as the torch engine: Marian's pad token (its decoder start token) is never emitted.  Decoding
-is :class:`testbed.engines.onnxruntime.batch.OrtBatch`: rows join and leave between steps.
+ranges calibrated on the dev set, CPU); ``int8-auto`` (dynamic int8 with a recipe searched on the
+dev set, :mod:`testbed.export.int8_auto`; the recipe is in :meth:`describe`); ``fp16`` (GPU
+providers only).  Greedy decoding, the same as the torch engine: Marian's pad token (its decoder
+start token) is never emitted.  Decoding is :class:`testbed.engines.onnxruntime.batch.OrtBatch`:
+rows join and leave between steps.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from testbed.clock import Clock, now_ns
@@ -28,10 +31,10 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
     capabilities = Capabilities(
         devices=("cpu", "cuda"),
-        precisions=("fp32", "int8", "int8-static", "fp16"),
+        precisions=("fp32", "int8", "int8-static", "int8-auto", "fp16"),
         streaming=True,
         batching="continuous",
-        precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",)},
+        precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",), "int8-auto": ("cpu",)},
         pruning=True,
     )
     gpu_provider: ClassVar[str] = "CUDAExecutionProvider"
@@ -47,11 +50,10 @@ class OnnxRuntimeEngine(Engine):
         from transformers.utils import logging as hf_logging
 
         from testbed.engines.onnxruntime.runner import OrtModel, SessionSettings
-        from testbed.export.onnx_export import ensure_onnx
 
         hf_logging.disable_progress_bar()
         cfg = self.config
-        self.artifact = ensure_onnx(self.model_info, cfg.precision, cfg.pruning)
+        self.artifact = self._artifact()
         provider = "CPUExecutionProvider" if cfg.device == "cpu" else self.gpu_provider
         settings = SessionSettings(provider=provider, threads=cfg.threads, spinning=self.spinning,
                                    graph_opt=self.graph_opt, fp16=cfg.precision == "fp16",
@@ -66,6 +68,12 @@ class OnnxRuntimeEngine(Engine):
         self.prefix = list(spec.decoder_prefix)
         self.model_max_input = spec.input_limit(cfg.max_new_tokens)
 
+    def _artifact(self) -> Path:
+        """The artefact directory to load (built on first use)."""
+        from testbed.export.onnx_export import ensure_onnx
+
+        return ensure_onnx(self.model_info, self.config.precision, self.config.pruning)
+
     def _close(self) -> None:
         self.ort = None  # type: ignore[assignment]
 
@@ -73,6 +81,8 @@ class OnnxRuntimeEngine(Engine):
         d = super().describe()
         d.update(spinning=self.spinning, graph_opt=self.graph_opt, io_binding=self.io_binding or cfg_gpu(self.config),
                  artifact=str(getattr(self, "artifact", "")) or None)
+        if self.config.precision == "int8-auto" and getattr(self, "artifact", None):
+            d["int8_recipe"] = int8_recipe(self.artifact)
         return d
 
     # ------------------------------------------------------------------ decoding
@@ -80,6 +90,14 @@ class OnnxRuntimeEngine(Engine):
         from testbed.engines.onnxruntime.batch import OrtBatch
 
         return OrtBatch(self)
+
+
+def int8_recipe(artifact: Path) -> dict[str, Any] | None:
+    """The ``int8-auto`` recipe in the artefact's manifest (testbed.export.int8_auto) and the ISA it was chosen on."""
+    import json
+
+    auto = json.loads((artifact / "manifest.json").read_text()).get("int8_auto") or {}
+    return {**auto["recipe"], "int8_isa": auto.get("int8_isa")} if "recipe" in auto else None
 
 
 def cfg_gpu(config: EngineConfig) -> bool:

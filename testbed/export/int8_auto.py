@@ -1,0 +1,360 @@
+"""``int8-auto``: accuracy-aware dynamic int8, chosen on the dev set on the CPU that builds it.
+
+The search (all on the committed **dev** set; the test set is left to the sweep to confirm or
+refute the choice):
+
+1. **Groups.**  The weight MatMuls of the fp32 graphs are grouped per layer and block, with names
+   taken from the graph's layout (:func:`matmul_groups`): ``enc{i}.self_attn``, ``enc{i}.ffn``,
+   ``dec{i}.self_attn`` (fused q/k/v and the output projection), ``dec{i}.cross_attn`` (its query
+   and output projections in the decoder graph, its key/value projections in the encoder graph),
+   ``dec{i}.ffn`` and ``lm_head`` (the output projection).
+2. **Sensitivity**, measured, not guessed: for each group, the graphs are quantized with only that
+   group left in fp32, and the greedy outputs on the first ``sensitivity_sentences`` dev sentences
+   are scored with BLEU against the fp32 outputs (fidelity).  A group's sensitivity is the
+   fidelity it wins back over the all-int8 graphs; groups are ranked by it.
+3. **Candidates**: ``{per_channel} x {reduce_range} x {the k most sensitive groups in fp32}``,
+   ``k = 0..max_excluded``.  Each is decoded on ``dev_sentences`` dev sentences (batches of
+   ``batch``, formed over the set sorted by length, as the sweep's Offline scenario does) and
+   gated as the sweep gates (METRICS.md, :mod:`testbed.eval.gate`): dev BLEU >= ``gate_ratio`` x the
+   fp32 graphs' dev BLEU, output-length ratio within the bounds, and a ``pass`` verdict (the paired
+   bootstrap 95% interval of the BLEU difference lies above the threshold; ``bootstrap_samples=0``
+   keeps the point rule alone).  Per option pair, k grows until one passes (more
+   float MatMuls are never faster); the sensitivity ranking (step 2) is measured the first time a
+   candidate needs it, so a CPU on which every all-int8 option passes skips it.
+4. **Timing**: the passing candidates are timed side by side at batch 1 on 1 thread, interleaved
+   sentence by sentence over ``timing_sentences`` dev sentences; the fastest median wins (medians
+   within ``TIE`` of it count as ties, won by the candidate with the fewest fp32 groups, then the
+   option order: plain per-tensor first).  Without
+   any passing candidate the most accurate one is kept and the recipe says ``passed_dev: false``.
+
+The recipe (options, excluded groups, every candidate's dev BLEU and timing, the ranking) goes into
+the artefact's manifest; the engine copies the recipe into each result row's signature.  The
+result depends on the CPU's int8 kernels (AVX2 ``vpmaddubsw`` saturates, VNNI does not), so the
+cache key holds the int8-relevant ISA flags (:func:`int8_isa`) and the search settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from testbed.errors import ConfigError
+
+log = logging.getLogger(__name__)
+Say = Callable[[str], None]
+SEARCH_VERSION = 1
+OPTIONS = ((False, False), (True, False), (False, True), (True, True))  # (per_channel, reduce_range)
+ENV = "TESTBED_INT8_AUTO"
+TIE = 0.05  # medians within 5% of the fastest count as equally fast
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How far the search goes (all part of the artefact's cache key)."""
+
+    dev_sentences: int = 600
+    sensitivity_sentences: int = 160
+    timing_sentences: int = 24
+    max_excluded: int = 4
+    gate_ratio: float = 0.99
+    batch: int = 32
+    max_new_tokens: int = 128  # the default sweep's
+    bootstrap_samples: int = 1000  # the sweep's verdict on dev (0: the point rule alone)
+    # batch compositions a candidate must pass in (dynamic int8 takes one activation scale per batch,
+    # so its output depends on the batch): c-th = the sorted set's batch boundaries shifted by c*batch/n
+    compositions: int = 1
+    length_low: float = 0.9
+    length_high: float = 1.1
+
+    def __post_init__(self) -> None:
+        for name in ("dev_sentences", "sensitivity_sentences", "timing_sentences", "batch", "max_new_tokens",
+                     "compositions"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"int8-auto {name}", v, "a positive integer")
+        for name in ("max_excluded", "bootstrap_samples"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"int8-auto {name}", v, "an integer >= 0")
+        if not 0.0 <= self.gate_ratio <= 1.0:
+            raise ConfigError("int8-auto gate_ratio", self.gate_ratio, "a number in [0, 1]")
+        if not 0.0 < self.length_low <= 1.0 <= self.length_high:
+            raise ConfigError("int8-auto length bounds", (self.length_low, self.length_high),
+                              "0 < length_low <= 1 <= length_high")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_search(spec: str | None) -> SearchSettings:
+    """``"max_excluded=2,dev_sentences=300"`` -> settings (the rest default); bad names or values raise ConfigError."""
+    if not spec:
+        return SearchSettings()
+    fields = {f.name: f.type for f in dataclasses.fields(SearchSettings)}
+    kw: dict[str, Any] = {}
+    for part in spec.split(","):
+        name, eq, value = (s.strip() for s in part.partition("="))
+        if name not in fields or not eq:
+            raise ConfigError("int8-auto setting", part, ", ".join(f"{n}=VALUE" for n in fields))
+        try:
+            kw[name] = float(value) if fields[name] in ("float", float) else int(value)
+        except ValueError:
+            raise ConfigError(f"int8-auto {name}", value, "a number") from None
+    return SearchSettings(**kw)
+
+
+def int8_isa() -> list[str]:
+    """The ISA flags that pick ONNX Runtime's int8 kernels (and so change int8 outputs)."""
+    from testbed.signature import machine
+
+    relevant = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd")
+    return [f for f in machine()["isa"] if f in relevant]
+
+
+def search_key(settings: SearchSettings) -> dict[str, Any]:
+    d = settings.to_dict()
+    if d["compositions"] == 1:  # added after the first artefacts were built: the default keeps their key
+        del d["compositions"]
+    return {"version": SEARCH_VERSION, "dataset": "dev", **d, "int8_isa": int8_isa(),
+            "options": [list(o) for o in OPTIONS]}
+
+
+# --------------------------------------------------------------------------- MatMul groups
+def _weight_matmuls(path: Path) -> list[str]:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    return [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in inits]
+
+
+def matmul_groups(base: Path, meta: dict[str, Any]) -> dict[str, list[tuple[str, str]]]:
+    """Group name -> [(graph file, node name)], in graph order; ConfigError for a layout not known here."""
+    if meta.get("architecture") != "seq2seq":
+        raise ConfigError("precision", "int8-auto", "seq2seq translation models (Marian graphs)",
+                          f"the dev-set search has no gate for {meta.get('architecture')} models yet")
+    n = int(meta["num_layers"])
+    dec, enc = _weight_matmuls(base / "decoder.onnx"), _weight_matmuls(base / "encoder.onnx")
+    e, rest = divmod(len(enc) - 2 * n, 6)
+    if len(dec) != 6 * n + 1 or rest or e < 1:
+        raise ConfigError("precision", "int8-auto", "graphs of the Marian layout",
+                          f"{base}: {len(enc)} encoder / {len(dec)} decoder weight MatMuls do not match "
+                          f"{n} decoder layers (6 per layer + lm_head; encoder 6 per layer + 2 per decoder layer)")
+    groups: dict[str, list[tuple[str, str]]] = {}
+
+    def add(name: str, graph: str, node: str) -> None:
+        groups.setdefault(name, []).append((graph, node))
+
+    for i, node in enumerate(enc[: 6 * e]):
+        add(f"enc{i // 6}.{'self_attn' if i % 6 < 4 else 'ffn'}", "encoder.onnx", node)
+    for i, node in enumerate(dec[: 6 * n]):
+        add(f"dec{i // 6}.{('self_attn', 'cross_attn', 'ffn')[(i % 6) // 2]}", "decoder.onnx", node)
+    for i, node in enumerate(enc[6 * e :]):  # cross-attention keys and values, per decoder layer
+        add(f"dec{i // 2}.cross_attn", "encoder.onnx", node)
+    add("lm_head", "decoder.onnx", dec[-1])
+    return groups
+
+
+# --------------------------------------------------------------------------- variants
+def quantize_variant(base: Path, out: Path, groups: dict[str, list[tuple[str, str]]], excluded: Sequence[str],
+                     per_channel: bool, reduce_range: bool) -> Path:
+    """An artefact directory: the fp32 side files and both graphs, dynamic int8 but the ``excluded`` groups."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in base.iterdir():
+        if f.is_file() and f.suffix != ".onnx" and f.name != "manifest.json":
+            shutil.copy2(f, out / f.name)
+    for graph in ("encoder.onnx", "decoder.onnx"):
+        keep = [node for g in excluded for gr, node in groups[g] if gr == graph]
+        quantize_dynamic(base / graph, out / graph, weight_type=QuantType.QInt8, per_channel=per_channel,
+                         reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep,
+                         extra_options={"MatMulConstBOnly": True})
+    return out
+
+
+def _engine(art: Path, model: str, pruning: str, threads: int | None, max_new_tokens: int) -> Any:
+    from testbed.config import EngineConfig
+    from testbed.engines.onnxruntime.engine import OnnxRuntimeEngine
+
+    class VariantEngine(OnnxRuntimeEngine):
+        def _artifact(self) -> Path:
+            return art
+
+    return VariantEngine(EngineConfig(model=model, engine="onnxruntime", precision="int8", pruning=pruning,
+                                      threads=threads, max_new_tokens=max_new_tokens)).load()
+
+
+def decode_dev(engine: Any, texts: Sequence[str], batch: int, shift: int = 0) -> list[tuple[str, int]]:
+    """(text, output tokens) per dev sentence, in batches over the set sorted by length (the sweep's Offline
+    order); ``shift`` > 0 makes the first batch that many sentences long (another batch composition)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    outs: list[tuple[str, int]] = [("", 0)] * len(texts)
+    starts = [0, *range(shift, len(order), batch)] if 0 < shift < batch else list(range(0, len(order), batch))
+    for s, e in zip(starts, [*starts[1:], len(order)]):
+        chunk = order[s:e]
+        for i, g in zip(chunk, engine.generate([texts[i] for i in chunk])):
+            outs[i] = (g.text, len(g.token_ids))
+    return outs
+
+
+def _bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    from sacrebleu.metrics import BLEU
+
+    return float(BLEU().corpus_score(list(hyps), [list(refs)]).score)
+
+
+def _gate(outs: Sequence[tuple[str, int]], fp32: Sequence[tuple[str, int]], refs: Sequence[str],
+          s: SearchSettings) -> dict[str, Any]:
+    """The sweep's gate and verdict (testbed.eval.gate, METRICS.md) on dev: passes only on a ``pass`` verdict."""
+    from testbed.eval.gate import PASS, gate, paired_bootstrap
+
+    hyps, base = [t for t, _ in outs], [t for t, _ in fp32]
+    bleu, fp32_bleu = _bleu(hyps, refs), _bleu(base, refs)
+    n, n32 = sum(k for _, k in outs), sum(k for _, k in fp32)
+    ci = paired_bootstrap(hyps, base, refs, samples=s.bootstrap_samples)["ci95"] if s.bootstrap_samples else None
+    g = gate(bleu, fp32_bleu, n / n32 if n32 else None, s.gate_ratio, (s.length_low, s.length_high), ci)
+    return {"dev_bleu": round(bleu, 3), "pct_of_fp32": round(g["pct_of_fp32"], 2) if g["pct_of_fp32"] else None,
+            "length_ratio": round(g["length_ratio"], 4) if g["length_ratio"] is not None else None,
+            "dev_delta_ci95": [round(x, 3) for x in ci] if ci else None, "dev_verdict": g["verdict"],
+            "passed_dev": g["verdict"] == PASS}
+
+
+class _Search:
+    """One search: the variants it built (cached by recipe), the fp32 reference outputs, the progress lines."""
+
+    def __init__(self, base: Path, work: Path, model: str, pruning: str, settings: SearchSettings, say: Say) -> None:
+        import json
+
+        from testbed.datasets import load_dataset
+
+        self.base, self.work, self.model, self.pruning, self.s, self.say = base, work, model, pruning, settings, say
+        self.groups = matmul_groups(base, json.loads((base / "onnx_config.json").read_text()))
+        dev = load_dataset("dev", limit=settings.dev_sentences)
+        self.texts = [ex.text or "" for ex in dev]
+        self.refs = [ex.reference or "" for ex in dev]
+        self.dirs: dict[tuple[bool, bool, tuple[str, ...]], Path] = {}
+        eng = _engine(base, model, pruning, None, settings.max_new_tokens)
+        try:
+            self.fp32 = decode_dev(eng, self.texts, settings.batch)
+        finally:
+            eng.close()
+        self.fp32_bleu = _bleu([t for t, _ in self.fp32], self.refs)
+        say(f"int8-auto: fp32 dev BLEU {self.fp32_bleu:.2f} on {len(self.texts)} sentences; "
+            f"{len(self.groups)} MatMul groups: {', '.join(self.groups)}")
+
+    def variant(self, pc: bool, rr: bool, excluded: Sequence[str]) -> Path:
+        key = (pc, rr, tuple(sorted(excluded)))
+        if key not in self.dirs:
+            self.dirs[key] = quantize_variant(self.base, self.work / f"v{len(self.dirs)}", self.groups, excluded,
+                                              pc, rr)
+        return self.dirs[key]
+
+    def outputs(self, pc: bool, rr: bool, excluded: Sequence[str], n: int, shift: int = 0) -> list[tuple[str, int]]:
+        eng = _engine(self.variant(pc, rr, excluded), self.model, self.pruning, None, self.s.max_new_tokens)
+        try:
+            return decode_dev(eng, self.texts[:n], self.s.batch, shift)
+        finally:
+            eng.close()
+
+    def sensitivity(self) -> dict[str, float]:
+        """Fidelity (BLEU against the fp32 outputs) won back by keeping each group alone in fp32."""
+        n = min(self.s.sensitivity_sentences, len(self.texts))
+        ref = [t for t, _ in self.fp32[:n]]
+        base = _bleu([t for t, _ in self.outputs(False, False, [], n)], ref)
+        self.say(f"int8-auto sensitivity: all int8: fidelity {base:.2f} (BLEU vs fp32 outputs, {n} dev sentences)")
+        sens = {}
+        for i, g in enumerate(self.groups, 1):
+            fid = _bleu([t for t, _ in self.outputs(False, False, [g], n)], ref)
+            sens[g] = round(fid - base, 3)
+            self.say(f"int8-auto sensitivity [{i}/{len(self.groups)}] {g} in fp32: fidelity {fid:.2f} "
+                     f"({sens[g]:+.2f})")
+        return sens
+
+    def candidate(self, pc: bool, rr: bool, excluded: Sequence[str]) -> dict[str, Any]:
+        gates = []
+        for c in range(self.s.compositions):  # the fp32 graphs are batch-invariant: one reference serves all
+            outs = self.outputs(pc, rr, excluded, len(self.texts), c * self.s.batch // self.s.compositions)
+            gates.append(_gate(outs, self.fp32, self.refs, self.s))
+        res = {"per_channel": pc, "reduce_range": rr, "fp32_groups": list(excluded), **gates[0]}
+        if len(gates) > 1:
+            res.update(passed_dev=all(g["passed_dev"] for g in gates), compositions=gates)
+        self.say(f"int8-auto candidate per_channel={pc} reduce_range={rr} fp32 groups [{', '.join(excluded)}]: "
+                 f"dev BLEU {res['dev_bleu']:.2f} ({res['pct_of_fp32']}% of fp32), length ratio "
+                 f"{res['length_ratio']}, delta 95% CI {res['dev_delta_ci95']}: {res['dev_verdict']}"
+                 + (f"; verdicts over {len(gates)} batch compositions: {', '.join(g['dev_verdict'] for g in gates)}"
+                    if len(gates) > 1 else ""))
+        return res
+
+    def time(self, cands: Sequence[dict[str, Any]]) -> list[float]:
+        """Median ms per sentence at batch 1, 1 thread, interleaved sentence by sentence (fp32 last, for a ratio)."""
+        arts = [self.variant(c["per_channel"], c["reduce_range"], c["fp32_groups"]) for c in cands] + [self.base]
+        engines = [_engine(a, self.model, self.pruning, 1, self.s.max_new_tokens) for a in arts]
+        texts = self.texts[: self.s.timing_sentences]
+        ms: list[list[float]] = [[] for _ in engines]
+        try:
+            for e in engines:  # warm-up, excluded
+                e.generate([texts[0]])
+            for j, text in enumerate(texts):
+                for r in range(len(engines)):
+                    k = (j + r) % len(engines)  # rotate who goes first
+                    t0 = engines[k].clock()
+                    engines[k].generate([text])
+                    ms[k].append((engines[k].clock() - t0) / 1e6)
+        finally:
+            for e in engines:
+                e.close()
+        return [statistics.median(m) for m in ms]
+
+
+def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSettings, say: Say) -> dict[str, Any]:
+    """Run the search; write the chosen graphs into ``out``; return the recipe for the manifest."""
+    work = out.parent / (out.name + ".search")
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        s = _Search(base, work, model, pruning, settings, say)
+        sens: dict[str, float] | None = None  # measured the first time a candidate needs a ranking
+        ranking: list[str] = []
+        tried: list[dict[str, Any]] = []
+        k_max = min(settings.max_excluded, len(s.groups))
+        for pc, rr in OPTIONS:
+            for k in range(k_max + 1):
+                if k and sens is None:
+                    sens = s.sensitivity()
+                    ranking = sorted(sens, key=lambda g: -sens[g])  # type: ignore[index]
+                tried.append(s.candidate(pc, rr, ranking[:k]))
+                if tried[-1]["passed_dev"]:
+                    k_max = k  # later options: more fp32 groups than a passing candidate would not be faster
+                    break
+        passing = [c for c in tried if c["passed_dev"]]
+        pool = passing or [max(tried, key=lambda c: c["dev_bleu"])]
+        if not passing:
+            say("int8-auto: no candidate passed the gate on dev; keeping the most accurate one")
+        times = s.time(pool)
+        for c, t in zip(pool, times):
+            c.update(median_ms_batch1=round(t, 3), ratio_to_fp32=round(t / times[-1], 3))
+            say(f"int8-auto timing per_channel={c['per_channel']} reduce_range={c['reduce_range']} fp32 groups "
+                f"[{', '.join(c['fp32_groups'])}]: median {t:.2f} ms/sentence, {t / times[-1]:.2f}x fp32")
+        fastest = min(c["median_ms_batch1"] for c in pool)
+        # within TIE of the fastest: timing noise on a shared CPU; the plainest recipe wins (fewest fp32 groups)
+        chosen = next(c for c in sorted(pool, key=lambda c: len(c["fp32_groups"]))
+                      if c["median_ms_batch1"] <= fastest * (1 + TIE))
+        src = s.variant(chosen["per_channel"], chosen["reduce_range"], chosen["fp32_groups"])
+        for g in ("encoder.onnx", "decoder.onnx"):
+            shutil.copy2(src / g, out / g)
+        recipe = {k: chosen[k] for k in ("per_channel", "reduce_range", "fp32_groups", "dev_bleu", "pct_of_fp32",
+                                         "length_ratio", "passed_dev")}
+        return {"recipe": recipe, "fp32_dev_bleu": round(s.fp32_bleu, 3),
+                "sensitivity": sens if sens is not None else "not measured: no candidate needed a group in fp32",
+                "ranking": ranking,
+                "candidates": tried, "timing": {"sentences": len(s.texts[: settings.timing_sentences]),
+                                                "fp32_median_ms": round(times[-1], 3), "threads": 1, "batch": 1},
+                "settings": settings.to_dict(), "int8_isa": int8_isa()}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
