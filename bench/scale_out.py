@@ -53,9 +53,10 @@ def _rate(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def start_server(args: list[str], port: int, timeout_s: float = 600) -> subprocess.Popen[bytes]:
+def start_server(args: list[str], port: int, timeout_s: float = 600,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([*TESTBED, "serve", "--port", str(port), *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

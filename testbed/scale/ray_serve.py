@@ -10,8 +10,12 @@ full.  Ray may send a replica up to twice the requests it can hold (``max_ongoin
 requests back in a queue of its own.
 
 Pinning: a replica reserves ``threads`` CPUs from Ray (``num_cpus``), runs its engine on
-``threads`` intra-op threads, and binds itself (``os.sched_setaffinity``) to ``threads`` cores
-chosen by its rank on the node, so two replicas do not share cores.  ``/health`` and
+``threads`` intra-op threads, and binds (``os.sched_setaffinity``) to ``threads`` cores chosen by
+its rank on the node, so two replicas' engines do not share cores.  ``pin`` says which threads:
+``engine`` (default) binds the thread that builds the engine, so the engine's threads (started
+from it) inherit the cores, while the ~30 threads Ray started before (its core worker, gRPC, the
+replica's event loop) stay free; ``process`` binds every thread of the replica process (Ray's
+too, and every thread started later); ``none`` binds nothing.  ``/health`` and
 ``/metrics`` answer for the replica that served them (``replica`` in the JSON, a comment line
 in the Prometheus text).  Autoscaling: ``--min-replicas`` / ``--max-replicas`` /
 ``--target-ongoing-requests`` become Ray Serve's ``autoscaling_config``.
@@ -33,6 +37,7 @@ from testbed.serve.batcher import BatchConfig
 
 log = logging.getLogger(__name__)
 APP_NAME = "testbed"
+PIN_MODES = ("engine", "process", "none")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,7 @@ class RaySpec:
     address: str | None = None
     host: str = "127.0.0.1"
     port: int = 8000
+    pin: str = "engine"
 
     def __post_init__(self) -> None:
         if not isinstance(self.replicas, int) or self.replicas < 1:
@@ -55,6 +61,8 @@ class RaySpec:
                 and not 0 <= self.min_replicas <= self.max_replicas or self.max_replicas == 0:
             raise ConfigError("min_replicas/max_replicas", (self.min_replicas, self.max_replicas),
                               "0 <= min <= max, max >= 1")
+        if self.pin not in PIN_MODES:
+            raise ConfigError("pin", self.pin, " | ".join(PIN_MODES))
         if self.target_ongoing_requests is not None and not self.target_ongoing_requests > 0:
             raise ConfigError("target_ongoing_requests", self.target_ongoing_requests, "a positive number")
 
@@ -71,20 +79,39 @@ class RaySpec:
         return opts
 
 
-def pin(threads: int, rank: int) -> list[int] | None:
-    """Bind this process to ``threads`` cores chosen by ``rank`` (wrapping around); None where unsupported."""
-    if not hasattr(os, "sched_setaffinity"):
+def pin(threads: int, rank: int, mode: str = "engine") -> list[int] | None:
+    """Bind to ``threads`` cores chosen by ``rank`` (wrapping around): the calling thread (``engine``: the
+    threads it starts inherit them) or every thread of the process (``process``); None where unsupported
+    or ``mode`` is ``none``.  (Linux's affinity is per thread: ``sched_setaffinity(0)`` binds the caller only.)"""
+    if mode not in PIN_MODES:
+        raise ConfigError("pin", mode, " | ".join(PIN_MODES))
+    if mode == "none" or not hasattr(os, "sched_setaffinity"):
         return None
     cores = sorted(os.sched_getaffinity(0))
     chosen = [cores[(rank * threads + i) % len(cores)] for i in range(min(threads, len(cores)))]
     os.sched_setaffinity(0, chosen)
+    if mode == "process":
+        for tid in thread_ids():
+            try:
+                os.sched_setaffinity(tid, chosen)
+            except (ProcessLookupError, PermissionError):  # a thread that ended meanwhile
+                pass
     return chosen
+
+
+def thread_ids() -> list[int]:
+    """This process's thread ids (Linux ``/proc/self/task``; the threading module knows only its own threads)."""
+    try:
+        return [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:
+        return []
 
 
 class Replica:
     """One replica: engine, warm-up, the testbed server's ASGI app (built by Ray Serve in the replica)."""
 
-    def __init__(self, config: dict[str, Any], batch: dict[str, Any], model_name: str | None) -> None:
+    def __init__(self, config: dict[str, Any], batch: dict[str, Any], model_name: str | None,
+                 pin_mode: str = "engine") -> None:
         from ray import serve
 
         from testbed.engines.registry import create_engine
@@ -96,10 +123,10 @@ class Replica:
         threads = cfg.threads or 1
         ctx = serve.get_replica_context()
         rank = getattr(getattr(ctx, "rank", None), "local_rank", 0) or 0
-        self.cores = pin(threads, rank)
+        self.cores = pin(threads, rank, pin_mode)
         engine = create_engine(cfg)
         self.server = Server(engine, BatchConfig(**batch), model_name)
-        self.server.replica = f"{ctx.replica_id.unique_id} (rank {rank}, cores {self.cores})"
+        self.server.replica = f"{ctx.replica_id.unique_id} (rank {rank}, cores {self.cores}, pin {pin_mode})"
         warm_up(engine)
         log.info("replica %s ready", self.server.replica)
 
@@ -124,7 +151,7 @@ def deploy(config: EngineConfig, batch: BatchConfig, spec: RaySpec, model_name: 
     serve.start(http_options={"host": spec.host, "port": spec.port})
     cls = serve.deployment(name="testbed", **spec.deployment_options(threads, batch))(serve.ingress()(Replica))
     cfg = {**config.to_dict(), "threads": threads}
-    app = cls.bind(cfg, batch.to_dict(), model_name)
+    app = cls.bind(cfg, batch.to_dict(), model_name, spec.pin)
     return serve.run(app, name=APP_NAME, route_prefix="/")
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -30,6 +33,44 @@ def test_spec_options_fixed_and_autoscaling():
         RaySpec(min_replicas=1)
     with pytest.raises(ConfigError, match="min_replicas"):
         RaySpec(min_replicas=3, max_replicas=2)
+
+
+PIN_PROBE = """
+import json, os, sys, threading
+from testbed.scale.ray_serve import pin, thread_ids
+go = threading.Event()
+before = threading.Thread(target=go.wait)  # a thread started before pinning (Ray's, in a replica)
+before.start()
+cores = pin(1, 1, sys.argv[1])
+after = threading.Thread(target=go.wait)  # one started after (the engine's)
+after.start()
+aff = {"caller": sorted(os.sched_getaffinity(0)), "before": sorted(os.sched_getaffinity(before.native_id)),
+       "after": sorted(os.sched_getaffinity(after.native_id)),
+       "all": sorted({tuple(sorted(os.sched_getaffinity(t))) for t in thread_ids()})}
+go.set()
+print(json.dumps({"cores": cores, **aff}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux thread affinity and 2 cores")
+def test_pin_engine_binds_the_caller_and_its_new_threads_process_binds_every_thread():
+    def probe(mode: str) -> dict[str, list[int]]:
+        out = subprocess.run([sys.executable, "-c", PIN_PROBE, mode], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    everyone = sorted(os.sched_getaffinity(0))
+    core = [everyone[1]]  # rank 1, 1 thread: the second core
+    engine = probe("engine")
+    assert engine["cores"] == engine["caller"] == engine["after"] == core
+    assert engine["before"] == everyone  # Linux affinity is per thread: Ray's earlier threads stay free
+    proc = probe("process")
+    assert proc["cores"] == proc["caller"] == proc["before"] == proc["after"] == core
+    assert proc["all"] == [core]
+    none = probe("none")
+    assert none["cores"] is None and none["caller"] == none["before"] == everyone
+    with pytest.raises(ConfigError, match="pin"):
+        RaySpec(pin="all")
 
 
 def _stream(url: str, prompt: str) -> tuple[list[int], str]:
