@@ -1,9 +1,11 @@
 """Where the Ray Serve path spends the CPU: per-process CPU during a fixed-rate load, 1 and 2 replicas.
 
-For each variant -- ``uvicorn`` (plain ``testbed serve``, the reference), ``ray`` (``testbed serve
---backend ray``, Ray Serve's defaults, the engine's threads pinned), ``ray-pin-process`` (every
-thread of each replica pinned, ``--ray-pin process``) and ``ray-lean`` (Ray Serve's switches that
-cut per-request work in the proxy and the replica, see ``LEAN_ENV``) -- and each replica count,
+For each variant -- ``uvicorn`` (plain ``testbed serve``, the reference), ``ray-nice15`` (``testbed
+serve --backend ray`` with Ray's default worker niceness 15, as before), ``ray`` (testbed's
+default: Ray Serve's defaults, workers at niceness 0, the engine's threads pinned),
+``ray-pin-process`` (every thread of each replica pinned, ``--ray-pin process``) and ``ray-lean``
+(``--ray-lean``: Ray Serve's switches that cut per-request work in the proxy and the replica,
+:data:`testbed.scale.ray_serve.LEAN_ENV`) -- and each replica count,
 the server starts (ONNX Runtime int8, 1 thread per replica, batch 1), then the native client
 sends ``--rate`` req/s of Poisson load (``testbed bench --scenario server``, streaming) for
 ``--requests`` requests while this script samples ``psutil`` every ``--sample-s``: each process's
@@ -42,18 +44,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from scale_out import TESTBED, start_server, stop  # noqa: E402
 
 from testbed.io import write_text_atomic  # noqa: E402
+from testbed.scale.ray_serve import LEAN_ENV  # noqa: E402
 from testbed.serve.run import free_port  # noqa: E402
 from testbed.signature import git_sha, result_header  # noqa: E402
 
-# What Ray Serve 2.60 offers to cut per-request overhead without changing the ingress (its own
-# RAY_SERVE_THROUGHPUT_OPTIMIZED bundle minus direct ingress, which drops the shared HTTP proxy:
-# each replica listens on its own port, so one URL no longer reaches both replicas).
-LEAN_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0",
-            "RAY_SERVE_PROXY_USE_GRPC": "1"}
+# what --ray-lean changes, at Ray Serve 2.60's own defaults, set explicitly
 RAY_DEFAULT_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "1", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "1",
                    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1", "RAY_SERVE_LOG_TO_STDERR": "1",
-                   "RAY_SERVE_PROXY_USE_GRPC": "0"}  # Ray Serve 2.60's own defaults, set explicitly
+                   "RAY_SERVE_PROXY_USE_GRPC": "0"}
 CLASSES = ("replica", "proxy", "controller", "ray core", "driver", "load client", "other")
 
 
@@ -128,7 +126,10 @@ def measure(variant: str, replicas: int, args: argparse.Namespace, tmp: Path) ->
               "--log-level", "warning"]
     ray = [] if variant == "uvicorn" else ["--backend", "ray", "--replicas", str(replicas),
                                            "--ray-pin", "process" if variant == "ray-pin-process" else "engine"]
-    env = {**os.environ, **(LEAN_ENV if variant == "ray-lean" else RAY_DEFAULT_ENV)}
+    ray += ["--ray-lean"] if variant == "ray-lean" else []
+    env = {**os.environ, **(RAY_DEFAULT_ENV if variant != "ray-lean" else {})}
+    if variant == "ray-nice15":
+        env["RAY_worker_niceness"] = "15"  # Ray's own default
     srv = start_server([*ray, *common], port, env=env)
     out = tmp / f"{variant}-{replicas}"
     try:
@@ -197,7 +198,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--requests", type=int, default=120)
-    ap.add_argument("--variants", default="uvicorn,ray,ray-pin-process,ray-lean")
+    ap.add_argument("--variants", default="uvicorn,ray-nice15,ray,ray-pin-process,ray-lean")
     ap.add_argument("--engine", default="onnxruntime")
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--sample-s", type=float, default=1.0)

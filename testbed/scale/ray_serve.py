@@ -15,7 +15,16 @@ its rank on the node, so two replicas' engines do not share cores.  ``pin`` says
 ``engine`` (default) binds the thread that builds the engine, so the engine's threads (started
 from it) inherit the cores, while the ~30 threads Ray started before (its core worker, gRPC, the
 replica's event loop) stay free; ``process`` binds every thread of the replica process (Ray's
-too, and every thread started later); ``none`` binds nothing.  ``/health`` and
+too, and every thread started later); ``none`` binds nothing.
+
+Priority: Ray starts its workers (replicas, proxy, controller) at niceness 15 (``worker_niceness``),
+so on a machine with other work they get a small share of the cores (a nice-15 process weighs
+36 against a nice-0 one's 1024 in Linux's scheduler) while ``testbed serve`` runs at 0.  A local
+cluster started here runs its workers at niceness 0 (``RAY_worker_niceness``; an environment that
+sets it wins); an existing cluster (``--ray-address``) keeps its own setting.  ``lean`` sets the
+Ray Serve switches that cut per-request work (:data:`LEAN_ENV`: user code on the replica's main
+loop, the router on the proxy's loop, buffered request logs, gRPC between proxy and replica) --
+also only for a local cluster, whose processes inherit this environment.  ``/health`` and
 ``/metrics`` answer for the replica that served them (``replica`` in the JSON, a comment line
 in the Prometheus text).  Autoscaling: ``--min-replicas`` / ``--max-replicas`` /
 ``--target-ongoing-requests`` become Ray Serve's ``autoscaling_config``.
@@ -25,6 +34,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +48,11 @@ from testbed.serve.batcher import BatchConfig
 log = logging.getLogger(__name__)
 APP_NAME = "testbed"
 PIN_MODES = ("engine", "process", "none")
+# Ray Serve 2.60's RAY_SERVE_THROUGHPUT_OPTIMIZED bundle without direct ingress (which drops the one
+# HTTP proxy: each replica would listen on a port of its own, and one URL no longer reaches them all)
+LEAN_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+            "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000", "RAY_SERVE_LOG_TO_STDERR": "0",
+            "RAY_SERVE_PROXY_USE_GRPC": "1"}
 
 
 @dataclass(frozen=True)
@@ -50,6 +65,7 @@ class RaySpec:
     host: str = "127.0.0.1"
     port: int = 8000
     pin: str = "engine"
+    lean: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.replicas, int) or self.replicas < 1:
@@ -126,7 +142,8 @@ class Replica:
         self.cores = pin(threads, rank, pin_mode)
         engine = create_engine(cfg)
         self.server = Server(engine, BatchConfig(**batch), model_name)
-        self.server.replica = f"{ctx.replica_id.unique_id} (rank {rank}, cores {self.cores}, pin {pin_mode})"
+        self.server.replica = (f"{ctx.replica_id.unique_id} (rank {rank}, cores {self.cores}, pin {pin_mode}, "
+                               f"nice {os.nice(0)})")
         warm_up(engine)
         log.info("replica %s ready", self.server.replica)
 
@@ -147,6 +164,10 @@ def deploy(config: EngineConfig, batch: BatchConfig, spec: RaySpec, model_name: 
 
     threads = config.threads or 1
     if not ray.is_initialized():  # an existing cluster (--ray-address), else a local one
+        if spec.address is None:  # the local cluster's processes inherit this environment
+            os.environ.setdefault("RAY_worker_niceness", "0")
+            if spec.lean:
+                os.environ.update(LEAN_ENV)
         ray.init(address=spec.address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": spec.host, "port": spec.port})
     cls = serve.deployment(name="testbed", **spec.deployment_options(threads, batch))(serve.ingress()(Replica))
@@ -164,8 +185,16 @@ def shutdown() -> None:
     ray.shutdown()
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def serve_forever(config: EngineConfig, batch: BatchConfig, spec: RaySpec, model_name: str | None = None) -> None:
+    """Deploy, then wait; SIGINT or SIGTERM shuts Serve and the local Ray down (also where a launching shell set
+    SIGINT to be ignored, as it does for background jobs: Ray's agents would outlive a plain kill)."""
     deploy(config, batch, spec, model_name)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             time.sleep(3600)

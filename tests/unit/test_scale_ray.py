@@ -117,4 +117,41 @@ def test_streaming_through_ray_serve_returns_the_same_tokens_as_testbed_serve():
         shutdown()
     assert got == want and all(ids for ids, _ in got)
     assert all(h["status"] == "ok" and h["replica"] for h in health)
+    assert all("nice 0)" in h["replica"] for h in health)  # not Ray's default worker niceness 15
     assert metrics.startswith("# testbed replica ")
+
+
+@needs_ray
+def test_a_full_replica_queue_answers_429_through_ray_serve():
+    """One replica, one running + one queued request at most: of 16 requests sent at once, the surplus is refused
+    by the replica's own queue (429 + Retry-After, counted in its /metrics), not queued by Ray's proxy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from testbed.scale.ray_serve import deploy, shutdown
+    from testbed.serve.run import free_port
+
+    cfg = EngineConfig(engine="null", max_new_tokens=2000, threads=1)
+    batch = BatchConfig(max_batch_size=1, max_queue=1, retry_after_s=3)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    body = {"model": "marian-en-de", "prompt": "a b c", "max_tokens": 2000}
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(url + "/v1/completions", json=body, timeout=120)
+
+    try:
+        deploy(cfg, batch, RaySpec(replicas=1, port=port))
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, range(16)))
+        metrics = httpx.get(url + "/metrics", timeout=30).text
+    finally:
+        shutdown()
+    ok = [r for r in answers if r.status_code == 200]
+    refused = [r for r in answers if r.status_code == 429]
+    assert len(ok) + len(refused) == 16 and ok and refused
+    assert all(r.json()["usage"]["completion_tokens"] == 2000 for r in ok)
+    assert all(r.headers["retry-after"] == "3" for r in refused)
+    line = next(ln for ln in metrics.splitlines() if ln.startswith('testbed_rejections_total{reason="queue_full"}'))
+    assert float(line.split()[-1]) == len(refused)  # the replica refused them itself
