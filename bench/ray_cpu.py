@@ -170,7 +170,8 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[str]:
     med = statistics.median
     head = ("| server | replicas | achieved (req/s) | median E2E (ms) | failed | "
             + " | ".join(CLASSES) + " | all |")
-    out = [f"## CPU per component at {args.rate:g} req/s (Poisson, streaming), median of {args.rounds} rounds", "",
+    rounds = max(len(rs) for rs in by.values())
+    out = [f"## CPU per component at {args.rate:g} req/s (Poisson, streaming), median of up to {rounds} round(s)", "",
            "Cores used (CPU s per wall s) per class of process; 2 cores in the machine.", "",
            head, "|---|---:|---:|---:|---:|" + "---:|" * (len(CLASSES) + 1)]
     for (v, n), rs in by.items():
@@ -204,19 +205,30 @@ def main() -> int:
     ap.add_argument("--sample-s", type=float, default=1.0)
     ap.add_argument("--settle-s", type=float, default=8.0)
     ap.add_argument("--out", default="bench/results/ray_cpu.md")
+    ap.add_argument("--replay", default=None,
+                    help="render the rows (one JSON object a line, as this script prints them) of an earlier run "
+                         "instead of measuring; --replay-facts says which run (its commit, its load)")
+    ap.add_argument("--replay-facts", default="", help="key=value;... added to the header with --replay")
     args = ap.parse_args()
     git_sha()
     runs = [(v, n) for v in args.variants.split(",") for n in ((1,) if v == "uvicorn" else (1, 2))]
     rows = []
-    with tempfile.TemporaryDirectory() as d:
-        for _ in range(args.rounds):
-            for v, n in runs:
-                rows.append(measure(v, n, args, Path(d)))
-                print(json.dumps(rows[-1]), flush=True)
+    facts: dict[str, str] = {}
+    if args.replay:
+        rows = [json.loads(ln) for ln in Path(args.replay).read_text().splitlines() if ln.startswith("{")]
+        facts = {"replayed": f"{len(rows)} rows of {args.replay}",
+                 **dict(kv.split("=", 1) for kv in args.replay_facts.split(";") if kv)}
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            for _ in range(args.rounds):
+                for v, n in runs:
+                    rows.append(measure(v, n, args, Path(d)))
+                    print(json.dumps(rows[-1]), flush=True)
     command = "python bench/ray_cpu.py " + " ".join(sys.argv[1:])
     text = "\n".join(["# Ray Serve: where the CPU goes", "",
                       result_header(command, rounds=args.rounds, rate=args.rate, requests=args.requests,
-                                    ray=version("ray"), lean_env=" ".join(f"{k}={v}" for k, v in LEAN_ENV.items())),
+                                    ray=version("ray"), lean_env=" ".join(f"{k}={v}" for k, v in LEAN_ENV.items()),
+                                    **facts),
                       "", *render(rows, args)]) + "\n"
     write_text_atomic(Path(args.out), text)
     print(text)
