@@ -58,9 +58,10 @@ def _rate(v: float | None) -> str:
 
 
 def start_server(args: list[str], port: int, timeout_s: float = 600,
-                 env: dict[str, str] | None = None, tries: int = 2) -> subprocess.Popen[bytes]:
+                 env: dict[str, str] | None = None, tries: int = 4) -> subprocess.Popen[bytes]:
     """``testbed serve ARGS`` until /health answers; a server that exits is started again (``tries`` in all:
-    on a loaded machine Ray's own start can time out, "The current node timed out during startup")."""
+    on a loaded machine Ray's own start can time out: its driver waits a fixed 30 s for the raylet to register,
+    "The current node timed out during startup")."""
     for attempt in range(tries):
         try:
             return _start_once(args, port, timeout_s, env)
@@ -148,10 +149,14 @@ def peak_of(replicas: int, args: argparse.Namespace, tmp: Path) -> float | None:
     return json.loads((out / "find_peak.json").read_text())["peak_rate"]
 
 
+HELD_OUT: Scaling | None = None  # --held-out-e: a factor from an earlier run, for a run of one round
+
+
 def held_out(rows: list[tuple[float | None, float | None]], i: int) -> Scaling | None:
-    """The scaling factor from every round but ``i`` (median efficiency), None where no other round has both peaks."""
+    """The scaling factor from every round but ``i`` (median efficiency), else ``--held-out-e`` (an earlier run's),
+    None where neither exists."""
     es = [two / (2 * one) for j, (one, two) in enumerate(rows) if j != i and one and two]
-    return Scaling(statistics.median(es), 2, f"rounds other than {i}") if es else None
+    return Scaling(statistics.median(es), 2, f"rounds other than {i}") if es else HELD_OUT
 
 
 def ray_part(args: argparse.Namespace, rows: list[tuple[float | None, float | None]], busy: list[float]) -> list[str]:
@@ -159,10 +164,10 @@ def ray_part(args: argparse.Namespace, rows: list[tuple[float | None, float | No
     out = [f"## (b) Ray Serve: {args.engine} {args.precision}, 1 thread per replica, pin {args.ray_pin}, "
            f"{'--ray-lean' if args.ray_lean else 'Ray Serve defaults'}, workers at niceness 0, SLO {args.slo}", "",
            "Each round: the 1-replica then the 2-replica find-peak, back to back.  Efficiency E = peak_2 / (2 x "
-           "peak_1).  Prediction for round i: 2 x E x peak_1 of round i, with E from the *other* rounds (the "
-           "plan's `--scaling`; linear: E = 1).", "",
+           "peak_1).  Prediction for round i: 2 x E x peak_1 of round i, with E held out: from the *other* rounds, "
+           "else from an earlier run (`--held-out-e`, in the header) -- the plan's `--scaling`; linear: E = 1.", "",
            "| round | machine CPU busy (%) | 1 replica (req/s) | 2 replicas (req/s) | 2 / 1 | E | predicted, linear "
-           "| predicted, E of the other rounds | error (held-out E) |", "|---:" * 9 + "|"]
+           "| predicted, held-out E | error (held-out E) |", "|---:" * 9 + "|"]
     for i, (one, two) in enumerate(rows):
         sc = held_out(rows, i)
         ratio = f"{two / one:.2f}" if one and two else "-"
@@ -207,15 +212,23 @@ def main() -> int:
     ap.add_argument("--ray-rounds", type=int, default=2)
     ap.add_argument("--ray-pin", default="engine")
     ap.add_argument("--ray-lean", action="store_true")
+    ap.add_argument("--held-out-e", type=float, default=None,
+                    help="the efficiency an earlier run measured, for the prediction where no other round has one")
+    ap.add_argument("--held-out-source", default="", help="where --held-out-e comes from (written in the header)")
     ap.add_argument("--out", default="bench/results/scale_out.md")
     args = ap.parse_args()
     git_sha()  # the tree at the start
+    global HELD_OUT
+    if args.held_out_e is not None:
+        HELD_OUT = Scaling(args.held_out_e, 2, args.held_out_source or "given")
     command = "python bench/scale_out.py " + " ".join(sys.argv[1:])
 
     def write(body: list[str]) -> str:  # after each part and each Ray round: a cut-short run keeps what it measured
         text = "\n".join(["# Past one machine: Locust workers and Ray Serve replicas", "",
                           result_header(command, rounds=args.rounds, ray_rounds=args.ray_rounds, workers=args.workers,
-                                        locust=version("locust"), ray=version("ray")), "", *body]) + "\n"
+                                        locust=version("locust"), ray=version("ray"),
+                                        **({"held-out E": f"{args.held_out_e} ({args.held_out_source})"}
+                                           if args.held_out_e is not None else {})), "", *body]) + "\n"
         write_text_atomic(Path(args.out), text)
         return text
 
