@@ -32,6 +32,7 @@ in the Prometheus text).  Autoscaling: ``--min-replicas`` / ``--max-replicas`` /
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -172,7 +173,9 @@ def deploy(config: EngineConfig, batch: BatchConfig, spec: RaySpec, model_name: 
     serve.start(http_options={"host": spec.host, "port": spec.port})
     cls = serve.deployment(name="testbed", **spec.deployment_options(threads, batch))(serve.ingress()(Replica))
     cfg = {**config.to_dict(), "threads": threads}
-    app = cls.bind(cfg, batch.to_dict(), model_name, spec.pin)
+    # every field (BatchConfig.to_dict describes a run and leaves retry_after_s out: a replica would answer
+    # Retry-After: 1 whatever the server was given)
+    app = cls.bind(cfg, dataclasses.asdict(batch), model_name, spec.pin)
     return serve.run(app, name=APP_NAME, route_prefix="/")
 
 
