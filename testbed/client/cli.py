@@ -58,7 +58,8 @@ def add_load_args(b: argparse.ArgumentParser) -> None:
     d = b.add_argument_group("distributed load (Locust; pip install 'testbed[scale]')")
     d.add_argument("--workers", type=int, default=None,
                    help="with --url: run the scenario from N Locust worker processes under a Locust master, "
-                        "each with an independent seeded share of the schedule; one merged report")
+                        "each with an independent seeded share of the schedule; one merged report (--find-peak: "
+                        "each trial from N local workers)")
     d.add_argument("--master", action="store_true",
                    help="with --workers N: start only the Locust master and wait for N workers from other "
                         "machines (testbed bench --worker --master-host THIS_HOST)")
@@ -135,9 +136,9 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
         return run_locust_worker(args)
     if args.scenario not in SCENARIOS:
         raise TestbedError(f"--scenario {args.scenario!r}: give one of {', '.join(SCENARIOS)}")
-    if args.workers is not None and (not args.url or args.find_peak):
-        raise TestbedError(f"--workers {args.workers}: give --url (Locust workers load an HTTP server), "
-                           "without --find-peak")
+    if args.workers is not None and (not args.url or (args.find_peak and args.master)):
+        raise TestbedError(f"--workers {args.workers}: give --url (Locust workers load an HTTP server); "
+                           "--find-peak runs its workers on this machine (without --master)")
     target = args.target or ("http" if args.url else "inproc")
     if target == "http" and not args.url:
         raise TestbedError("--target http needs --url (e.g. --url http://127.0.0.1:8000)")
@@ -185,6 +186,13 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
 
         describe = {**_describe(engine), **batch.to_dict(), "target": f"inproc {config.label()} {batch.label()}"}
     out = Path(args.out) if args.out else None
+    search = PeakSearch(start_rate=args.rate, trial_s=args.duration or 30.0, min_queries=args.peak_min_queries,
+                        max_trials=args.peak_trials, bisect_steps=args.peak_steps) if args.find_peak else None
+    if args.workers is not None and search is not None:
+        from testbed.scale.locust_run import locust_find_peak
+
+        return locust_find_peak(make, examples, spec, slo, {**describe, "workers": args.workers}, args.workers, out,
+                                search, on_trial=_print_trial)
     if args.workers is not None:
         from testbed.scale.locust_run import locust_bench
 
@@ -192,9 +200,7 @@ def cmd_load(args: argparse.Namespace, config: Any, default_dataset: str) -> dic
         return locust_bench(make(), examples, spec, slo, {**describe, "workers": args.workers}, args.workers, out,
                             local_workers=not args.master, bind_host=args.master_bind_host, port=port)
     try:
-        if args.find_peak:
-            search = PeakSearch(start_rate=args.rate, trial_s=args.duration or 30.0, min_queries=args.peak_min_queries,
-                                max_trials=args.peak_trials, bisect_steps=args.peak_steps)
+        if search is not None:
             return find_peak(make, examples, spec, slo, describe, out, progress=not args.no_progress, search=search,
                              on_trial=_print_trial)
         return load_bench(make, examples, spec, slo, describe, out, progress=not args.no_progress, limits=limits)

@@ -176,3 +176,20 @@ def locust_bench(target: Any, examples: Sequence[Example], spec: LoadSpec, slo: 
         write_text_atomic(out_dir / "summary.md", (out_dir / "summary.md").read_text() + "\n### Locust workers\n\n"
                           + wmd + "\n")
     return res
+
+
+def locust_find_peak(make_target: Callable[[], Any], examples: Sequence[Example], spec: LoadSpec, slo: S.SLO,
+                     describe: dict[str, Any], workers: int, out_dir: Path | None, search: Any,
+                     on_trial: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """``--find-peak --workers N``: the native search, each server trial run from ``workers`` local Locust workers
+    (a fresh master and workers per trial); the start-rate probe (one request at a time) runs natively."""
+    from testbed.client.bench import run_records
+    from testbed.client.peak import find_peak
+
+    def trial(s: LoadSpec) -> list[RequestRecord]:
+        if s.scenario == "singlestream":
+            return run_records(make_target, examples, s, False)
+        return run_workers(make_target(), examples, s, workers)[0]
+
+    return find_peak(make_target, examples, spec, slo, {**describe, "load": f"locust, {workers} workers"}, out_dir,
+                     progress=False, search=search, run_trial=trial, on_trial=on_trial)

@@ -39,6 +39,12 @@ def add_serve_args(s: argparse.ArgumentParser) -> None:
     r.add_argument("--max-replicas", type=int, default=None, help="--backend ray: autoscaling upper bound")
     r.add_argument("--target-ongoing-requests", type=float, default=None,
                    help="--backend ray, autoscaling: ongoing requests per replica Ray Serve scales to")
+    r.add_argument("--ray-pin", choices=["engine", "process", "none"], default="engine",
+                   help="--backend ray: bind each replica's engine threads to its cores (default), every thread "
+                        "of the replica process (Ray's too), or none")
+    r.add_argument("--ray-lean", action="store_true",
+                   help="--backend ray, local cluster: Ray Serve's switches that cut per-request work (user code on "
+                        "the replica's loop, gRPC from the proxy, buffered request logs)")
     s.set_defaults(on_overflow="refuse")  # an over-long prompt is a 400, as on other OpenAI servers
     d = Limits()
     lim = s.add_argument_group("limits and safety (README: Limits and safety)")
@@ -107,7 +113,7 @@ def cmd_serve_ray(args: argparse.Namespace, config: object) -> int:
 
     spec = RaySpec(replicas=args.replicas, min_replicas=args.min_replicas, max_replicas=args.max_replicas,
                    target_ongoing_requests=args.target_ongoing_requests, address=args.ray_address,
-                   host=args.host, port=args.port)
+                   host=args.host, port=args.port, pin=args.ray_pin, lean=args.ray_lean)
     batch = batch_config(args)
     assert isinstance(batch, BatchConfig)
     n = f"{spec.min_replicas}..{spec.max_replicas} (autoscaling)" if spec.min_replicas is not None else spec.replicas

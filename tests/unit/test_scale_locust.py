@@ -158,3 +158,22 @@ def test_concurrency_scenario_from_two_workers(null_server, tmp_path):
     assert res["summary"]["completed"] == 40 and [w["recorded"] for w in res["workers"]] == [20, 20]
     live = [r for r in res["records"] if not r.warmup]
     assert all(r.send_ns >= r.schedule_ns for r in live)  # closed loop: scheduled when a user is free
+
+
+@needs_locust
+def test_find_peak_runs_each_trial_from_the_workers(null_server, tmp_path):
+    from testbed.cli import main
+
+    out = tmp_path / "peak"
+    rc = main(["bench", "--url", null_server.url, "--model", "marian-en-de", "--find-peak", "--workers", "2",
+               "--rate", "40", "--duration", "1", "--peak-min-queries", "40", "--peak-trials", "2", "--peak-steps", "0",
+               "--warmup", "2", "--slo", "e2e=5000", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    peak = json.loads((out / "find_peak.json").read_text())
+    assert [t["rate"] for t in peak["trials"]] == [40, 80]  # doubling from --rate, no probe
+    assert all(t["queries"] >= 40 for t in peak["trials"])
+    assert peak["signature"]["load"] == "locust, 2 workers"
+    recs = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert {r["extra"]["worker"] for r in recs} == {0, 1}  # the shown trial came from both workers
+    assert main(["bench", "--url", null_server.url, "--find-peak", "--workers", "2", "--master", "--slo",
+                 "e2e=5000"]) == 2

@@ -77,3 +77,37 @@ def test_cli_writes_table_json_and_plot(tmp_path, capsys):
     assert (out / "replicas_vs_rate.png").stat().st_size > 0
     text = capsys.readouterr().out
     assert "| fast |" in text and "Not planned: loose" in text
+
+
+def test_scaling_factor_changes_replicas_and_prediction():
+    half = P.Scaling(0.5, 2, "given")
+    assert P.replicas_for(7, 10, 0.25, half) == 1  # one replica: no sharing, E does not apply
+    assert P.replicas_for(8, 10, 0.25) == 2  # linear: 2 x 7.5 >= 8
+    assert P.replicas_for(8, 10, 0.25, half) == 3  # 2 x 0.5 x 7.5 = 7.5 < 8 <= 3 x 0.5 x 7.5
+    assert P.predicted_peak(10, 2, P.Scaling(0.6)) == pytest.approx(12)
+    assert P.predicted_peak(10, 1, P.Scaling(0.6)) == 10
+    assert P.predicted_peak(10, 2) == 20  # the stated default: linear
+    row = P.plan_row(P.PeakResult("a", 10.0, {}, cores_per_replica=1), rate=8, scaling=half)
+    assert (row.replicas, row.planned_rate_per_replica) == (3, pytest.approx(3.75))
+    assert row.utilisation == pytest.approx(8 / 15)
+    with pytest.raises(ConfigError, match="efficiency"):
+        P.Scaling(0)
+
+
+def test_cli_measured_scaling_from_a_two_replica_run(tmp_path, capsys):
+    from testbed.cli import main
+
+    one = _result(tmp_path, "one", 10)
+    two = _result(tmp_path, "two", 12, replicas=2)  # the measured total, whatever the signature says
+    out = tmp_path / "plan"
+    rc = main(["plan", "--results", str(one), "--rate", "25", "--slo", "e2e=2000", "--scaling", str(one), str(two),
+               "--out", str(out)])
+    assert rc == 0
+    data = json.loads((out / "plan.json").read_text())
+    assert data["scaling"]["efficiency"] == pytest.approx(0.6) and data["scaling"]["source"].startswith("measured")
+    assert data["rows"][0]["replicas"] == 6  # 25 / (0.6 x 7.5) = 5.56; linear would say 4
+    text = capsys.readouterr().out
+    assert "0.60 x its 1-replica peak" in text and "Beyond 2 replicas" in text
+    rc = main(["plan", "--results", str(one), "--rate", "5", "--slo", "e2e=2000", "--scaling", str(one), str(two),
+               "--efficiency", "0.7"])
+    assert rc != 0 and "efficiency" in capsys.readouterr().err

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -30,6 +33,44 @@ def test_spec_options_fixed_and_autoscaling():
         RaySpec(min_replicas=1)
     with pytest.raises(ConfigError, match="min_replicas"):
         RaySpec(min_replicas=3, max_replicas=2)
+
+
+PIN_PROBE = """
+import json, os, sys, threading
+from testbed.scale.ray_serve import pin, thread_ids
+go = threading.Event()
+before = threading.Thread(target=go.wait)  # a thread started before pinning (Ray's, in a replica)
+before.start()
+cores = pin(1, 1, sys.argv[1])
+after = threading.Thread(target=go.wait)  # one started after (the engine's)
+after.start()
+aff = {"caller": sorted(os.sched_getaffinity(0)), "before": sorted(os.sched_getaffinity(before.native_id)),
+       "after": sorted(os.sched_getaffinity(after.native_id)),
+       "all": sorted({tuple(sorted(os.sched_getaffinity(t))) for t in thread_ids()})}
+go.set()
+print(json.dumps({"cores": cores, **aff}))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux thread affinity and 2 cores")
+def test_pin_engine_binds_the_caller_and_its_new_threads_process_binds_every_thread():
+    def probe(mode: str) -> dict[str, list[int]]:
+        out = subprocess.run([sys.executable, "-c", PIN_PROBE, mode], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    everyone = sorted(os.sched_getaffinity(0))
+    core = [everyone[1]]  # rank 1, 1 thread: the second core
+    engine = probe("engine")
+    assert engine["cores"] == engine["caller"] == engine["after"] == core
+    assert engine["before"] == everyone  # Linux affinity is per thread: Ray's earlier threads stay free
+    proc = probe("process")
+    assert proc["cores"] == proc["caller"] == proc["before"] == proc["after"] == core
+    assert proc["all"] == [core]
+    none = probe("none")
+    assert none["cores"] is None and none["caller"] == none["before"] == everyone
+    with pytest.raises(ConfigError, match="pin"):
+        RaySpec(pin="all")
 
 
 def _stream(url: str, prompt: str) -> tuple[list[int], str]:
@@ -76,4 +117,41 @@ def test_streaming_through_ray_serve_returns_the_same_tokens_as_testbed_serve():
         shutdown()
     assert got == want and all(ids for ids, _ in got)
     assert all(h["status"] == "ok" and h["replica"] for h in health)
+    assert all("nice 0)" in h["replica"] for h in health)  # not Ray's default worker niceness 15
     assert metrics.startswith("# testbed replica ")
+
+
+@needs_ray
+def test_a_full_replica_queue_answers_429_through_ray_serve():
+    """One replica, one running + one queued request at most: of 16 requests sent at once, the surplus is refused
+    by the replica's own queue (429 + Retry-After, counted in its /metrics), not queued by Ray's proxy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from testbed.scale.ray_serve import deploy, shutdown
+    from testbed.serve.run import free_port
+
+    cfg = EngineConfig(engine="null", max_new_tokens=2000, threads=1)
+    batch = BatchConfig(max_batch_size=1, max_queue=1, retry_after_s=3)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    body = {"model": "marian-en-de", "prompt": "a b c", "max_tokens": 2000}
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(url + "/v1/completions", json=body, timeout=120)
+
+    try:
+        deploy(cfg, batch, RaySpec(replicas=1, port=port))
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(post, range(16)))
+        metrics = httpx.get(url + "/metrics", timeout=30).text
+    finally:
+        shutdown()
+    ok = [r for r in answers if r.status_code == 200]
+    refused = [r for r in answers if r.status_code == 429]
+    assert len(ok) + len(refused) == 16 and ok and refused
+    assert all(r.json()["usage"]["completion_tokens"] == 2000 for r in ok)
+    assert all(r.headers["retry-after"] == "3" for r in refused)
+    line = next(ln for ln in metrics.splitlines() if ln.startswith('testbed_rejections_total{reason="queue_full"}'))
+    assert float(line.split()[-1]) == len(refused)  # the replica refused them itself
