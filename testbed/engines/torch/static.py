@@ -130,6 +130,11 @@ class TorchStaticEngine(TorchEngine):
         self._step_fn: Any = self._call
         self.compile_ns = 0
         if self.step_mode == "compile":
+            # every engine in a process compiles the same code object (one dynamo cache entry per engine
+            # and shape): past dynamo's limit (8) it would fall back to eager without saying so in a result
+            dyn = self._torch._dynamo.config
+            dyn.recompile_limit = max(dyn.recompile_limit, 64)
+            # inductor's CPU kernels fix their OpenMP thread count when compiled: this engine's (set above)
             opts: dict[str, Any] = {"mode": "reduce-overhead"} if self.device.type == "cuda" else {}
             self._step_fn = self._torch.compile(self._call, **opts)
         if self.step_mode == "compile" or self.device.type == "cuda":
@@ -151,13 +156,15 @@ class TorchStaticEngine(TorchEngine):
         return model
 
     def _warm(self) -> None:
-        """Compile / capture before the first request: decodes of three synthetic sources of different
-        buckets (the third one meets the graph that dynamo recompiled with dynamic shapes)."""
+        """Compile / capture before the first request: decodes of three synthetic inputs whose slots differ
+        (the third one meets the graph that dynamo recompiled with dynamic shapes).  Seq2seq: sources of
+        three buckets; decoder-only: prompts whose prompt + max_new_tokens fill three buckets."""
         t0 = self.clock()
         unit = self.tokenizer("hello", add_special_tokens=False).input_ids or [0]
-        for n in (12, 28, 60):
+        m = self.config.max_new_tokens  # the slot's shape follows max_new_tokens: warm the one requests get
+        b = bucket(m + 8)
+        for n in (12, 28, 60) if self.seq2seq else (b - m, 2 * b - m, 4 * b - m):
             ids = (unit * n)[: n - 1] + [sorted(self.eos_token_ids)[0] if self.seq2seq else unit[0]]
-            m = self.config.max_new_tokens  # the slot's shape follows max_new_tokens: warm the one requests get
             gen = self._decode(Prepared(GenerationRequest(text="(warm-up)"), ids, max_new_tokens=m, min_new_tokens=m))
             for i, _ in enumerate(gen):
                 if i >= 3:
