@@ -44,16 +44,26 @@ def test_min_tokens_is_honoured_and_a_second_request_reuses_the_slot():
         again = eng.stream("Click OK.").run()  # the slot's caches are reset between requests
         forced = eng.stream(GenerationRequest(text="Click OK.", min_new_tokens=len(first.token_ids) + 3)).run()
         assert first.finish_reason == "eos" and again.token_ids == first.token_ids
-        assert len(eng._slots) == 1
+        assert [len(v) for v in eng._slots.values()] == [1] and not eng._slots[(256, 16)][0].busy
         assert len(forced.token_ids) >= len(first.token_ids) + 3
 
 
 def test_cuda_graph_capture_is_refused_on_cpu():
     with create_engine(EngineConfig(model="marian-en-de", engine="torch-static", threads=2)) as eng:
         eng.stream("Click OK.").run()
-        slot = next(iter(eng._slots.values()))
+        slot = next(iter(eng._slots.values()))[0]
         with pytest.raises(ConfigError, match="CUDA graph can only be captured on a CUDA device"):
             slot.capture()
+
+
+def test_a_lockstep_batch_gives_each_row_its_own_slot():
+    """Rows of one batch decode in turn: sharing one slot's cache would mix them."""
+    examples = load_dataset("test", limit=6)
+    with create_engine(EngineConfig(model="marian-en-de", engine="torch-static", threads=2)) as eng:
+        alone = [eng.stream(request_of(ex)).run().token_ids for ex in examples]
+        together = [g.token_ids for g in eng.generate([request_of(ex) for ex in examples])]
+        assert sum(len(v) for v in eng._slots.values()) >= 2
+    assert together == alone
 
 
 def test_fp8_needs_cuda_and_int8_runs_on_cpu():

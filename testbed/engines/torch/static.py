@@ -72,6 +72,7 @@ class Slot:
             self.enc_mask = torch.zeros((1, src), dtype=torch.long, device=dev)
         self.graph: Any = None
         self.out: Any = None
+        self.busy = False  # a slot serves one decode at a time (a lockstep batch runs several in turn)
 
     def first(self, ids: Any) -> Any:
         """The request's first decoder call (eager): seq2seq, the prefix ``ids``; decoder-only, the prompt."""
@@ -126,7 +127,7 @@ class TorchStaticEngine(TorchEngine):
 
     def _load(self) -> None:
         super()._load()
-        self._slots: dict[tuple[int, int], Slot] = {}
+        self._slots: dict[tuple[int, int], list[Slot]] = {}
         self._step_fn: Any = self._call
         self.compile_ns = 0
         if self.step_mode == "compile":
@@ -187,13 +188,30 @@ class TorchStaticEngine(TorchEngine):
         return out.logits[:, -1, :]
 
     def _slot(self, length: int, src: int) -> Slot:
+        """A free slot of this shape (a new one when every slot of it serves another decode); marked busy."""
         key = (bucket(length), bucket(src) if self.seq2seq else 0)
-        slot = self._slots.get(key)
+        slots = self._slots.setdefault(key, [])
+        slot = next((s for s in slots if not s.busy), None)
         if slot is None:
-            slot = self._slots[key] = Slot(self, *key)
+            slot = Slot(self, *key)
+            slots.append(slot)
+        slot.busy = True
         return slot
 
     def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
+        slot: Slot | None = None
+        try:
+            for item in self._decode_in(prepared):
+                if isinstance(item, Slot):
+                    slot = item
+                else:
+                    yield item
+        finally:
+            if slot is not None:
+                slot.busy = False
+
+    def _decode_in(self, prepared: Prepared) -> Generator[object, None, None]:
+        """:meth:`_decode`'s loop; it yields the slot it took first (released by the caller when it ends)."""
         torch = self._torch
         ids = torch.tensor([prepared.input_ids], dtype=torch.long, device=self.device)
         with torch.inference_mode():
@@ -207,10 +225,12 @@ class TorchStaticEngine(TorchEngine):
                 slot.enc[:, : ids.shape[1]].copy_(enc)
                 slot.enc_mask.zero_()
                 slot.enc_mask[:, : ids.shape[1]] = 1
+                yield slot
                 logits = slot.first(torch.tensor([self.prefix], dtype=torch.long, device=self.device))
             else:
                 k = ids.shape[1]
                 slot = self._slot(k + prepared.max_new_tokens, 0)
+                yield slot
                 logits = slot.first(ids)
             n = 0
             while True:
