@@ -13,8 +13,9 @@ mkdir -p "$OUT" "$WORK"
 exec > >(tee "$OUT/gpu_log.txt") 2>&1
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 step() { echo; echo "=== $* ($(date -u +%H:%M:%S))"; }
-# STEPS picks what runs after the environment report (default: all of them)
-STEPS=${STEPS:-pytest,torch,eval,serve}
+# STEPS picks what runs after the environment report (default: all of them).  Issue 12's GPU checks are
+# STEPS=pytest,static,torch: at most 150 + 210 + 120 s by their timeouts (8 minutes).
+STEPS=${STEPS:-pytest,static,torch,eval,serve}
 want() { [[ ",$STEPS," == *",$1,"* ]]; }
 
 step environment
@@ -41,9 +42,18 @@ print("libcublas on this machine:", sorted({p.rsplit("/", 1)[1] for p in glob.gl
 PY
 
 
+if want static; then
+  # eager CUDA fp32 (the ratio baseline and the tokens to match) vs the static-cache engines: the step as a
+  # CUDA graph in fp32 / fp16 / bf16 / int8 (torch._int_mm) / fp8 (torch._scaled_mm), and torch.compile
+  # (reduce-overhead); SingleStream only, rows printed as they finish
+  step "torch static KV cache on CUDA: eager vs CUDA graph, fp16/bf16, int8/fp8 matmuls, torch.compile"
+  timeout ${STATIC_TIMEOUT:-210} python3 bench/gpu/torch_cuda.py -n 200 --no-offline \
+    --configs cuda:fp32,torch-static/cuda:fp32,torch-static/cuda:bf16,torch-static/cuda:fp16,torch-static/cuda:int8,torch-static/cuda:fp8,torch-compile/cuda:fp32,torch-compile/cuda:bf16 \
+    | tee "$OUT/torch_static_cuda.md"
+fi
 if want torch; then
   step "torch engine on CUDA: fp32 / fp16 / bf16 vs CPU fp32"
-  timeout 240 python3 bench/gpu/torch_cuda.py -n 300 | tee "$OUT/torch_cuda.md"
+  timeout ${TORCH_TIMEOUT:-120} python3 bench/gpu/torch_cuda.py -n 200 | tee "$OUT/torch_cuda.md"
 fi
 
 if want eval && [ -f eval/sweeps/gpu.toml ]; then
@@ -68,6 +78,6 @@ if want serve && [ -d testbed/serve ]; then
 fi
 if want pytest; then
   step "pytest -m gpu"
-  timeout ${PYTEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -25
+  timeout ${PYTEST_TIMEOUT:-150} python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tail -25
 fi
 step done

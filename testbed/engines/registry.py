@@ -27,6 +27,11 @@ class EngineEntry:
 ENGINES: dict[str, EngineEntry] = {
     "torch": EngineEntry("testbed.engines.torch.engine:TorchEngine", None, "torch",
                          "PyTorch eager, KV cache; fp32, bf16, fp16 (CUDA), dynamic int8 (CPU)"),
+    "torch-static": EngineEntry("testbed.engines.torch.static:TorchStaticEngine", None, "torch",
+                                "PyTorch, static KV cache, single stream; step eager (CPU) or a CUDA graph (CUDA); "
+                                "fp32, bf16, fp16 / fp8 (CUDA), int8 (torch._int_mm)"),
+    "torch-compile": EngineEntry("testbed.engines.torch.static:TorchCompileEngine", None, "torch",
+                                 "torch-static with the step through torch.compile (CUDA: reduce-overhead)"),
     "onnxruntime": EngineEntry("testbed.engines.onnxruntime.engine:OnnxRuntimeEngine", "onnx", "onnxruntime",
                                "ONNX Runtime, exported graphs with KV cache; fp32, int8 / int8-static (CPU), "
                                "fp16 (CUDA)"),

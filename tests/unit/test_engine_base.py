@@ -85,7 +85,7 @@ def test_chat_messages_to_translation_model_refused():
 
 @pytest.mark.parametrize(
     ("field", "kw", "allowed"),
-    [("precision", {"precision": "fp8"}, "fp32"), ("device", {"device": "tpu"}, "cpu"),
+    [("precision", {"precision": "fp4"}, "fp32"), ("device", {"device": "tpu"}, "cpu"),
      ("threads", {"threads": 0}, "positive"), ("max_new_tokens", {"max_new_tokens": 0}, "[1, 4096]")],
 )
 def test_bad_config_names_field_and_allowed_values(field, kw, allowed):

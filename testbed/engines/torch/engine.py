@@ -59,13 +59,9 @@ class TorchEngine(Engine):
         spec = self.spec
         self.seq2seq = spec.seq2seq
         auto = AutoModelForSeq2SeqLM if spec.seq2seq else AutoModelForCausalLM
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision, torch.float32)
-        model: Any = auto.from_pretrained(path, dtype=dtype)
+        model: Any = auto.from_pretrained(path, dtype=self._dtype())
         model.eval()
-        if cfg.precision == "int8":
-            from torch.ao.quantization import quantize_dynamic
-
-            model = quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = self._quantize(model)
         self.device = torch.device(cfg.device)
         self.model: Any = model.to(self.device)
         self.eos_token_ids = spec.eos_token_ids
@@ -102,6 +98,21 @@ class TorchEngine(Engine):
             self._join_ok = False
             self._join_refusal = (f"the {model.config.model_type} decoder's positions cannot be set per row, so a "
                                   "row cannot join a running batch (use --batching static)")
+
+    def _dtype(self) -> Any:
+        """The dtype the checkpoint is loaded in (fp32 unless the precision is bf16 / fp16)."""
+        import torch
+
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.config.precision, torch.float32)
+
+    def _quantize(self, model: Any) -> Any:
+        """int8: dynamic int8 quantisation of every ``nn.Linear`` (CPU); other precisions unchanged."""
+        if self.config.precision != "int8":
+            return model
+        import torch
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def _close(self) -> None:
         self.model = None
