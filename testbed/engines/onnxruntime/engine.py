@@ -33,6 +33,7 @@ class OnnxRuntimeEngine(Engine):
         batching="continuous",
         precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",)},
         pruning=True,
+        eos_control=True,  # EOS masked per row (min_new_tokens / ignore_eos): in the graph's greedy head
     )
     gpu_provider: ClassVar[str] = "CUDAExecutionProvider"
 
@@ -92,5 +93,6 @@ class OnnxRuntimeTensorRTEngine(OnnxRuntimeEngine):
     name = "onnxruntime-trt"
     capabilities = Capabilities(
         devices=("cuda",), precisions=("fp32", "fp16"), streaming=True, batching="continuous", pruning=True,
+        eos_control=True,
     )
     gpu_provider = "TensorrtExecutionProvider"

@@ -1,0 +1,235 @@
+"""The ONNX Runtime decoding step before and after the greedy head, side by side (issue 12, item 2).
+
+Variants of the ``onnxruntime`` engine on the same artefact (same weights), batch 1, 1 thread:
+
+* ``before``: the decoder graph with the head stripped (:func:`testbed.export.greedy_head.strip_greedy_head`):
+  the step returns the (1, V) logits, numpy masks the banned ids and takes the argmax (the code path
+  of graphs without a head, which was every graph before the head);
+* ``head``: the step returns ``next_ids`` from the graph; the logits are never copied out;
+* ``head+iobinding``: the same through an IO binding (cache tensors stay OrtValues between steps).
+
+Part 1 (timing): every test sentence through every variant in turn (the starting variant rotates),
+``--rounds`` passes; median TPOT / E2E per variant and the median over sentences of each
+variant's TPOT ratio to ``before`` on the same sentence; outputs compared with ``before``.
+Part 2 (profile): ``--profile-n`` sentences per variant with ONNX Runtime's profiler on and the
+decoder's ``run()`` timed from Python: per decoder step the kernel time (sum of the nodes'
+``*_kernel_time``), ``model_run`` (ORT's whole run, kernels included), the ``run()`` call as
+Python sees it, and the step as the engine sees it (TPOT); the differences are ORT's executor
+overhead, the Python binding's overhead (feeds/fetches conversion), and the Python outside
+``run()`` (engine loop, streaming).
+
+    python bench/ort_step.py                     # marian-en-de fp32 + int8, 100 sentences, 2 rounds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from testbed.client.inproc import request_of, run_one  # noqa: E402
+from testbed.clock import now_ns  # noqa: E402
+from testbed.config import EngineConfig  # noqa: E402
+from testbed.datasets import load_dataset  # noqa: E402
+from testbed.engines.onnxruntime.engine import OnnxRuntimeEngine  # noqa: E402
+from testbed.engines.onnxruntime.runner import OrtModel  # noqa: E402
+from testbed.io import write_text_atomic  # noqa: E402
+from testbed.metrics.formulas import e2e_ms, tpot_ms  # noqa: E402
+from testbed.signature import git_sha, result_header  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+VARIANTS = ("before", "head", "head+iobinding")
+
+
+@dataclass
+class Variant:
+    label: str
+    precision: str
+    engine: OnnxRuntimeEngine
+    art: Path
+    tpot: list[float | None] = field(default_factory=list)
+    e2e: list[float | None] = field(default_factory=list)
+    ids: list[list[int] | None] = field(default_factory=list)
+
+
+def stripped_copy(art: Path, root: Path) -> Path:
+    """The artefact with the greedy head removed from its decoder graph (other files linked)."""
+    import onnx
+
+    from testbed.export.greedy_head import strip_greedy_head
+
+    out = root / f"{art.name}-nohead"
+    if out.exists():
+        return out
+    out.mkdir()
+    for f in art.iterdir():
+        if f.name != "decoder.onnx":
+            (out / f.name).symlink_to(f)
+    m = onnx.load(str(art / "decoder.onnx"))
+    onnx.save(strip_greedy_head(m), str(out / "decoder.onnx"))
+    return out
+
+
+def make(label: str, precision: str, model: str, tmp: Path, profile: str = "") -> Variant:
+    eng = OnnxRuntimeEngine(EngineConfig(engine="onnxruntime", model=model, precision=precision, threads=1),
+                            io_binding=label == "head+iobinding")
+    eng.load()
+    art = eng.artifact if label != "before" else stripped_copy(eng.artifact, tmp)
+    if label == "before" or profile:
+        eng.ort = OrtModel(art, replace(eng.ort.settings, profile_prefix=profile))
+    assert eng.ort.head == (label != "before")
+    return Variant(label, precision, eng, art)
+
+
+def timing(variants: list[Variant], examples: list[Any], rounds: int, warmup: int) -> None:
+    for v in variants:
+        for ex in examples[:warmup]:
+            run_one(v.engine, request_of(ex), warmup=True)
+        v.tpot, v.e2e, v.ids = [None] * len(examples), [None] * len(examples), [None] * len(examples)
+    for r in range(rounds):
+        for i in range(r, len(examples), rounds):
+            k = i % len(variants)
+            for v in variants[k:] + variants[:k]:
+                rec = run_one(v.engine, request_of(examples[i]), keep_token_ids=True)
+                v.tpot[i], v.e2e[i], v.ids[i] = tpot_ms(rec), e2e_ms(rec), rec.extra.pop("token_ids", None)
+
+
+class TimedRun:
+    """Wraps a session's ``run`` / ``run_with_iobinding``: the wall time of each call, as Python sees it."""
+
+    def __init__(self, sess: Any) -> None:
+        self.sess, self.ns = sess, []
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.sess, name)
+        if name not in ("run", "run_with_iobinding"):
+            return attr
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            t0 = now_ns()
+            try:
+                return attr(*a, **kw)
+            finally:
+                self.ns.append(now_ns() - t0)
+
+        return timed
+
+
+def profile(precision: str, label: str, model: str, examples: list[Any], tmp: Path) -> dict[str, Any]:
+    prefix = str(tmp / f"prof-{precision}-{label.replace('+', '_')}")
+    v = make(label, precision, model, tmp, profile=prefix)
+    for ex in examples[:3]:
+        run_one(v.engine, request_of(ex), warmup=True)
+    timed = TimedRun(v.engine.ort.decoder)
+    v.engine.ort.decoder = timed
+    tpots = []
+    n_before = len(timed.ns)
+    for ex in examples:
+        rec = run_one(v.engine, request_of(ex))
+        if (t := tpot_ms(rec)) is not None:
+            tpots.append(t)
+    calls = timed.ns[n_before:]
+    path = timed.sess.end_profiling()
+    events = json.loads(Path(path).read_text())
+    runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    nodes = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]
+    # runs of the warm-up requests come first: keep the last len(calls) runs and the nodes inside them
+    skip = len(runs) - len(calls)
+    runs = runs[skip:]
+    t0 = runs[0]["ts"] if runs else 0
+    nodes = [e for e in nodes if e["ts"] >= t0]
+    per_op: dict[str, float] = {}
+    for e in nodes:
+        op = e.get("args", {}).get("op_name", "?")
+        per_op[op] = per_op.get(op, 0.0) + e["dur"]
+    steps = max(1, len(runs))
+    kernel_us = sum(e["dur"] for e in nodes) / steps
+    run_us = statistics.fmean(e["dur"] for e in runs) if runs else 0.0
+    call_us = statistics.fmean(calls) / 1e3 if calls else 0.0
+    tpot_us = statistics.median(tpots) * 1e3 if tpots else 0.0
+    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:6]
+    return {"precision": precision, "variant": label, "steps": len(runs), "kernel_us": kernel_us,
+            "model_run_us": run_us, "call_us": call_us, "tpot_us": tpot_us,
+            "top_ops": [(op, us / steps) for op, us in top], "profile": Path(path).name}
+
+
+def _med(xs: list[float | None]) -> float:
+    vals = [x for x in xs if x is not None]
+    return statistics.median(vals) if vals else float("nan")
+
+
+def report(command: str, timings: dict[str, list[Variant]], profiles: list[dict[str, Any]], facts: dict[str, Any],
+           sha: str) -> str:
+    out = ["# ONNX Runtime decoding step: greedy head in the graph, before and after", "",
+           result_header(command, **facts).replace(f"- git: {git_sha()}", f"- git: {sha}"), "",
+           "`before`: the same artefact's decoder with the head stripped (logits copied out, numpy argmax); "
+           "`head`: `next_ids` from the graph (logits not fetched); `head+iobinding`: the same through an "
+           "IO binding. Ratios are medians over sentences of TPOT(variant) / TPOT(before) on the same sentence.", ""]
+    out += ["## TPOT side by side (batch 1, 1 thread, interleaved sentence by sentence)", "",
+            "| precision | variant | median TPOT ms | median E2E ms | median per-sentence TPOT ratio to before "
+            "| outputs identical to before |", "|---|---|---:|---:|---:|---:|"]
+    for prec, vs in timings.items():
+        base = vs[0]
+        for v in vs:
+            ratios = [a / b for a, b in zip(v.tpot, base.tpot) if a is not None and b]
+            same = sum(a == b for a, b in zip(v.ids, base.ids))
+            out.append(f"| {prec} | {v.label} | {_med(v.tpot):.3f} | {_med(v.e2e):.2f} | "
+                       f"{statistics.median(ratios) if ratios else float('nan'):.3f} | {same}/{len(v.ids)} |")
+    out += ["", "## Where one decoder step's time goes (ONNX Runtime profiler on; per step, means; TPOT median)", "",
+            "| precision | variant | steps | kernels us | ORT executor us (model_run - kernels) | "
+            "binding us (run() call - model_run) | Python outside run() us (TPOT - run() call) | TPOT us "
+            "| top ops (us per step) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for p in profiles:
+        ops = ", ".join(f"{op} {us:.0f}" for op, us in p["top_ops"])
+        out.append(f"| {p['precision']} | {p['variant']} | {p['steps']} | {p['kernel_us']:.0f} | "
+                   f"{p['model_run_us'] - p['kernel_us']:.0f} | {p['call_us'] - p['model_run_us']:.0f} | "
+                   f"{p['tpot_us'] - p['call_us']:.0f} | {p['tpot_us']:.0f} | {ops} |")
+    return "\n".join(out) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="marian-en-de")
+    ap.add_argument("--precisions", default="fp32,int8")
+    ap.add_argument("-n", type=int, default=100, help="test sentences for the timing part")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--profile-n", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=RESULTS / "ort_step_profile.md")
+    args = ap.parse_args(argv)
+    sha = git_sha()
+    command = "python bench/ort_step.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    examples = list(load_dataset("test", limit=args.n))
+    precs = [p for p in args.precisions.split(",") if p]
+    timings: dict[str, list[Variant]] = {}
+    profiles: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for prec in precs:
+            vs = [make(label, prec, args.model, tmp) for label in VARIANTS]
+            timing(vs, examples, args.rounds, args.warmup)
+            timings[prec] = vs
+            for v in vs:
+                v.engine.close()
+            print(f"{prec}: " + ", ".join(f"{v.label} TPOT {_med(v.tpot):.3f} ms" for v in vs), file=sys.stderr)
+        for prec in precs:
+            for label in VARIANTS:
+                profiles.append(profile(prec, label, args.model, examples[: args.profile_n], tmp))
+    text = report(command, timings, profiles,
+                  {"model": args.model, "sentences": args.n, "rounds": args.rounds, "warmup": args.warmup,
+                   "profiled_sentences": args.profile_n, "threads": 1, "batch": 1}, sha)
+    write_text_atomic(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
