@@ -36,7 +36,7 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from testbed.client.inproc import request_of, run_one  # noqa: E402
-from testbed.clock import now_ns  # noqa: E402
+from testbed.clock import now_ns, thread_cpu_ns  # noqa: E402
 from testbed.config import EngineConfig  # noqa: E402
 from testbed.datasets import load_dataset  # noqa: E402
 from testbed.engines.onnxruntime.engine import OnnxRuntimeEngine  # noqa: E402
@@ -57,6 +57,7 @@ class Variant:
     art: Path
     tpot: list[float | None] = field(default_factory=list)
     e2e: list[float | None] = field(default_factory=list)
+    cpu: list[float | None] = field(default_factory=list)  # thread CPU ms per sentence
     ids: list[list[int] | None] = field(default_factory=list)
 
 
@@ -93,12 +94,14 @@ def timing(variants: list[Variant], examples: list[Any], rounds: int, warmup: in
     for v in variants:
         for ex in examples[:warmup]:
             run_one(v.engine, request_of(ex), warmup=True)
-        v.tpot, v.e2e, v.ids = [None] * len(examples), [None] * len(examples), [None] * len(examples)
+        v.tpot, v.e2e, v.ids, v.cpu = ([None] * len(examples) for _ in range(4))
     for r in range(rounds):
         for i in range(r, len(examples), rounds):
             k = i % len(variants)
             for v in variants[k:] + variants[:k]:
+                c0 = thread_cpu_ns()
                 rec = run_one(v.engine, request_of(examples[i]), keep_token_ids=True)
+                v.cpu[i] = (thread_cpu_ns() - c0) / 1e6
                 v.tpot[i], v.e2e[i], v.ids[i] = tpot_ms(rec), e2e_ms(rec), rec.extra.pop("token_ids", None)
 
 
@@ -172,17 +175,23 @@ def report(command: str, timings: dict[str, list[Variant]], profiles: list[dict[
            result_header(command, **facts).replace(f"- git: {git_sha()}", f"- git: {sha}"), "",
            "`before`: the same artefact's decoder with the head stripped (logits copied out, numpy argmax); "
            "`head`: `next_ids` from the graph (logits not fetched); `head+iobinding`: the same through an "
-           "IO binding. Ratios are medians over sentences of TPOT(variant) / TPOT(before) on the same sentence.", ""]
+           "IO binding. Ratios are medians over sentences of TPOT(variant) / TPOT(before) on the same sentence; "
+           "the CPU-time ratio is the same over the thread's CPU time for the whole sentence (ONNX Runtime "
+           "runs its kernels on the calling thread at 1 thread), which time slices lost to other processes "
+           "on a loaded machine do not inflate.", ""]
     out += ["## TPOT side by side (batch 1, 1 thread, interleaved sentence by sentence)", "",
             "| precision | variant | median TPOT ms | median E2E ms | median per-sentence TPOT ratio to before "
-            "| outputs identical to before |", "|---|---|---:|---:|---:|---:|"]
+            "| median per-sentence CPU-time ratio to before | outputs identical to before |",
+            "|---|---|---:|---:|---:|---:|---:|"]
     for prec, vs in timings.items():
         base = vs[0]
         for v in vs:
             ratios = [a / b for a, b in zip(v.tpot, base.tpot) if a is not None and b]
+            cpu = [a / b for a, b in zip(v.cpu, base.cpu) if a is not None and b]
             same = sum(a == b for a, b in zip(v.ids, base.ids))
             out.append(f"| {prec} | {v.label} | {_med(v.tpot):.3f} | {_med(v.e2e):.2f} | "
-                       f"{statistics.median(ratios) if ratios else float('nan'):.3f} | {same}/{len(v.ids)} |")
+                       f"{statistics.median(ratios) if ratios else float('nan'):.3f} | "
+                       f"{statistics.median(cpu) if cpu else float('nan'):.3f} | {same}/{len(v.ids)} |")
     out += ["", "## Where one decoder step's time goes (ONNX Runtime profiler on; per step, means; TPOT median)", "",
             "| precision | variant | steps | kernels us | ORT executor us (model_run - kernels) | "
             "binding us (run() call - model_run) | Python outside run() us (TPOT - run() call) | TPOT us "

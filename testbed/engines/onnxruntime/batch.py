@@ -43,6 +43,10 @@ class OrtBatch(PaddedBatch):
         self.past: list[Any] = []
         self.fixed: dict[str, Any] = {}
         self.bias: Any = None  # seq2seq self_bias (B,1,1,T)
+        # padded positions in bias and encoder_bias (and its width; seq2seq) or in mask (decoder-only):
+        # a step adds a real column, so they change only when rows join or the tensors are compacted
+        # (None: recount); counting them every step cost about a tenth of an int8 step
+        self.pads: tuple[int, int, int] | None = None
         self.mask: Any = None  # decoder-only attention mask (B,T)
         self.pos: Any = None
         self.inp: Any = None
@@ -137,6 +141,7 @@ class OrtBatch(PaddedBatch):
         if not self.has_running():
             self.order, self.past, self.inp, self.pos = list(slots), past, inp, pos
             self.bias, self.mask, self.fixed = bias, mask, fixed or {}
+            self.pads = None
             return
         self._compact()
         t = max(self._host(self.past[0]).shape[2], self._host(past[0]).shape[2])
@@ -158,6 +163,7 @@ class OrtBatch(PaddedBatch):
         self.inp = np.concatenate([self.inp, inp])
         self.pos = np.concatenate([self.pos, pos])
         self.order += slots
+        self.pads = None
 
     # ------------------------------------------------------------------ steps
     def _step(self) -> dict[int, int]:
@@ -166,14 +172,20 @@ class OrtBatch(PaddedBatch):
             self.bias = np.concatenate([self.bias, np.zeros((n, 1, 1, 1), dtype=self.bias.dtype)], axis=3)
             nxt, self.past = self._run(self.fixed, {"input_ids": self.inp, "position_ids": self.pos,
                                                     "self_bias": self.bias}, self.past, self.order)
-            self.padding.add(self.bias.size, int((self.bias != 0).sum()) + self._zombies() * self.bias.shape[3])
-            eb = self._host(self.fixed["encoder_bias"])
-            self.padding.add(eb.size, int((eb != 0).sum()) + self._zombies() * eb.shape[3])
+            if self.pads is None:
+                eb = self._host(self.fixed["encoder_bias"])
+                self.pads = (int(np.count_nonzero(self.bias)), int(np.count_nonzero(eb)), eb.shape[3])
+            z, t, s = self._zombies(), self.bias.shape[3], self.pads[2]
+            self.padding.add(n * t, self.pads[0] + z * t)
+            self.padding.add(n * s, self.pads[1] + z * s)
         else:
             self.mask = np.concatenate([self.mask, np.ones((n, 1), dtype=self.mask.dtype)], axis=1)
             nxt, self.past = self._run({}, {"input_ids": self.inp, "attention_mask": self.mask,
                                             "position_ids": self.pos}, self.past, self.order)
-            self.padding.add(self.mask.size, int((self.mask == 0).sum()) + self._zombies() * self.mask.shape[1])
+            if self.pads is None:
+                self.pads = (self.mask.size - int(np.count_nonzero(self.mask)), 0, 0)
+            t = self.mask.shape[1]
+            self.padding.add(n * t, self.pads[0] + self._zombies() * t)
         self.inp = nxt.reshape(n, 1)
         self.pos = self.pos + 1
         return {s: t for s, t in zip(self.order, nxt.tolist()) if s is not None}
@@ -210,6 +222,7 @@ class OrtBatch(PaddedBatch):
         if len(keep) == len(self.order):
             return
         self.order = [self.order[i] for i in keep]
+        self.pads = None
         idx = np.asarray(keep)
         real = (self.bias[idx, 0, 0, :] == 0) if self.seq2seq else (self.mask[idx] != 0)
         lead = int(np.argmax(real.any(0))) if real.any() else 0  # leading columns every remaining row pads
