@@ -2,9 +2,9 @@
 
 Variants of the ``onnxruntime`` engine on the same artefact (same weights), batch 1, 1 thread:
 
-* ``before``: the decoder graph with the head stripped (:func:`testbed.export.greedy_head.strip_greedy_head`):
-  the step returns the (1, V) logits, numpy masks the banned ids and takes the argmax (the code path
-  of graphs without a head, which was every graph before the head);
+* ``before``: the engine's CPU default, the decoder graph with the head stripped from the session
+  (:func:`testbed.export.greedy_head.strip_greedy_head`): the step returns the (1, V) logits, numpy
+  masks the banned ids and takes the argmax (the graph and choice of the code before the head);
 * ``head``: the step returns ``next_ids`` from the graph; the logits are never copied out;
 * ``head+iobinding``: the same through an IO binding (cache tensors stay OrtValues between steps).
 
@@ -12,11 +12,10 @@ Part 1 (timing): every test sentence through every variant in turn (the starting
 ``--rounds`` passes; median TPOT / E2E per variant and the median over sentences of each
 variant's TPOT ratio to ``before`` on the same sentence; outputs compared with ``before``.
 Part 2 (profile): ``--profile-n`` sentences per variant with ONNX Runtime's profiler on and the
-decoder's ``run()`` timed from Python: per decoder step the kernel time (sum of the nodes'
-``*_kernel_time``), ``model_run`` (ORT's whole run, kernels included), the ``run()`` call as
-Python sees it, and the step as the engine sees it (TPOT); the differences are ORT's executor
-overhead, the Python binding's overhead (feeds/fetches conversion), and the Python outside
-``run()`` (engine loop, streaming).
+decoder's ``run()`` timed from Python (wall and thread CPU time): medians per decoder step of the
+kernel time (the nodes' ``*_kernel_time`` summed), ORT's executor overhead (``model_run`` minus
+kernels), the Python binding's overhead (the ``run()`` call minus ``model_run``), and the time
+between two decoder calls of one sentence (engine loop, streaming, detokenisation).
 
     python bench/ort_step.py                     # marian-en-de fp32 + int8, 100 sentences, 2 rounds
 """
@@ -61,33 +60,14 @@ class Variant:
     ids: list[list[int] | None] = field(default_factory=list)
 
 
-def stripped_copy(art: Path, root: Path) -> Path:
-    """The artefact with the greedy head removed from its decoder graph (other files linked)."""
-    import onnx
-
-    from testbed.export.greedy_head import strip_greedy_head
-
-    out = root / f"{art.name}-nohead"
-    if out.exists():
-        return out
-    out.mkdir()
-    for f in art.iterdir():
-        if f.name != "decoder.onnx":
-            (out / f.name).symlink_to(f)
-    m = onnx.load(str(art / "decoder.onnx"))
-    onnx.save(strip_greedy_head(m), str(out / "decoder.onnx"))
-    return out
-
-
-def make(label: str, precision: str, model: str, tmp: Path, profile: str = "") -> Variant:
-    eng = OnnxRuntimeEngine(EngineConfig(engine="onnxruntime", model=model, precision=precision, threads=1),
-                            io_binding=label == "head+iobinding")
+def make(label: str, precision: str, model: str, profile: str = "") -> Variant:
+    cfg = EngineConfig(engine="onnxruntime", model=model, precision=precision, threads=1)
+    eng = OnnxRuntimeEngine(cfg, io_binding=label == "head+iobinding", greedy_in_graph=label != "before")
     eng.load()
-    art = eng.artifact if label != "before" else stripped_copy(eng.artifact, tmp)
-    if label == "before" or profile:
-        eng.ort = OrtModel(art, replace(eng.ort.settings, profile_prefix=profile))
+    if profile:
+        eng.ort = OrtModel(eng.artifact, replace(eng.ort.settings, profile_prefix=profile))
     assert eng.ort.head == (label != "before")
-    return Variant(label, precision, eng, art)
+    return Variant(label, precision, eng, eng.artifact)
 
 
 def timing(variants: list[Variant], examples: list[Any], rounds: int, warmup: int) -> None:
@@ -106,10 +86,11 @@ def timing(variants: list[Variant], examples: list[Any], rounds: int, warmup: in
 
 
 class TimedRun:
-    """Wraps a session's ``run`` / ``run_with_iobinding``: the wall time of each call, as Python sees it."""
+    """Wraps a session's ``run`` / ``run_with_iobinding``: each call's (start, end) wall and thread CPU times."""
 
     def __init__(self, sess: Any) -> None:
-        self.sess, self.ns = sess, []
+        self.sess = sess
+        self.calls: list[tuple[int, int, int, int]] = []
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.sess, name)
@@ -117,51 +98,59 @@ class TimedRun:
             return attr
 
         def timed(*a: Any, **kw: Any) -> Any:
-            t0 = now_ns()
+            t0, c0 = now_ns(), thread_cpu_ns()
             try:
                 return attr(*a, **kw)
             finally:
-                self.ns.append(now_ns() - t0)
+                self.calls.append((t0, now_ns(), c0, thread_cpu_ns()))
 
         return timed
 
 
 def profile(precision: str, label: str, model: str, examples: list[Any], tmp: Path) -> dict[str, Any]:
-    prefix = str(tmp / f"prof-{precision}-{label.replace('+', '_')}")
-    v = make(label, precision, model, tmp, profile=prefix)
+    """Per decoder step (medians over the steps of ``examples``): kernel time, ORT's executor overhead,
+    the Python binding's overhead, and the Python between two steps of one sentence; wall and CPU."""
+    v = make(label, precision, model, profile=str(tmp / f"prof-{precision}-{label.replace('+', '_')}"))
     for ex in examples[:3]:
         run_one(v.engine, request_of(ex), warmup=True)
     timed = TimedRun(v.engine.ort.decoder)
     v.engine.ort.decoder = timed
-    tpots = []
-    n_before = len(timed.ns)
+    first = []  # index of each sentence's first call
     for ex in examples:
-        rec = run_one(v.engine, request_of(ex))
-        if (t := tpot_ms(rec)) is not None:
-            tpots.append(t)
-    calls = timed.ns[n_before:]
+        first.append(len(timed.calls))
+        run_one(v.engine, request_of(ex))
     path = timed.sess.end_profiling()
+    v.engine.close()
     events = json.loads(Path(path).read_text())
     runs = [e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"]
-    nodes = [e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")]
-    # runs of the warm-up requests come first: keep the last len(calls) runs and the nodes inside them
-    skip = len(runs) - len(calls)
-    runs = runs[skip:]
-    t0 = runs[0]["ts"] if runs else 0
-    nodes = [e for e in nodes if e["ts"] >= t0]
+    runs = runs[len(runs) - len(timed.calls):]  # the warm-up requests' runs come first
+    nodes = sorted((e for e in events if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")),
+                   key=lambda e: e["ts"])
+    kernels = [0.0] * len(runs)
     per_op: dict[str, float] = {}
+    j = 0
     for e in nodes:
-        op = e.get("args", {}).get("op_name", "?")
-        per_op[op] = per_op.get(op, 0.0) + e["dur"]
-    steps = max(1, len(runs))
-    kernel_us = sum(e["dur"] for e in nodes) / steps
-    run_us = statistics.fmean(e["dur"] for e in runs) if runs else 0.0
-    call_us = statistics.fmean(calls) / 1e3 if calls else 0.0
-    tpot_us = statistics.median(tpots) * 1e3 if tpots else 0.0
-    top = sorted(per_op.items(), key=lambda kv: -kv[1])[:6]
-    return {"precision": precision, "variant": label, "steps": len(runs), "kernel_us": kernel_us,
-            "model_run_us": run_us, "call_us": call_us, "tpot_us": tpot_us,
-            "top_ops": [(op, us / steps) for op, us in top], "profile": Path(path).name}
+        while j < len(runs) and e["ts"] > runs[j]["ts"] + runs[j]["dur"]:
+            j += 1
+        if j < len(runs) and e["ts"] >= runs[j]["ts"]:
+            kernels[j] += e["dur"]
+            op = e.get("args", {}).get("op_name", "?")
+            per_op[op] = per_op.get(op, 0.0) + e["dur"]
+    c = timed.calls
+    starts = set(first)
+    gaps = [(c[k][0] - c[k - 1][1], c[k][2] - c[k - 1][3]) for k in range(1, len(c)) if k not in starts]
+    total = sum(per_op.values()) or 1.0
+    return {
+        "precision": precision, "variant": label, "steps": len(runs),
+        "kernel_us": statistics.median(kernels),
+        "executor_us": statistics.median(r["dur"] - k for r, k in zip(runs, kernels)),
+        "binding_us": statistics.median((t1 - t0) / 1e3 - r["dur"] for (t0, t1, _, _), r in zip(c, runs)),
+        "call_us": statistics.median((t1 - t0) / 1e3 for t0, t1, _, _ in c),
+        "call_cpu_us": statistics.median((c1 - c0) / 1e3 for _, _, c0, c1 in c),
+        "gap_us": statistics.median(g[0] / 1e3 for g in gaps),
+        "gap_cpu_us": statistics.median(g[1] / 1e3 for g in gaps),
+        "top_ops": sorted(((op, 100 * us / total) for op, us in per_op.items()), key=lambda kv: -kv[1])[:6],
+    }
 
 
 def _med(xs: list[float | None]) -> float:
@@ -173,7 +162,9 @@ def report(command: str, timings: dict[str, list[Variant]], profiles: list[dict[
            sha: str) -> str:
     out = ["# ONNX Runtime decoding step: greedy head in the graph, before and after", "",
            result_header(command, **facts).replace(f"- git: {git_sha()}", f"- git: {sha}"), "",
-           "`before`: the same artefact's decoder with the head stripped (logits copied out, numpy argmax); "
+           "`before`: the CPU default, the same artefact's decoder with the head stripped from the session's "
+           "graph (logits copied out, numpy masks and takes the argmax: the graph and step of the code before "
+           "the head; the per-step padding recount it also had is gone in every variant); "
            "`head`: `next_ids` from the graph (logits not fetched); `head+iobinding`: the same through an "
            "IO binding. Ratios are medians over sentences of TPOT(variant) / TPOT(before) on the same sentence; "
            "the CPU-time ratio is the same over the thread's CPU time for the whole sentence (ONNX Runtime "
@@ -192,15 +183,19 @@ def report(command: str, timings: dict[str, list[Variant]], profiles: list[dict[
             out.append(f"| {prec} | {v.label} | {_med(v.tpot):.3f} | {_med(v.e2e):.2f} | "
                        f"{statistics.median(ratios) if ratios else float('nan'):.3f} | "
                        f"{statistics.median(cpu) if cpu else float('nan'):.3f} | {same}/{len(v.ids)} |")
-    out += ["", "## Where one decoder step's time goes (ONNX Runtime profiler on; per step, means; TPOT median)", "",
-            "| precision | variant | steps | kernels us | ORT executor us (model_run - kernels) | "
-            "binding us (run() call - model_run) | Python outside run() us (TPOT - run() call) | TPOT us "
-            "| top ops (us per step) |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    out += ["", "## Where one decoder step's time goes (ONNX Runtime profiler on; medians over the steps)", "",
+            "kernels: the nodes' kernel times summed per run; executor: ORT's `model_run` minus the kernels; binding: "
+            "the `run()` call as Python sees it minus `model_run` (feeds/fetches conversion); between steps: from one "
+            "decoder call's end to the next call's start in the same sentence (the engine's loop, streaming, "
+            "detokenisation). CPU: the calling thread's CPU time (ORT runs its kernels on it at 1 thread).", "",
+            "| precision | variant | steps | kernels us | executor us | binding us | run() call us (CPU) "
+            "| between steps us (CPU) | ops, share of kernel time |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for p in profiles:
-        ops = ", ".join(f"{op} {us:.0f}" for op, us in p["top_ops"])
-        out.append(f"| {p['precision']} | {p['variant']} | {p['steps']} | {p['kernel_us']:.0f} | "
-                   f"{p['model_run_us'] - p['kernel_us']:.0f} | {p['call_us'] - p['model_run_us']:.0f} | "
-                   f"{p['tpot_us'] - p['call_us']:.0f} | {p['tpot_us']:.0f} | {ops} |")
+        ops = ", ".join(f"{op} {pct:.0f}%" for op, pct in p["top_ops"])
+        out.append(f"| {p['precision']} | {p['variant']} | {p['steps']} | {p['kernel_us']:.0f} "
+                   f"| {p['executor_us']:.0f} "
+                   f"| {p['binding_us']:.0f} | {p['call_us']:.0f} ({p['call_cpu_us']:.0f}) "
+                   f"| {p['gap_us']:.0f} ({p['gap_cpu_us']:.0f}) | {ops} |")
     return "\n".join(out) + "\n"
 
 
@@ -223,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         for prec in precs:
-            vs = [make(label, prec, args.model, tmp) for label in VARIANTS]
+            vs = [make(label, prec, args.model) for label in VARIANTS]
             timing(vs, examples, args.rounds, args.warmup)
             timings[prec] = vs
             for v in vs:

@@ -38,8 +38,10 @@ class OnnxRuntimeEngine(Engine):
     gpu_provider: ClassVar[str] = "CUDAExecutionProvider"
 
     def __init__(self, config: EngineConfig, clock: Clock = now_ns, *, spinning: bool = False,
-                 graph_opt: str = "all", io_binding: bool = False) -> None:
+                 graph_opt: str = "all", io_binding: bool = False, greedy_in_graph: bool | None = None) -> None:
         super().__init__(config, clock)
+        # the greedy choice in the graph's head: on GPU providers by default (see SessionSettings)
+        self.greedy_in_graph = config.device != "cpu" if greedy_in_graph is None else greedy_in_graph
         self.spinning = spinning
         self.graph_opt = graph_opt
         self.io_binding = io_binding
@@ -56,7 +58,7 @@ class OnnxRuntimeEngine(Engine):
         provider = "CPUExecutionProvider" if cfg.device == "cpu" else self.gpu_provider
         settings = SessionSettings(provider=provider, threads=cfg.threads, spinning=self.spinning,
                                    graph_opt=self.graph_opt, fp16=cfg.precision == "fp16",
-                                   io_binding=self.io_binding)
+                                   io_binding=self.io_binding, greedy_in_graph=self.greedy_in_graph)
         self.ort = OrtModel(self.artifact, settings)
         # the artefact holds the checkpoint's config, generation config and tokenizer
         self.spec, self.tokenizer = load_spec(self.artifact, cfg.src_lang, cfg.tgt_lang)
@@ -72,7 +74,8 @@ class OnnxRuntimeEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(spinning=self.spinning, graph_opt=self.graph_opt, io_binding=self.io_binding or cfg_gpu(self.config),
+        d.update(spinning=self.spinning, graph_opt=self.graph_opt, greedy_in_graph=self.greedy_in_graph,
+                 io_binding=self.io_binding or cfg_gpu(self.config),
                  artifact=str(getattr(self, "artifact", "")) or None)
         return d
 

@@ -63,6 +63,12 @@ class SessionSettings:
     io_binding: bool = False
     # ONNX Runtime's profiler: each session writes <profile_prefix>_<graph>_<date>.json (bench/ort_step.py)
     profile_prefix: str = ""
+    # the greedy choice in the decoder graph's head (testbed.export.greedy_head), or over the logits
+    # in numpy with the head stripped from the session's graph (ONNX Runtime runs every node, asked
+    # for or not).  On the CPU numpy is faster: ORT's ArgMax over 58k Marian logits took ~6x numpy's
+    # time and the masking ops more again (bench/results/ort_step_profile.md); the engine uses the
+    # head on GPU providers only, where it saves the logits' copy to the host
+    greedy_in_graph: bool = True
 
     @property
     def on_gpu(self) -> bool:
@@ -72,7 +78,8 @@ class SessionSettings:
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def make_session(path: Path, s: SessionSettings) -> Any:
+def make_session(path: Path, s: SessionSettings, model: bytes | None = None) -> Any:
+    """A session for the graph ``path`` (or for ``model``, that graph changed in memory)."""
     import onnxruntime as ort
 
     if s.graph_opt not in GRAPH_OPT_LEVELS:
@@ -114,7 +121,7 @@ def make_session(path: Path, s: SessionSettings) -> Any:
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu (the 'gpu' extra) instead of "
             "onnxruntime, or use --device cpu"
         )
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    sess = ort.InferenceSession(model if model is not None else str(path), sess_options=so, providers=providers)
     check_providers(sess, s.provider)
     return sess
 
@@ -134,7 +141,9 @@ class OrtModel:
         self.kv_heads = int(self.meta["kv_heads"])
         self.head_dim = int(self.meta["head_dim"])
         self.encoder = make_session(art / "encoder.onnx", settings) if self.seq2seq else None
-        self.decoder = make_session(art / "decoder.onnx", settings)
+        head = self.meta.get("greedy_head")
+        dec = art / "decoder.onnx"
+        self.decoder = make_session(dec, settings, None if settings.greedy_in_graph or not head else _without_head(dec))
         types = {i.name: i.type for i in self.decoder.get_inputs()}
         self.past_dtype = _ORT_TYPES[types["past_k.0"]]
         self.bias_dtype = _ORT_TYPES[types.get("self_bias", "tensor(float)")]
@@ -142,7 +151,6 @@ class OrtModel:
         self.present_names = [n for n in outs if n.startswith("present_")]
         self.past_names = [n.replace("present", "past") for n in self.present_names]
         # the greedy choice inside the graph (testbed.export.greedy_head): banned/EOS ids it masks
-        head = self.meta.get("greedy_head")
         self.head = NEXT_IDS in outs and head is not None
         self.head_banned: list[int] = list(head["banned"]) if self.head else []
         self.head_eos: list[int] = list(head["eos"]) if self.head else []
@@ -262,6 +270,14 @@ class OrtModel:
             inp = nxt.astype(np.int64).reshape(b, 1)
             am = np.concatenate([am, one], axis=1)
             pos = pos[:, -1:] + 1
+
+
+def _without_head(path: Path) -> bytes:
+    import onnx
+
+    from testbed.export.greedy_head import strip_greedy_head
+
+    return bytes(strip_greedy_head(onnx.load(str(path))).SerializeToString())
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
