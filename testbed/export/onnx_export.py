@@ -26,6 +26,7 @@ from typing import Any
 
 from testbed.artifacts import ArtifactError, build
 from testbed.errors import ConfigError
+from testbed.export.greedy_head import VERSION as GREEDY_HEAD_VERSION
 from testbed.export.int8_auto import ENV as INT8_AUTO_ENV
 from testbed.export.int8_auto import SearchSettings, parse_search, search_key
 from testbed.export.int8_auto import search as auto_search
@@ -109,7 +110,7 @@ def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str,
         "format": "onnx", "model": info.name, "model_hash": content_hash(src), "tokenizer_hash": tokenizer_hash(src),
         "precision": precision,
         "pruning": pruning, "exporter_version": GRAPH_VERSION.get(info.architecture, EXPORTER_VERSION), "opset": OPSET,
-        "tools": tool_versions(),
+        "tools": tool_versions(), "greedy_head": GREEDY_HEAD_VERSION,
     }
     if precision == "int8":
         key["per_channel"] = INT8_PER_CHANNEL
@@ -246,6 +247,10 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
                 {"input_ids": {0: "batch", 1: "new"}, "attention_mask": {0: "batch", 1: "total"},
                  "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"},
                  **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present}})
+    # the greedy choice inside the decoder graph, before any quantization (testbed.export.greedy_head)
+    from testbed.export.greedy_head import head_file
+
+    meta["greedy_head"] = head_file(out / "decoder.onnx", meta["banned"], meta["eos_token_ids"], meta["vocab_size"])
     _write_side_files(src, out, {**meta, "precision": "fp32"})
     report = validate(out, src, model=model.eval(), strict=True)
     say(f"validated fp32 export: {report}")
@@ -335,12 +340,12 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
     def host(v: Any) -> Any:  # numpy arrays on the plain-run() path, OrtValues with IO binding
         return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
 
-    def recording_step(fixed: dict[str, Any], inputs: dict[str, Any], past: Any) -> Any:
+    def recording_step(fixed: dict[str, Any], inputs: dict[str, Any], past: Any, **kw: Any) -> Any:
         feed = {k: host(v) for k, v in fixed.items() if k != "input_ids"}
         feed.update({k: np.array(v) for k, v in inputs.items()})
         feed.update({n: host(p) for n, p in zip(m.past_names, past)})
         feeds["decoder.onnx"].append(feed)
-        return orig_step(fixed, inputs, past)
+        return orig_step(fixed, inputs, past, **kw)
 
     m._step = recording_step  # type: ignore[method-assign]
     steps, positions = CALIB_STEPS[family], meta.get("max_positions")

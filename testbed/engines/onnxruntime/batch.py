@@ -24,6 +24,7 @@ import numpy as np
 
 from testbed.engines.onnxruntime.runner import MASK_VALUE, pad_batch
 from testbed.engines.step import PaddedBatch, pad_left, pad_right
+from testbed.export.greedy_head import NO_EOS
 
 if TYPE_CHECKING:
     from testbed.engines.base import Prepared
@@ -37,10 +38,15 @@ class OrtBatch(PaddedBatch):
         self.m = engine.ort
         self.banned = list(engine.banned)
         self.eos = sorted(engine.eos_token_ids)
+        self.use_head = self.m.head_fits(self.banned, self.eos)
         self.new_fixed: dict[str, Any] | None = None
         self.past: list[Any] = []
         self.fixed: dict[str, Any] = {}
         self.bias: Any = None  # seq2seq self_bias (B,1,1,T)
+        # padded positions in bias and encoder_bias (and its width; seq2seq) or in mask (decoder-only):
+        # a step adds a real column, so they change only when rows join or the tensors are compacted
+        # (None: recount); counting them every step cost about a tenth of an int8 step
+        self.pads: tuple[int, int, int] | None = None
         self.mask: Any = None  # decoder-only attention mask (B,T)
         self.pos: Any = None
         self.inp: Any = None
@@ -52,13 +58,24 @@ class OrtBatch(PaddedBatch):
     def _dev(self, a: np.ndarray) -> Any:
         return self.m._ov(np.ascontiguousarray(a)) if self.m.io_binding else a
 
-    def _pick(self, logits: np.ndarray, slots: list[int | None] | list[int]) -> np.ndarray:
+    def _run(self, fixed: dict[str, Any], inputs: dict[str, Any], past: list[Any],
+             slots: list[int | None] | list[int]) -> tuple[np.ndarray, list[Any]]:
+        """One decoder step and its greedy choice: inside the graph (its head masks the banned ids, and
+        EOS in the rows ``no_eos``), or over the logits when the graph's head masks other ids."""
+        rows = self.no_eos(slots) if self.eos else []
+        if self.use_head:
+            flags = np.zeros(len(slots), dtype=bool)
+            flags[rows] = True
+            nxt, _, past = self.m._step(fixed, {**inputs, NO_EOS: flags}, past)
+            assert nxt is not None
+            return nxt, past
+        _, logits, past = self.m._step(fixed, inputs, past, logits=True)
+        assert logits is not None
         if self.banned:
             logits[:, self.banned] = -np.inf
-        rows = self.no_eos(slots)
-        if rows and self.eos:
+        if rows:
             logits[np.ix_(rows, self.eos)] = -np.inf
-        return logits.argmax(-1).astype(np.int64)
+        return logits.argmax(-1).astype(np.int64), past
 
     # ------------------------------------------------------------------ admission
     def _admit(self, rows: dict[int, Prepared]) -> None:
@@ -90,8 +107,7 @@ class OrtBatch(PaddedBatch):
             inp = np.full((n, 1), tok, dtype=np.int64)
             pos = np.full((n, 1), k, dtype=np.int64)
             bias = np.zeros((n, 1, 1, k + 1), dtype=m.bias_dtype)
-            logits, past = m._step(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, past)
-        nxt = self._pick(logits, slots)
+            nxt, past = self._run(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, past, slots)
         self._join(slots, past, nxt.reshape(n, 1), pos + 1, bias=bias, fixed=fixed)
         return dict(zip(slots, nxt.tolist()))
 
@@ -99,7 +115,6 @@ class OrtBatch(PaddedBatch):
         """Decoder-only: every prefill group (its prompts left-padded together) advances by one chunk of
         ``budget / groups / rows`` columns (all of them without a budget); a group's first tokens come
         with its last chunk, so a short prompt admitted beside a long one is not held up by it."""
-        m = self.m
         out: dict[int, int] = {}
         groups = list(self.pfs)
         for g in groups:
@@ -107,16 +122,16 @@ class OrtBatch(PaddedBatch):
             width = ids.shape[1]
             share = None if budget is None else max(1, budget // len(groups))
             k = width - c if share is None else min(width - c, max(1, share // len(slots)))
-            logits, g["past"] = m._step({}, {"input_ids": np.ascontiguousarray(ids[:, c : c + k]),
-                                             "attention_mask": np.ascontiguousarray(mask[:, : c + k]),
-                                             "position_ids": np.ascontiguousarray(g["pos"][:, c : c + k])}, g["past"])
+            nxt, g["past"] = self._run({}, {"input_ids": np.ascontiguousarray(ids[:, c : c + k]),
+                                            "attention_mask": np.ascontiguousarray(mask[:, : c + k]),
+                                            "position_ids": np.ascontiguousarray(g["pos"][:, c : c + k])},
+                                       g["past"], slots)
             chunk = mask[:, c : c + k]
             self.padding.add(chunk.size, int((chunk == 0).sum()))
             g["c"] = c + k
             if g["c"] < width:
                 continue
             self.pfs.remove(g)
-            nxt = self._pick(logits, slots)
             self._join(slots, g["past"], nxt.reshape(len(slots), 1), g["pos"][:, -1:] + 1, mask=mask)
             out.update(zip(slots, nxt.tolist()))
         return out
@@ -126,6 +141,7 @@ class OrtBatch(PaddedBatch):
         if not self.has_running():
             self.order, self.past, self.inp, self.pos = list(slots), past, inp, pos
             self.bias, self.mask, self.fixed = bias, mask, fixed or {}
+            self.pads = None
             return
         self._compact()
         t = max(self._host(self.past[0]).shape[2], self._host(past[0]).shape[2])
@@ -147,24 +163,29 @@ class OrtBatch(PaddedBatch):
         self.inp = np.concatenate([self.inp, inp])
         self.pos = np.concatenate([self.pos, pos])
         self.order += slots
+        self.pads = None
 
     # ------------------------------------------------------------------ steps
     def _step(self) -> dict[int, int]:
-        m = self.m
         n = len(self.order)
         if self.seq2seq:
             self.bias = np.concatenate([self.bias, np.zeros((n, 1, 1, 1), dtype=self.bias.dtype)], axis=3)
-            logits, self.past = m._step(self.fixed, {"input_ids": self.inp, "position_ids": self.pos,
-                                                     "self_bias": self.bias}, self.past)
-            self.padding.add(self.bias.size, int((self.bias != 0).sum()) + self._zombies() * self.bias.shape[3])
-            eb = self._host(self.fixed["encoder_bias"])
-            self.padding.add(eb.size, int((eb != 0).sum()) + self._zombies() * eb.shape[3])
+            nxt, self.past = self._run(self.fixed, {"input_ids": self.inp, "position_ids": self.pos,
+                                                    "self_bias": self.bias}, self.past, self.order)
+            if self.pads is None:
+                eb = self._host(self.fixed["encoder_bias"])
+                self.pads = (int(np.count_nonzero(self.bias)), int(np.count_nonzero(eb)), eb.shape[3])
+            z, t, s = self._zombies(), self.bias.shape[3], self.pads[2]
+            self.padding.add(n * t, self.pads[0] + z * t)
+            self.padding.add(n * s, self.pads[1] + z * s)
         else:
             self.mask = np.concatenate([self.mask, np.ones((n, 1), dtype=self.mask.dtype)], axis=1)
-            logits, self.past = m._step({}, {"input_ids": self.inp, "attention_mask": self.mask,
-                                             "position_ids": self.pos}, self.past)
-            self.padding.add(self.mask.size, int((self.mask == 0).sum()) + self._zombies() * self.mask.shape[1])
-        nxt = self._pick(logits, self.order)
+            nxt, self.past = self._run({}, {"input_ids": self.inp, "attention_mask": self.mask,
+                                            "position_ids": self.pos}, self.past, self.order)
+            if self.pads is None:
+                self.pads = (self.mask.size - int(np.count_nonzero(self.mask)), 0, 0)
+            t = self.mask.shape[1]
+            self.padding.add(n * t, self.pads[0] + self._zombies() * t)
         self.inp = nxt.reshape(n, 1)
         self.pos = self.pos + 1
         return {s: t for s, t in zip(self.order, nxt.tolist()) if s is not None}
@@ -201,6 +222,7 @@ class OrtBatch(PaddedBatch):
         if len(keep) == len(self.order):
             return
         self.order = [self.order[i] for i in keep]
+        self.pads = None
         idx = np.asarray(keep)
         real = (self.bias[idx, 0, 0, :] == 0) if self.seq2seq else (self.mask[idx] != 0)
         lead = int(np.argmax(real.any(0))) if real.any() else 0  # leading columns every remaining row pads

@@ -36,12 +36,15 @@ class OnnxRuntimeEngine(Engine):
         batching="continuous",
         precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",), "int8-auto": ("cpu",)},
         pruning=True,
+        eos_control=True,  # EOS masked per row (min_new_tokens / ignore_eos): in the graph's greedy head
     )
     gpu_provider: ClassVar[str] = "CUDAExecutionProvider"
 
     def __init__(self, config: EngineConfig, clock: Clock = now_ns, *, spinning: bool = False,
-                 graph_opt: str = "all", io_binding: bool = False) -> None:
+                 graph_opt: str = "all", io_binding: bool = False, greedy_in_graph: bool | None = None) -> None:
         super().__init__(config, clock)
+        # the greedy choice in the graph's head: on GPU providers by default (see SessionSettings)
+        self.greedy_in_graph = config.device != "cpu" if greedy_in_graph is None else greedy_in_graph
         self.spinning = spinning
         self.graph_opt = graph_opt
         self.io_binding = io_binding
@@ -57,7 +60,7 @@ class OnnxRuntimeEngine(Engine):
         provider = "CPUExecutionProvider" if cfg.device == "cpu" else self.gpu_provider
         settings = SessionSettings(provider=provider, threads=cfg.threads, spinning=self.spinning,
                                    graph_opt=self.graph_opt, fp16=cfg.precision == "fp16",
-                                   io_binding=self.io_binding)
+                                   io_binding=self.io_binding, greedy_in_graph=self.greedy_in_graph)
         self.ort = OrtModel(self.artifact, settings)
         # the artefact holds the checkpoint's config, generation config and tokenizer
         self.spec, self.tokenizer = load_spec(self.artifact, cfg.src_lang, cfg.tgt_lang)
@@ -79,7 +82,8 @@ class OnnxRuntimeEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        d.update(spinning=self.spinning, graph_opt=self.graph_opt, io_binding=self.io_binding or cfg_gpu(self.config),
+        d.update(spinning=self.spinning, graph_opt=self.graph_opt, greedy_in_graph=self.greedy_in_graph,
+                 io_binding=self.io_binding or cfg_gpu(self.config),
                  artifact=str(getattr(self, "artifact", "")) or None)
         if self.config.precision == "int8-auto" and getattr(self, "artifact", None):
             d["int8_recipe"] = int8_recipe(self.artifact)
@@ -110,5 +114,6 @@ class OnnxRuntimeTensorRTEngine(OnnxRuntimeEngine):
     name = "onnxruntime-trt"
     capabilities = Capabilities(
         devices=("cuda",), precisions=("fp32", "fp16"), streaming=True, batching="continuous", pruning=True,
+        eos_control=True,
     )
     gpu_provider = "TensorrtExecutionProvider"

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from testbed.errors import ConfigError, TestbedError
+from testbed.export.greedy_head import LOGITS, NEXT_IDS, NO_EOS
 
 META = "onnx_config.json"
 MASK_VALUE = -1.0e4  # the graphs' additive mask: exp() underflows to 0 in fp32, still representable in fp16
@@ -60,6 +61,14 @@ class SessionSettings:
     # IO binding (cache tensors stay OrtValues where the provider put them): always on a GPU; on the
     # CPU, plain run() with numpy arrays (which ONNX Runtime wraps without copying) measured no slower
     io_binding: bool = False
+    # ONNX Runtime's profiler: each session writes <profile_prefix>_<graph>_<date>.json (bench/ort_step.py)
+    profile_prefix: str = ""
+    # the greedy choice in the decoder graph's head (testbed.export.greedy_head), or over the logits
+    # in numpy with the head stripped from the session's graph (ONNX Runtime runs every node, asked
+    # for or not).  On the CPU numpy is faster: ORT's ArgMax over 58k Marian logits took ~6x numpy's
+    # time and the masking ops more again (bench/results/ort_step_profile.md); the engine uses the
+    # head on GPU providers only, where it saves the logits' copy to the host
+    greedy_in_graph: bool = True
 
     @property
     def on_gpu(self) -> bool:
@@ -69,7 +78,8 @@ class SessionSettings:
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def make_session(path: Path, s: SessionSettings) -> Any:
+def make_session(path: Path, s: SessionSettings, model: bytes | None = None) -> Any:
+    """A session for the graph ``path`` (or for ``model``, that graph changed in memory)."""
     import onnxruntime as ort
 
     if s.graph_opt not in GRAPH_OPT_LEVELS:
@@ -87,6 +97,9 @@ def make_session(path: Path, s: SessionSettings) -> Any:
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if s.spinning else "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "1" if s.spinning else "0")
     so.log_severity_level = 3
+    if s.profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = f"{s.profile_prefix}_{path.stem}"
     providers: list[Any]
     if s.provider == "CPUExecutionProvider":
         providers = ["CPUExecutionProvider"]
@@ -108,7 +121,7 @@ def make_session(path: Path, s: SessionSettings) -> Any:
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu (the 'gpu' extra) instead of "
             "onnxruntime, or use --device cpu"
         )
-    sess = ort.InferenceSession(str(path), sess_options=so, providers=providers)
+    sess = ort.InferenceSession(model if model is not None else str(path), sess_options=so, providers=providers)
     check_providers(sess, s.provider)
     return sess
 
@@ -128,14 +141,25 @@ class OrtModel:
         self.kv_heads = int(self.meta["kv_heads"])
         self.head_dim = int(self.meta["head_dim"])
         self.encoder = make_session(art / "encoder.onnx", settings) if self.seq2seq else None
-        self.decoder = make_session(art / "decoder.onnx", settings)
+        head = self.meta.get("greedy_head")
+        dec = art / "decoder.onnx"
+        self.decoder = make_session(dec, settings, None if settings.greedy_in_graph or not head else _without_head(dec))
         types = {i.name: i.type for i in self.decoder.get_inputs()}
         self.past_dtype = _ORT_TYPES[types["past_k.0"]]
         self.bias_dtype = _ORT_TYPES[types.get("self_bias", "tensor(float)")]
-        self.present_names = [o.name for o in self.decoder.get_outputs()][1:]
+        outs = [o.name for o in self.decoder.get_outputs()]
+        self.present_names = [n for n in outs if n.startswith("present_")]
         self.past_names = [n.replace("present", "past") for n in self.present_names]
+        # the greedy choice inside the graph (testbed.export.greedy_head): banned/EOS ids it masks
+        self.head = NEXT_IDS in outs and head is not None
+        self.head_banned: list[int] = list(head["banned"]) if self.head else []
+        self.head_eos: list[int] = list(head["eos"]) if self.head else []
         self.dev = "cuda" if settings.on_gpu else "cpu"
         self.io_binding = settings.io_binding or settings.on_gpu
+
+    def head_fits(self, banned: Sequence[int], eos: Sequence[int]) -> bool:
+        """Does the graph's greedy head mask exactly these banned and EOS ids (else: choose from logits)?"""
+        return self.head and sorted(set(banned)) == self.head_banned and sorted(set(eos)) == self.head_eos
 
     # ------------------------------------------------------------------ helpers
     def _ov(self, arr: np.ndarray) -> Any:
@@ -146,25 +170,38 @@ class OrtModel:
         return [self._ov(z) if self.io_binding else z for _ in self.past_names]
 
     def _step(
-        self, fixed: dict[str, Any], inputs: dict[str, np.ndarray], past: Sequence[Any]
-    ) -> tuple[np.ndarray, list[Any]]:
+        self, fixed: dict[str, Any], inputs: dict[str, np.ndarray], past: Sequence[Any], *, logits: bool = False
+    ) -> tuple[np.ndarray | None, np.ndarray | None, list[Any]]:
+        """One decoder run: (next ids, logits, presents).
+
+        The ids come from the graph's head when ``inputs`` carries ``no_eos`` (else None); the logits
+        only when asked for, or when the graph has no head (else None): a step that wants ids
+        never copies the (B, V) scores out.
+        """
+        ids = NO_EOS in inputs
+        if self.head and not ids:  # the head's input is required even when its output is not used
+            inputs = {**inputs, NO_EOS: np.zeros(len(next(iter(inputs.values()))), dtype=bool)}
+        want = ([NEXT_IDS] if ids else []) + ([LOGITS] if logits or not ids else [])
         if not self.io_binding:
             feed = {**fixed, **inputs, **dict(zip(self.past_names, past))}
-            outs = self.decoder.run(None, feed)
-            return outs[0], outs[1:]
-        io = self.decoder.io_binding()
-        for name, ov in fixed.items():
-            io.bind_ortvalue_input(name, ov)
-        for name, arr in inputs.items():
-            io.bind_ortvalue_input(name, self._ov(arr))
-        for name, ov in zip(self.past_names, past):
-            io.bind_ortvalue_input(name, ov)
-        io.bind_output("logits", "cpu")
-        for name in self.present_names:
-            io.bind_output(name, self.dev, self.settings.device_id)
-        self.decoder.run_with_iobinding(io)
-        outs = io.get_outputs()
-        return outs[0].numpy(), list(outs[1:])
+            outs = self.decoder.run([*want, *self.present_names], feed)
+        else:
+            io = self.decoder.io_binding()
+            for name, ov in fixed.items():
+                io.bind_ortvalue_input(name, ov)
+            for name, arr in inputs.items():
+                io.bind_ortvalue_input(name, self._ov(arr))
+            for name, ov in zip(self.past_names, past):
+                io.bind_ortvalue_input(name, ov)
+            for name in want:
+                io.bind_output(name, "cpu")
+            for name in self.present_names:
+                io.bind_output(name, self.dev, self.settings.device_id)
+            self.decoder.run_with_iobinding(io)
+            got = io.get_outputs()
+            outs = [o.numpy() for o in got[: len(want)]] + list(got[len(want):])
+        k = len(want)
+        return (outs[0] if ids else None), (outs[k - 1] if LOGITS in want else None), list(outs[k:])
 
     def _encode(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         assert self.encoder is not None
@@ -188,10 +225,21 @@ class OrtModel:
 
         ``ids``/``mask`` are padded (B, S) int64 arrays: right padding for an encoder, left padding
         for a decoder-only model.  Every row steps in lockstep; the caller decides when to stop.
-        With ``return_logits`` each step yields ``(ids, logits)`` instead.
+        With ``return_logits`` each step yields ``(ids, logits)`` instead.  The graph's head
+        chooses when it masks exactly ``banned`` (EOS is never masked here).
         """
         b = ids.shape[0]
         banned = list(banned)
+        head = {NO_EOS: np.zeros(b, dtype=bool)} if self.head and sorted(set(banned)) == self.head_banned else {}
+
+        def choose(nxt: np.ndarray | None, logits: np.ndarray | None) -> np.ndarray:
+            if nxt is not None:
+                return nxt
+            assert logits is not None
+            if banned:
+                logits[:, banned] = -np.inf
+            return logits.argmax(-1)
+
         if self.seq2seq:
             assert self.encoder is not None
             fixed = self._encode(ids, mask)
@@ -201,11 +249,11 @@ class OrtModel:
             pos = np.zeros((b, 1), dtype=np.int64)
             for t in range(max_new):
                 bias = np.zeros((b, 1, 1, t + 1), dtype=self.bias_dtype)
-                logits, past = self._step(fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias}, past)
+                nxt, logits, past = self._step(
+                    fixed, {"input_ids": inp, "position_ids": pos, "self_bias": bias, **head}, past,
+                    logits=return_logits)
                 pos = pos + 1
-                if banned:
-                    logits[:, banned] = -np.inf
-                nxt = logits.argmax(-1)
+                nxt = choose(nxt, logits)
                 yield (nxt, logits) if return_logits else nxt
                 inp = nxt.astype(np.int64).reshape(b, 1)
             return
@@ -215,14 +263,21 @@ class OrtModel:
         past = self._empty_past(b)
         one = np.ones((b, 1), dtype=np.int64)
         for _ in range(max_new):
-            logits, past = self._step({}, {"input_ids": inp, "attention_mask": am, "position_ids": pos}, past)
-            if banned:
-                logits[:, banned] = -np.inf
-            nxt = logits.argmax(-1)
+            nxt, logits, past = self._step(
+                {}, {"input_ids": inp, "attention_mask": am, "position_ids": pos, **head}, past, logits=return_logits)
+            nxt = choose(nxt, logits)
             yield (nxt, logits) if return_logits else nxt
             inp = nxt.astype(np.int64).reshape(b, 1)
             am = np.concatenate([am, one], axis=1)
             pos = pos[:, -1:] + 1
+
+
+def _without_head(path: Path) -> bytes:
+    import onnx
+
+    from testbed.export.greedy_head import strip_greedy_head
+
+    return bytes(strip_greedy_head(onnx.load(str(path))).SerializeToString())
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
