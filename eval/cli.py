@@ -111,7 +111,8 @@ def add_parsers(sub: Any) -> None:
                     "writes results.jsonl, results.csv, report.md and pareto.png.  An interrupted sweep resumes "
                     "where it stopped.")
     e.add_argument("--sweep", default="default",
-                   help="a sweep .toml file, or the name of a shipped one: default, chat (default: default)")
+                   help="a sweep .toml file, or the name of a shipped one: default, chat, dialogue, gpu "
+                        "(default: default)")
     e.add_argument("--out", default=None, help="run directory (default: runs/eval-<sweep name>)")
     g = e.add_mutually_exclusive_group()
     g.add_argument("--resume", dest="resume", action="store_true", default=True,

@@ -141,7 +141,8 @@ class _Run:
         sweep = self.sweep
         return {"key": sweep.key(cfg), "sweep_key": sweep.sweep_key, "sweep": sweep.name, "label": cfg.label(),
                 "config": cfg.to_dict(), "is_reference": cfg == sweep.reference, "status": None, "error": None,
-                "started_at": _now(), "signature": signature(model=sweep.model, **cfg.to_dict(), **_sig_fields(sweep)),
+                "started_at": _now(),
+                "signature": signature(**{"model": sweep.model, **cfg.to_dict()}, **_sig_fields(sweep)),
                 "singlestream": None}
 
     def load(self, cfg: ServingConfig, row: Row) -> Engine | None:
@@ -210,8 +211,12 @@ class _Run:
         return True
 
     def score(self, row: Row, outputs: list[Row], batch1: list[Row]) -> None:
-        ref = outputs if row["is_reference"] else self.ref_outputs
-        row["accuracy"], row["gate"] = accuracy(self.sweep, outputs, ref, self.ref_error)
+        ref, why = (outputs, None) if row["is_reference"] else (self.ref_outputs, self.ref_error)
+        other = row["config"].get("model")
+        if other and other != (self.sweep.reference.model or self.sweep.model):
+            ref, why = None, (f"not gated: {other} is another model than the reference's "
+                              f"({self.sweep.reference.model or self.sweep.model}); compared on the same prompts")
+        row["accuracy"], row["gate"] = accuracy(self.sweep, outputs, ref, why)
         row["batch1"] = divergence(self.sweep, row["config"]["batch"], outputs, batch1, ref)
 
     def singlestream_sequential(self, row: Row, engine: Engine) -> list[RequestRecord] | None:

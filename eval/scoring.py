@@ -58,7 +58,8 @@ def accuracy(
         acc["vs_references"] = score(hyps, [str(e.reference) for e in sweep.offline_set], ndigits=None)
     if ref_outputs is None:
         g = gate(None, None, None, sweep.gate_ratio, sweep.gate_length_ratio, metric=label)
-        g["reasons"] = [f"fp32 reference {ref_error or 'not available'}"]
+        why = ref_error or "not available"
+        g["reasons"] = [why if why.startswith("not gated") else f"fp32 reference {why}"]
         return acc, g
     fp32 = [o["output"] for o in ref_outputs]
     acc["vs_fp32"] = score(hyps, fp32, ndigits=None)

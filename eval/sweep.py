@@ -35,7 +35,9 @@ configuration, then a list (or matrix) of serving configurations.  Shape::
     precision = ["fp32", "bf16", "int8"]
 
 Configuration keys: ``engine``, ``precision``, ``pruning``, ``device``, ``threads`` (per engine
-instance), ``batch`` (the Offline scenario's batch size) and ``batching``: ``engine`` (default:
+instance), ``batch`` (the Offline scenario's batch size), ``model`` (another model than the sweep's,
+run on the same prompts and scored against the same references, but not gated: the gate compares a
+configuration with the fp32 reference *of the same model*) and ``batching``: ``engine`` (default:
 the engine's own ``generate`` over fixed batches), ``static`` or ``continuous`` (every request of
 the Offline set through the server's scheduler at max batch ``batch``: what a served deployment
 gets; ``continuous`` is refused for engines that cannot add rows to a running batch).  A bad key
@@ -66,7 +68,7 @@ from testbed.config import EngineConfig
 from testbed.datasets import BUILTIN, Example, builtin_path, load_dataset
 from testbed.errors import ConfigError, TestbedError
 
-CONFIG_KEYS = ("engine", "precision", "pruning", "device", "threads", "batch", "batching")
+CONFIG_KEYS = ("engine", "precision", "pruning", "device", "threads", "batch", "batching", "model")
 # how the Offline scenario forms its batches: the engine's own generate() over fixed batches ("engine"),
 # or every request through the server's scheduler at max batch `batch` ("static" | "continuous")
 BATCHING = ("engine", "static", "continuous")
@@ -98,26 +100,31 @@ class ServingConfig:
     threads: int | None
     batch: int
     batching: str = "engine"
+    model: str = ""  # another model than the sweep's (compared on the same prompts, not gated); "": the sweep's
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"engine": self.engine, "precision": self.precision, "pruning": self.pruning,
-             "device": self.device, "threads": self.threads, "batch": self.batch}
+        d: dict[str, Any] = {"engine": self.engine, "precision": self.precision, "pruning": self.pruning,
+                             "device": self.device, "threads": self.threads, "batch": self.batch}
         if self.batching != "engine":  # rows of earlier sweeps (engine batches) keep their keys
             d["batching"] = self.batching
+        if self.model:  # likewise: only rows of another model carry one
+            d["model"] = self.model
         return d
 
     def label(self) -> str:
         pruned = f"/{self.pruning}" if self.pruning != "none" else ""
         threads = f"/t{self.threads}" if self.threads else ""
         served = f"/{self.batching}" if self.batching != "engine" else ""
-        return f"{self.engine}/{self.precision}{pruned}/{self.device}{threads}/b{self.batch}{served}"
+        other = f"{self.model}:" if self.model else ""
+        return f"{other}{self.engine}/{self.precision}{pruned}/{self.device}{threads}/b{self.batch}{served}"
 
     def engine_config(self, model: str, max_new_tokens: int, src_lang: str | None = None,
                       tgt_lang: str | None = None) -> EngineConfig:
-        """The :class:`EngineConfig` (raises ConfigError for a value the config does not accept)."""
-        return EngineConfig(model=model, engine=self.engine, precision=self.precision, device=self.device,
-                            threads=self.threads, max_new_tokens=max_new_tokens, pruning=self.pruning,
-                            src_lang=src_lang, tgt_lang=tgt_lang)
+        """The :class:`EngineConfig` (raises ConfigError for a value the config does not accept);
+        ``model`` is the sweep's, used unless this configuration names its own."""
+        return EngineConfig(model=self.model or model, engine=self.engine, precision=self.precision,
+                            device=self.device, threads=self.threads, max_new_tokens=max_new_tokens,
+                            pruning=self.pruning, src_lang=src_lang, tgt_lang=tgt_lang)
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,7 @@ def _make_config(path: str, where: str, values: dict[str, Any], model: str, max_
         pruning=values.get("pruning", "none"), device=values.get("device", "cpu"),
         threads=values.get("threads"), batch=values.get("batch", DEFAULT_BATCH),
         batching=values.get("batching", "engine"),
+        model="" if values.get("model", model) == model else values["model"],
     )
     if cfg.batching not in BATCHING:
         raise _err(path, f"{where}.batching", cfg.batching, ", ".join(BATCHING))

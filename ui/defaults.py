@@ -25,7 +25,9 @@ MODEL_NOTES = {
                   "are outside what it saw."),
     "chat": ("**smollm2-135m-instruct** is a 135M-parameter instruction model: short, simple questions and "
              "one-step requests work; facts, arithmetic and long reasoning are beyond it (expect confident "
-             "mistakes)."),
+             "mistakes).  **chitchat-bbs-10m** (pick it in the model list) is a ~10M-parameter BlenderBot-small "
+             "model trained by testbed on casual two-person chats: it answers small talk with short, generic, "
+             "lower-cased replies and knows nothing else; see `models/chitchat-bbs-10m/MODEL_CARD.md`."),
 }
 EXAMPLES = {
     "translate": ["Click OK to close the dialog.",

@@ -1,8 +1,10 @@
-"""The configuration pickers of one slot: engine / precision / pruning / threads (/ device when
-CUDA is there) and, for the answer tabs, a server URL (empty: the engine runs in this process)."""
+"""The configuration pickers of one slot: model (when the tab's task has several embedded models) /
+engine / precision / pruning / threads (/ device when CUDA is there) and, for the answer tabs, a
+server URL (empty: the engine runs in this process)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import gradio as gr
@@ -13,7 +15,7 @@ from testbed.ui.defaults import Start
 
 class Pickers:
     def __init__(self, title: str, elem_id: str, visible: bool = True, start: Start | None = None,
-                 url: str | None = None, with_url: bool = True) -> None:
+                 url: str | None = None, with_url: bool = True, models: Sequence[str] = ()) -> None:
         start = start or Start()
         opts = svc.engine_options()
         labels = [o.label for o in opts]
@@ -23,6 +25,8 @@ class Pickers:
         devs = svc.devices()
         with gr.Column(visible=visible, elem_id=elem_id) as self.column, gr.Row(equal_height=True):
             gr.Markdown(f"**{title}**", min_height=0)
+            self.model = gr.Dropdown(list(models), value=models[0] if models else None, label="model",
+                                     visible=len(models) > 1, elem_id=f"{elem_id}-model")
             self.engine = gr.Dropdown(labels, value=default, label="engine",
                                       info="unavailable engines are listed with the reason")
             self.device = gr.Dropdown(devs, value="cpu", label="device", visible=len(devs) > 1)
@@ -57,9 +61,11 @@ class Pickers:
 
     @property
     def inputs(self) -> list[Any]:
-        """engine, precision, pruning, threads, device (the engine configuration)."""
-        return [self.engine, self.precision, self.pruning, self.threads, self.device]
+        """engine, precision, pruning, threads, device, model (the engine configuration)."""
+        return [self.engine, self.precision, self.pruning, self.threads, self.device, self.model]
 
 
-def make_config(task: str, engine: str, precision: str, pruning: str, threads: str, device: str) -> Any:
-    return svc.make_config(task, engine, precision, pruning, threads, device)
+def make_config(task: str, engine: str, precision: str, pruning: str, threads: str, device: str,
+                model: str | None = None) -> Any:
+    """The EngineConfig of a slot; no model picked (a tab with one model): the task's default model."""
+    return svc.make_config(task, engine, precision, pruning, threads, device, model=model or None)

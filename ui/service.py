@@ -29,6 +29,14 @@ from testbed.metrics.records import RequestRecord
 UNAVAILABLE = " (unavailable: "
 PRUNING_CHOICES = ("none", "unstructured:0.3", "unstructured:0.5", "structured:0.25", "structured:0.5")
 TASK_MODELS = {"translate": DEFAULT_TRANSLATION_MODEL, "chat": DEFAULT_CHAT_MODEL}
+
+
+def task_models(task: str) -> list[str]:
+    """The embedded models of a tab's task, its default first (the chat tab: SmolLM2, then the dialogue model)."""
+    from testbed.registry import EMBEDDED
+
+    kind = "translation" if task == "translate" else task
+    return [TASK_MODELS[task]] + [n for n, m in EMBEDDED.items() if m.task == kind and n != TASK_MODELS[task]]
 TASK_MAX_NEW = {"translate": 128, "chat": 256}
 
 

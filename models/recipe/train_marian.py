@@ -1,4 +1,10 @@
-"""Train the embedded en->de MarianMTModel from the corpus that build_corpus.py made.
+"""Train the embedded seq2seq models: en->de MarianMTModel and the BlenderBot-small dialogue model.
+
+``--arch marian`` (default) trains the translation model from the corpus build_corpus.py made;
+``--arch blenderbot-small`` trains the dialogue model from the (context -> reply) pairs
+build_dialogue.py made, with BlenderBot-small's own tokenizer class (a lower-cased word-level BPE,
+``@@`` continuation marks, trained here on the training pairs) and best-by-dev perplexity.
+Both read ``--corpus/train.tsv`` and ``--corpus/dev.tsv`` (``id<TAB>source<TAB>target``).
 
 1. a joint SentencePiece unigram vocabulary (default 8k) on the training English and German;
 2. a small ``MarianMTModel`` (d_model 256, 3+3 layers by default, tied embeddings);
@@ -10,7 +16,9 @@
 5. ``--export DIR``: the best checkpoint saved with ``save_pretrained`` (fp16 safetensors
    by default) plus the Marian tokenizer files, ready for ``MarianMTModel.from_pretrained``.
 
-Run: ``python models/recipe/train_marian.py --minutes 90`` (resumes from ``--out/last`` if present).
+Run: ``python models/recipe/train_marian.py --minutes 90`` (resumes from ``--out/last`` if present);
+the dialogue model: ``python models/recipe/train_marian.py --arch blenderbot-small --corpus build/dialogue
+--out build/dialogue_train --select ppl --dev-max-new 40 --layers 4 --warmup 300 --minutes 75``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +37,9 @@ import sacrebleu
 import sentencepiece as spm
 import torch
 from transformers import MarianConfig, MarianMTModel, MarianTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import dialogue_arch  # noqa: E402
 
 
 def read_tsv(path: Path) -> list[tuple[str, str]]:
@@ -88,7 +100,20 @@ def make_model(tok: MarianTokenizer, args: argparse.Namespace) -> MarianMTModel:
     return MarianMTModel(cfg)
 
 
-def encode(tok: MarianTokenizer, rows: list[tuple[str, str]], max_len: int) -> list[tuple[list[int], list[int]]]:
+def model_class(arch: str) -> type:
+    return dialogue_arch.BlenderbotSmallForConditionalGeneration if arch == "blenderbot-small" else MarianMTModel
+
+
+def tokenizer_class(arch: str) -> type:
+    return dialogue_arch.BlenderbotSmallTokenizer if arch == "blenderbot-small" else MarianTokenizer
+
+
+def encode(tok, rows: list[tuple[str, str]], max_len: int, arch: str = "marian") -> list[tuple[list[int], list[int]]]:
+    if arch == "blenderbot-small":
+        fast = dialogue_arch.FastEncoder(tok)
+        fast.check([r[i] for r in rows[::200] for i in (0, 1)], max_len)
+        eos = tok.eos_token_id
+        return [(fast(s, max_len), dialogue_arch.with_eos(fast(t, max_len - 1), eos)) for s, t in rows]
     src = tok([r[0] for r in rows], truncation=True, max_length=max_len)["input_ids"]
     tgt = tok(text_target=[r[1] for r in rows], truncation=True, max_length=max_len)["input_ids"]
     return list(zip(src, tgt))
@@ -136,13 +161,28 @@ def collate(data, ids: list[int], pad: int, start: int):
 
 
 @torch.no_grad()
-def dev_bleu(model, tok, rows, n: int, bs: int = 32) -> tuple[float, float, list[str]]:
+def dev_perplexity(model, data: list[tuple[list[int], list[int]]], pad: int, start: int, bs: int = 32) -> float:
+    """exp(mean cross-entropy per target token) on the dev pairs, no label smoothing, dropout off."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(data), bs):
+        input_ids, attn, dec_in, labels = collate(data, list(range(i, min(i + bs, len(data)))), pad, start)
+        logits = model(input_ids=input_ids, attention_mask=attn, decoder_input_ids=dec_in).logits
+        total += float(torch.nn.functional.cross_entropy(logits.view(-1, logits.size(-1)), labels.view(-1),
+                                                         ignore_index=-100, reduction="sum"))
+        count += int((labels != -100).sum())
+    model.train()
+    return math.exp(total / max(count, 1))
+
+
+@torch.no_grad()
+def dev_bleu(model, tok, rows, n: int, bs: int = 32, max_new: int = 256) -> tuple[float, float, list[str]]:
     model.eval()
     rows = rows[:n]
     hyps: list[str] = []
     for i in range(0, len(rows), bs):
         enc = tok([r[0] for r in rows[i : i + bs]], return_tensors="pt", padding=True, truncation=True, max_length=256)
-        out = model.generate(**enc, num_beams=1, do_sample=False, max_new_tokens=256)
+        out = model.generate(**enc, num_beams=1, do_sample=False, max_new_tokens=max_new)
         hyps += tok.batch_decode(out, skip_special_tokens=True)
     model.train()
     refs = [[r[1] for r in rows]]
@@ -163,9 +203,9 @@ def save_atomic(model, tok, state: dict, path: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export(ckpt: Path, dest: Path, dtype: str) -> None:
-    model = MarianMTModel.from_pretrained(ckpt)
-    tok = MarianTokenizer.from_pretrained(ckpt)
+def export(ckpt: Path, dest: Path, dtype: str, arch: str = "marian") -> None:
+    model = model_class(arch).from_pretrained(ckpt)
+    tok = tokenizer_class(arch).from_pretrained(ckpt)
     if dtype == "fp16":
         model = model.half()
     dest.mkdir(parents=True, exist_ok=True)
@@ -177,6 +217,7 @@ def export(ckpt: Path, dest: Path, dtype: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", choices=["marian", "blenderbot-small"], default="marian")
     ap.add_argument("--corpus", type=Path, default=Path("build/corpus"))
     ap.add_argument("--out", type=Path, default=Path("build/train"))
     ap.add_argument("--vocab-size", type=int, default=8000)
@@ -192,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anneal-minutes", type=float, default=0.0,
                     help="decay the learning rate linearly to 0 over the last N minutes of the budget")
     ap.add_argument("--dev-n", type=int, default=300)
+    ap.add_argument("--dev-max-new", type=int, default=256, help="new tokens per dev reply (greedy)")
+    ap.add_argument("--select", choices=["bleu", "ppl"], default="bleu",
+                    help="best checkpoint by dev BLEU or by dev perplexity")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--export", type=Path, help="only export --out/best to this directory")
@@ -199,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     if args.export:
-        export(args.out / "best", args.export, args.export_dtype)
+        export(args.out / "best", args.export, args.export_dtype, args.arch)
         print(f"exported {args.out / 'best'} -> {args.export}")
         return 0
 
@@ -208,19 +252,21 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(args.seed)
     train_rows = read_tsv(args.corpus / "train.tsv")
     dev_rows = read_tsv(args.corpus / "dev.tsv")
-    build_vocab(train_rows, args.out / "vocab", args.vocab_size)
-    tok = make_tokenizer(args.out / "vocab")
-    data = encode(tok, train_rows, 128)
+    bbs = args.arch == "blenderbot-small"
+    (dialogue_arch.build_vocab if bbs else build_vocab)(train_rows, args.out / "vocab", args.vocab_size)
+    tok = (dialogue_arch.make_tokenizer if bbs else make_tokenizer)(args.out / "vocab")
+    data = encode(tok, train_rows, 128, args.arch)
+    dev_data = encode(tok, dev_rows, 128, args.arch)
     print(f"train pairs {len(data)}; vocab {len(tok)}", flush=True)
 
     last = args.out / "last"
     if last.exists():
-        model = MarianMTModel.from_pretrained(last)
+        model = model_class(args.arch).from_pretrained(last)
         state = torch.load(last / "train_state.pt", weights_only=False)
         print(f"resumed at step {state['step']}", flush=True)
     else:
-        model = make_model(tok, args)
-        state = {"step": 0, "epoch": 0, "elapsed_s": 0.0, "best_bleu": -1.0, "log": []}
+        model = (dialogue_arch.make_model if bbs else make_model)(tok, args)
+        state = {"step": 0, "epoch": 0, "elapsed_s": 0.0, "best_bleu": -1.0, "best_ppl": math.inf, "log": []}
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params / 1e6:.2f} M", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.01)
@@ -260,20 +306,24 @@ def main(argv: list[str] | None = None) -> int:
             now = time.monotonic()
             if now >= next_save or now >= budget_end:
                 state["elapsed_s"] = now - t0
-                bleu, chrf, hyps = dev_bleu(model, tok, dev_rows, args.dev_n)
+                bleu, chrf, hyps = dev_bleu(model, tok, dev_rows, args.dev_n, max_new=args.dev_max_new)
+                ppl = dev_perplexity(model, dev_data[: args.dev_n], pad, start)
                 entry = {"step": step, "epoch": state["epoch"], "minutes": round(state["elapsed_s"] / 60, 1),
-                         "dev_bleu": round(bleu, 2), "dev_chrf": round(chrf, 2), "loss": round(loss.item(), 3)}
+                         "dev_bleu": round(bleu, 2), "dev_chrf": round(chrf, 2), "dev_ppl": round(ppl, 2),
+                         "loss": round(loss.item(), 3)}
                 state["log"].append(entry)
                 print("CHECKPOINT", json.dumps(entry), "|", hyps[0], flush=True)
                 state["opt"] = opt.state_dict()
                 save_atomic(model, tok, state, last)
-                if bleu > state["best_bleu"]:
-                    state["best_bleu"] = bleu
+                better = ppl < state.get("best_ppl", math.inf) if args.select == "ppl" else bleu > state["best_bleu"]
+                if better:
+                    state["best_bleu"], state["best_ppl"] = bleu, ppl
                     best_state = {k: v for k, v in state.items() if k != "opt"}
                     save_atomic(model, tok, best_state, args.out / "best")
                 log = {"args": {k: str(v) for k, v in vars(args).items()}, "params": n_params,
                        "threads": args.threads, "torch": torch.__version__,
-                       "cpu": os.cpu_count(), "log": state["log"], "best_dev_bleu": state["best_bleu"]}
+                       "cpu": os.cpu_count(), "log": state["log"], "best_dev_bleu": state["best_bleu"],
+                       "best_dev_ppl": state.get("best_ppl"), "select": args.select}
                 for d in (last, args.out / "best"):
                     if d.exists():
                         (d / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")

@@ -256,3 +256,14 @@ def test_cli_ui_takes_server_urls_and_refuses_bad_ones(capsys: pytest.CaptureFix
     assert "--url '127.0.0.1:8000' is not accepted" in capsys.readouterr().err
     assert main(["ui", "--url", "http://a", "--url", "http://b", "--url", "http://c"]) == 2
     assert "given 3 times" in capsys.readouterr().err
+
+
+def test_chat_tab_lists_the_dialogue_model_and_a_slot_runs_the_picked_model() -> None:
+    from testbed.ui.pickers import make_config
+
+    assert svc.task_models("chat") == ["smollm2-135m-instruct", "chitchat-bbs-10m"]
+    assert svc.task_models("translate") == ["marian-en-de"]
+    picks = ("torch", "fp32", "none", "default", "cpu")
+    assert make_config("chat", *picks, "chitchat-bbs-10m").model == "chitchat-bbs-10m"
+    assert make_config("chat", *picks, None).model == "smollm2-135m-instruct"  # a tab without a model list
+    assert make_config("translate", *picks).model == "marian-en-de"
