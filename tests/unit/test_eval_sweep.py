@@ -157,7 +157,7 @@ def test_references_file_count_must_match(tmp_path):
 def test_an_unregistered_engine_is_refused_at_validation(tmp_path, data):
     # issue 15: engine = "vllm" was accepted and only found out when its row ran
     with pytest.raises(SweepError, match=r"configs\[0\]\.engine = 'vllm' is not valid; allowed: one of the "
-                                         r"registered engines: torch, onnxruntime"):
+                                         r"registered engines: torch, torch-static, torch-compile, onnxruntime"):
         load_sweep(write(tmp_path, data, '[[configs]]\nengine = "vllm"\n'))
     with pytest.raises(SweepError, match=r"reference\.engine = 'vllm'"):
         load_sweep(write(tmp_path, data, '[[configs]]\nengine = "fake"\n',
