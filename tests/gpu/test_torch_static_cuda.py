@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from testbed.config import EngineConfig
-from testbed.datasets import load_dataset
 from testbed.engines.registry import create_engine
 from testbed.metrics.accuracy import score
 
@@ -15,11 +14,6 @@ pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
 ]
-
-
-@pytest.fixture(scope="module")
-def sentences():
-    return load_dataset("test", limit=48)
 
 
 @pytest.fixture(scope="module")
