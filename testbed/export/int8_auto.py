@@ -16,16 +16,23 @@ refute the choice):
    ``k = 0..max_excluded``.  Each is decoded on ``dev_sentences`` dev sentences (batches of
    ``batch``, formed over the set sorted by length, as the sweep's Offline scenario does) and
    gated as the sweep gates (METRICS.md, :mod:`testbed.eval.gate`): dev BLEU >= ``gate_ratio`` x the
-   fp32 graphs' dev BLEU, output-length ratio within the bounds, and a ``pass`` verdict (the paired
-   bootstrap 95% interval of the BLEU difference lies above the threshold; ``bootstrap_samples=0``
-   keeps the point rule alone).  Per option pair, k grows until one passes (more
-   float MatMuls are never faster); the sensitivity ranking (step 2) is measured the first time a
-   candidate needs it, so a CPU on which every all-int8 option passes skips it.
+   fp32 graphs' dev BLEU and the output-length ratio within the bounds (MLPerf's rule), in every
+   batch composition.  The paired-bootstrap verdict on dev is recorded, not required: on the 600 dev
+   sentences its 95% interval (about +-0.3 BLEU) is wider than the gate's margin (0.28 BLEU), so a
+   ``pass`` verdict there only says which candidate was lucky on dev, and choosing by it picked
+   recipes the test set then called "within noise" (``bench/results/int8_auto_marian.md``).
+   Per option pair, k grows until one passes (more float MatMuls are never faster); the
+   sensitivity ranking (step 2) is measured the first time a candidate needs it, so a CPU on
+   which every all-int8 option passes skips it.  Each candidate's **fidelity** is its BLEU against
+   the fp32 graphs' own dev outputs: it measures only what quantization changed, so it varies far
+   less between sentence samples than BLEU against the references does.
 4. **Timing**: the passing candidates are timed side by side at batch 1 on 1 thread, interleaved
-   sentence by sentence over ``timing_sentences`` dev sentences; the fastest median wins (medians
-   within ``TIE`` of it count as ties, won by the candidate with the fewest fp32 groups, then the
-   option order: plain per-tensor first).  Without
-   any passing candidate the most accurate one is kept and the recipe says ``passed_dev: false``.
+   sentence by sentence over ``timing_sentences`` dev sentences.  Medians within ``TIE`` of the
+   fastest count as equally fast (timing noise); among those the **most faithful** wins (then the
+   fewest fp32 groups, then the option order).  On AVX2 without VNNI ``reduce_range`` keeps
+   ``vpmaddubsw`` from saturating and so tends to win here; on VNNI the full range is more exact.
+   Without any passing candidate the most accurate one is kept and the recipe says
+   ``passed_dev: false``.
 
 The recipe (options, excluded groups, every candidate's dev BLEU and timing, the ranking) goes into
 the artefact's manifest; the engine copies the recipe into each result row's signature.  The
@@ -48,7 +55,7 @@ from testbed.errors import ConfigError
 
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
-SEARCH_VERSION = 1
+SEARCH_VERSION = 2  # 2: the point gate on dev; ties on speed go to the most faithful
 OPTIONS = ((False, False), (True, False), (False, True), (True, True))  # (per_channel, reduce_range)
 ENV = "TESTBED_INT8_AUTO"
 TIE = 0.05  # medians within 5% of the fastest count as equally fast
@@ -212,8 +219,8 @@ def _bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 def _gate(outs: Sequence[tuple[str, int]], fp32: Sequence[tuple[str, int]], refs: Sequence[str],
           s: SearchSettings) -> dict[str, Any]:
-    """The sweep's gate and verdict (testbed.eval.gate, METRICS.md) on dev: passes only on a ``pass`` verdict."""
-    from testbed.eval.gate import PASS, gate, paired_bootstrap
+    """The sweep's gate (testbed.eval.gate, METRICS.md) on dev: the point rule decides; the verdict is recorded."""
+    from testbed.eval.gate import gate, paired_bootstrap
 
     hyps, base = [t for t, _ in outs], [t for t, _ in fp32]
     bleu, fp32_bleu = _bleu(hyps, refs), _bleu(base, refs)
@@ -222,8 +229,9 @@ def _gate(outs: Sequence[tuple[str, int]], fp32: Sequence[tuple[str, int]], refs
     g = gate(bleu, fp32_bleu, n / n32 if n32 else None, s.gate_ratio, (s.length_low, s.length_high), ci)
     return {"dev_bleu": round(bleu, 3), "pct_of_fp32": round(g["pct_of_fp32"], 2) if g["pct_of_fp32"] else None,
             "length_ratio": round(g["length_ratio"], 4) if g["length_ratio"] is not None else None,
+            "fidelity": round(_bleu(hyps, base), 3),
             "dev_delta_ci95": [round(x, 3) for x in ci] if ci else None, "dev_verdict": g["verdict"],
-            "passed_dev": g["verdict"] == PASS}
+            "passed_dev": bool(g["passed"])}
 
 
 class _Search:
@@ -284,10 +292,12 @@ class _Search:
             gates.append(_gate(outs, self.fp32, self.refs, self.s))
         res = {"per_channel": pc, "reduce_range": rr, "fp32_groups": list(excluded), **gates[0]}
         if len(gates) > 1:
-            res.update(passed_dev=all(g["passed_dev"] for g in gates), compositions=gates)
+            res.update(passed_dev=all(g["passed_dev"] for g in gates), compositions=gates,
+                       fidelity=round(min(g["fidelity"] for g in gates), 3))
         self.say(f"int8-auto candidate per_channel={pc} reduce_range={rr} fp32 groups [{', '.join(excluded)}]: "
                  f"dev BLEU {res['dev_bleu']:.2f} ({res['pct_of_fp32']}% of fp32), length ratio "
-                 f"{res['length_ratio']}, delta 95% CI {res['dev_delta_ci95']}: {res['dev_verdict']}"
+                 f"{res['length_ratio']}, fidelity {res['fidelity']:.2f}, delta 95% CI {res['dev_delta_ci95']} "
+                 f"({res['dev_verdict']}): {'passes' if res['passed_dev'] else 'fails'} the gate"
                  + (f"; verdicts over {len(gates)} batch compositions: {', '.join(g['dev_verdict'] for g in gates)}"
                     if len(gates) > 1 else ""))
         return res
@@ -311,6 +321,14 @@ class _Search:
             for e in engines:
                 e.close()
         return [statistics.median(m) for m in ms]
+
+
+def choose(pool: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The timed candidate to keep: within ``TIE`` of the fastest median (timing noise), the most faithful to
+    the fp32 outputs, then the fewest fp32 groups, then the first tried (the option order)."""
+    fastest = min(c["median_ms_batch1"] for c in pool)
+    ties = [c for c in pool if c["median_ms_batch1"] <= fastest * (1 + TIE)]
+    return min(ties, key=lambda c: (-c["fidelity"], len(c["fp32_groups"]), ties.index(c)))
 
 
 def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSettings, say: Say) -> dict[str, Any]:
@@ -341,15 +359,12 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
             c.update(median_ms_batch1=round(t, 3), ratio_to_fp32=round(t / times[-1], 3))
             say(f"int8-auto timing per_channel={c['per_channel']} reduce_range={c['reduce_range']} fp32 groups "
                 f"[{', '.join(c['fp32_groups'])}]: median {t:.2f} ms/sentence, {t / times[-1]:.2f}x fp32")
-        fastest = min(c["median_ms_batch1"] for c in pool)
-        # within TIE of the fastest: timing noise on a shared CPU; the plainest recipe wins (fewest fp32 groups)
-        chosen = next(c for c in sorted(pool, key=lambda c: len(c["fp32_groups"]))
-                      if c["median_ms_batch1"] <= fastest * (1 + TIE))
+        chosen = choose(pool)
         src = s.variant(chosen["per_channel"], chosen["reduce_range"], chosen["fp32_groups"])
         for g in ("encoder.onnx", "decoder.onnx"):
             shutil.copy2(src / g, out / g)
         recipe = {k: chosen[k] for k in ("per_channel", "reduce_range", "fp32_groups", "dev_bleu", "pct_of_fp32",
-                                         "length_ratio", "passed_dev")}
+                                         "length_ratio", "fidelity", "dev_verdict", "passed_dev")}
         return {"recipe": recipe, "fp32_dev_bleu": round(s.fp32_bleu, 3),
                 "sensitivity": sens if sens is not None else "not measured: no candidate needed a group in fp32",
                 "ranking": ranking,

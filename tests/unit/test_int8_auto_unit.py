@@ -82,3 +82,18 @@ def test_compositions_enter_the_key_only_when_not_the_default():
     assert search_key(parse_search("compositions=2"))["compositions"] == 2
     with pytest.raises(ConfigError, match="int8-auto compositions=0"):
         parse_search("compositions=0")
+
+
+def test_speed_ties_go_to_the_most_faithful_candidate_not_the_first():
+    from testbed.export.int8_auto import TIE, choose
+
+    def c(ms, fid, groups=()):
+        return {"median_ms_batch1": ms, "fidelity": fid, "fp32_groups": list(groups)}
+
+    plain, rr, slow = c(10.0, 90.0), c(10.0 * (1 + TIE / 2), 95.0), c(10.0 * (1 + 2 * TIE), 99.0)
+    assert choose([plain, rr, slow]) is rr  # rr ties on speed and is more faithful; slow is out of the tie
+    assert choose([plain, slow]) is plain
+    same = c(10.0, 95.0, ["lm_head"])
+    assert choose([same, rr]) is rr  # equal fidelity: fewer fp32 groups
+    first, second = c(10.0, 90.0), c(10.0, 90.0)
+    assert choose([first, second]) is first  # a full tie: the option order
