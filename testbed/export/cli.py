@@ -9,6 +9,15 @@ from pathlib import Path
 from testbed.config import DEFAULT_TRANSLATION_MODEL
 
 
+def _int8_auto_fields() -> list[str]:
+    """The search settings' names, from the dataclass (imports no ONNX tooling)."""
+    import dataclasses
+
+    from testbed.export.int8_auto import SearchSettings
+
+    return [f.name for f in dataclasses.fields(SearchSettings)]
+
+
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from testbed.export import FORMATS
 
@@ -22,8 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     x.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default: onnx)")
     x.add_argument("--precision", default="fp32", help="onnx: fp32, int8, int8-static, int8-auto, fp16 (default: fp32)")
     x.add_argument("--int8-auto", default=None, metavar="NAME=VALUE,...",
-                   help="int8-auto search settings (dev_sentences, sensitivity_sentences, timing_sentences, "
-                        "max_excluded, gate_ratio, batch, max_new_tokens, bootstrap_samples, length_low, length_high); "
+                   help=f"int8-auto search settings ({', '.join(_int8_auto_fields())}); "
                         "also read from TESTBED_INT8_AUTO")
     x.add_argument("--pruning", default="none", help="none (default), unstructured:S or structured:F")
     x.add_argument("--out", default=None, help="copy the artefact to this directory")

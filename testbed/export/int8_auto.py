@@ -21,9 +21,10 @@ refute the choice):
    sentences its 95% interval (about +-0.3 BLEU) is wider than the gate's margin (0.28 BLEU), so a
    ``pass`` verdict there only says which candidate was lucky on dev, and choosing by it picked
    recipes the test set then called "within noise" (``bench/results/int8_auto_marian.md``).
-   Per option pair, k grows until one passes (more float MatMuls are never faster); the
-   sensitivity ranking (step 2) is measured the first time a candidate needs it, so a CPU on
-   which every all-int8 option passes skips it.  Each candidate's **fidelity** is its BLEU against
+   Per option pair, k grows until one passes (more float MatMuls are never faster); an option
+   pair that passes with k = 0 also tries k = 1..``refine`` (a cheap group in fp32 may cost less
+   than timing noise and win back fidelity).  The sensitivity ranking (step 2) is measured the
+   first time a candidate needs it.  Each candidate's **fidelity** is its BLEU against
    the fp32 graphs' own dev outputs: it measures only what quantization changed, so it varies far
    less between sentence samples than BLEU against the references does.
 4. **Timing**: the passing candidates are timed side by side at batch 1 on 1 thread, interleaved
@@ -69,6 +70,9 @@ class SearchSettings:
     sensitivity_sentences: int = 160
     timing_sentences: int = 24
     max_excluded: int = 4
+    # per option pair that passes with no fp32 group: also try its `refine` most sensitive groups in fp32
+    # (cheap ones can tie on speed and be more faithful); 0 keeps the plain search
+    refine: int = 2
     gate_ratio: float = 0.99
     batch: int = 32
     max_new_tokens: int = 128  # the default sweep's
@@ -85,7 +89,7 @@ class SearchSettings:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ConfigError(f"int8-auto {name}", v, "a positive integer")
-        for name in ("max_excluded", "bootstrap_samples"):
+        for name in ("max_excluded", "bootstrap_samples", "refine"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"int8-auto {name}", v, "an integer >= 0")
@@ -350,6 +354,16 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
                 if tried[-1]["passed_dev"]:
                     k_max = k  # later options: more fp32 groups than a passing candidate would not be faster
                     break
+        # refine: an option pair that passes all-int8 also tries its most sensitive groups in fp32; one that
+        # costs less than TIE in speed and is more faithful wins the tie (timing decides below)
+        plain = [c for c in tried if c["passed_dev"] and not c["fp32_groups"]]
+        if plain and settings.refine:
+            if sens is None:
+                sens = s.sensitivity()
+                ranking = sorted(sens, key=lambda g: -sens[g])  # type: ignore[index]
+            for c in plain:
+                for k in range(1, min(settings.refine, len(ranking)) + 1):
+                    tried.append(s.candidate(c["per_channel"], c["reduce_range"], ranking[:k]))
         passing = [c for c in tried if c["passed_dev"]]
         pool = passing or [max(tried, key=lambda c: c["dev_bleu"])]
         if not passing:
