@@ -12,7 +12,9 @@ refute the choice):
    group left in fp32, and the greedy outputs on the first ``sensitivity_sentences`` dev sentences
    are scored with BLEU against the fp32 outputs (fidelity).  A group's sensitivity is the
    fidelity it wins back over the all-int8 graphs; groups are ranked by it.
-3. **Candidates**: ``{per_channel} x {reduce_range} x {the k most sensitive groups in fp32}``,
+3. **Candidates**: ``{scheme and options} x {the k most sensitive groups in fp32}``, where the
+   schemes are ONNX Runtime's dynamic int8 (``{per_channel} x {reduce_range}``) and 8-bit
+   weight-only ``MatMulNBits`` (blocks of ``WO_BLOCK`` along K: more exact, slower on the CPUs seen),
    ``k = 0..max_excluded``.  Each is decoded on ``dev_sentences`` dev sentences (batches of
    ``batch``, formed over the set sorted by length, as the sweep's Offline scenario does) and
    gated as the sweep gates (METRICS.md, :mod:`testbed.eval.gate`): dev BLEU >= ``gate_ratio`` x the
@@ -57,9 +59,16 @@ from testbed.errors import ConfigError
 log = logging.getLogger(__name__)
 Say = Callable[[str], None]
 SEARCH_VERSION = 2  # 2: the point gate on dev; ties on speed go to the most faithful
-OPTIONS = ((False, False), (True, False), (False, True), (True, True))  # (per_channel, reduce_range)
+# (scheme, per_channel, reduce_range): ONNX Runtime's dynamic int8 (weights and activations; one activation
+# scale per tensor and batch), then weight-only int8 (MatMulNBits: 8-bit weights in blocks of WO_BLOCK along K,
+# activations quantized per block at run time, accuracy_level 4) -- more exact, slower on CPUs measured so far
+OPTIONS = (("dynamic", False, False), ("dynamic", True, False), ("dynamic", False, True), ("dynamic", True, True),
+           ("weight-only", False, False))
+WO_BLOCK = 32
+Opt = tuple[str, bool, bool]
 ENV = "TESTBED_INT8_AUTO"
-TIE = 0.05  # medians within 5% of the fastest count as equally fast
+TIE = 0.10  # medians within 10% of the fastest count as equally fast (in one search on the shared 2-core CPU
+# three candidates with the same per-tensor kernels timed 15.3, 16.5 and 18.1 ms per sentence)
 
 
 @dataclass(frozen=True)
@@ -68,7 +77,7 @@ class SearchSettings:
 
     dev_sentences: int = 600
     sensitivity_sentences: int = 160
-    timing_sentences: int = 24
+    timing_sentences: int = 48
     max_excluded: int = 4
     # per option pair that passes with no fp32 group: also try its `refine` most sensitive groups in fp32
     # (cheap ones can tie on speed and be more faithful); 0 keeps the plain search
@@ -133,7 +142,7 @@ def search_key(settings: SearchSettings) -> dict[str, Any]:
     if d["compositions"] == 1:  # added after the first artefacts were built: the default keeps their key
         del d["compositions"]
     return {"version": SEARCH_VERSION, "dataset": "dev", **d, "int8_isa": int8_isa(),
-            "options": [list(o) for o in OPTIONS]}
+            "options": [list(o) for o in OPTIONS], "weight_only_block": WO_BLOCK}
 
 
 # --------------------------------------------------------------------------- MatMul groups
@@ -174,8 +183,8 @@ def matmul_groups(base: Path, meta: dict[str, Any]) -> dict[str, list[tuple[str,
 
 # --------------------------------------------------------------------------- variants
 def quantize_variant(base: Path, out: Path, groups: dict[str, list[tuple[str, str]]], excluded: Sequence[str],
-                     per_channel: bool, reduce_range: bool) -> Path:
-    """An artefact directory: the fp32 side files and both graphs, dynamic int8 but the ``excluded`` groups."""
+                     per_channel: bool, reduce_range: bool, scheme: str = "dynamic") -> Path:
+    """An artefact directory: the fp32 side files and both graphs, int8 (``scheme``) but the ``excluded`` groups."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out.mkdir(parents=True, exist_ok=True)
@@ -184,10 +193,25 @@ def quantize_variant(base: Path, out: Path, groups: dict[str, list[tuple[str, st
             shutil.copy2(f, out / f.name)
     for graph in ("encoder.onnx", "decoder.onnx"):
         keep = [node for g in excluded for gr, node in groups[g] if gr == graph]
-        quantize_dynamic(base / graph, out / graph, weight_type=QuantType.QInt8, per_channel=per_channel,
-                         reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=keep,
-                         extra_options={"MatMulConstBOnly": True})
+        if scheme == "weight-only":
+            _weight_only(base / graph, out / graph, keep)
+        else:
+            quantize_dynamic(base / graph, out / graph, weight_type=QuantType.QInt8, per_channel=per_channel,
+                             reduce_range=reduce_range, op_types_to_quantize=["MatMul", "Gemm"],
+                             nodes_to_exclude=keep, extra_options={"MatMulConstBOnly": True})
     return out
+
+
+def _weight_only(src: Path, dst: Path, exclude: Sequence[str]) -> None:
+    """8-bit weight-only MatMulNBits (blocks of WO_BLOCK along K; accuracy_level 4: int8 arithmetic)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    cfg = DefaultWeightOnlyQuantConfig(block_size=WO_BLOCK, is_symmetric=False, accuracy_level=4, bits=8)
+    q = MatMulNBitsQuantizer(onnx.load(str(src)), bits=8, block_size=WO_BLOCK, is_symmetric=False, accuracy_level=4,
+                             nodes_to_exclude=list(exclude), algo_config=cfg)
+    q.process()
+    q.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
 def _engine(art: Path, model: str, pruning: str, threads: int | None, max_new_tokens: int) -> Any:
@@ -251,7 +275,7 @@ class _Search:
         dev = load_dataset("dev", limit=settings.dev_sentences)
         self.texts = [ex.text or "" for ex in dev]
         self.refs = [ex.reference or "" for ex in dev]
-        self.dirs: dict[tuple[bool, bool, tuple[str, ...]], Path] = {}
+        self.dirs: dict[tuple[str, bool, bool, tuple[str, ...]], Path] = {}
         eng = _engine(base, model, pruning, None, settings.max_new_tokens)
         try:
             self.fp32 = decode_dev(eng, self.texts, settings.batch)
@@ -261,15 +285,15 @@ class _Search:
         say(f"int8-auto: fp32 dev BLEU {self.fp32_bleu:.2f} on {len(self.texts)} sentences; "
             f"{len(self.groups)} MatMul groups: {', '.join(self.groups)}")
 
-    def variant(self, pc: bool, rr: bool, excluded: Sequence[str]) -> Path:
-        key = (pc, rr, tuple(sorted(excluded)))
+    def variant(self, opt: Opt, excluded: Sequence[str]) -> Path:
+        key = (*opt, tuple(sorted(excluded)))
         if key not in self.dirs:
             self.dirs[key] = quantize_variant(self.base, self.work / f"v{len(self.dirs)}", self.groups, excluded,
-                                              pc, rr)
+                                              opt[1], opt[2], opt[0])
         return self.dirs[key]
 
-    def outputs(self, pc: bool, rr: bool, excluded: Sequence[str], n: int, shift: int = 0) -> list[tuple[str, int]]:
-        eng = _engine(self.variant(pc, rr, excluded), self.model, self.pruning, None, self.s.max_new_tokens)
+    def outputs(self, opt: Opt, excluded: Sequence[str], n: int, shift: int = 0) -> list[tuple[str, int]]:
+        eng = _engine(self.variant(opt, excluded), self.model, self.pruning, None, self.s.max_new_tokens)
         try:
             return decode_dev(eng, self.texts[:n], self.s.batch, shift)
         finally:
@@ -279,26 +303,27 @@ class _Search:
         """Fidelity (BLEU against the fp32 outputs) won back by keeping each group alone in fp32."""
         n = min(self.s.sensitivity_sentences, len(self.texts))
         ref = [t for t, _ in self.fp32[:n]]
-        base = _bleu([t for t, _ in self.outputs(False, False, [], n)], ref)
+        base = _bleu([t for t, _ in self.outputs(OPTIONS[0], [], n)], ref)
         self.say(f"int8-auto sensitivity: all int8: fidelity {base:.2f} (BLEU vs fp32 outputs, {n} dev sentences)")
         sens = {}
         for i, g in enumerate(self.groups, 1):
-            fid = _bleu([t for t, _ in self.outputs(False, False, [g], n)], ref)
+            fid = _bleu([t for t, _ in self.outputs(OPTIONS[0], [g], n)], ref)
             sens[g] = round(fid - base, 3)
             self.say(f"int8-auto sensitivity [{i}/{len(self.groups)}] {g} in fp32: fidelity {fid:.2f} "
                      f"({sens[g]:+.2f})")
         return sens
 
-    def candidate(self, pc: bool, rr: bool, excluded: Sequence[str]) -> dict[str, Any]:
+    def candidate(self, opt: Opt, excluded: Sequence[str]) -> dict[str, Any]:
         gates = []
         for c in range(self.s.compositions):  # the fp32 graphs are batch-invariant: one reference serves all
-            outs = self.outputs(pc, rr, excluded, len(self.texts), c * self.s.batch // self.s.compositions)
+            outs = self.outputs(opt, excluded, len(self.texts), c * self.s.batch // self.s.compositions)
             gates.append(_gate(outs, self.fp32, self.refs, self.s))
-        res = {"per_channel": pc, "reduce_range": rr, "fp32_groups": list(excluded), **gates[0]}
+        res = {"scheme": opt[0], "per_channel": opt[1], "reduce_range": opt[2], "fp32_groups": list(excluded),
+               **gates[0]}
         if len(gates) > 1:
             res.update(passed_dev=all(g["passed_dev"] for g in gates), compositions=gates,
                        fidelity=round(min(g["fidelity"] for g in gates), 3))
-        self.say(f"int8-auto candidate per_channel={pc} reduce_range={rr} fp32 groups [{', '.join(excluded)}]: "
+        self.say(f"int8-auto candidate {describe(res)}: "
                  f"dev BLEU {res['dev_bleu']:.2f} ({res['pct_of_fp32']}% of fp32), length ratio "
                  f"{res['length_ratio']}, fidelity {res['fidelity']:.2f}, delta 95% CI {res['dev_delta_ci95']} "
                  f"({res['dev_verdict']}): {'passes' if res['passed_dev'] else 'fails'} the gate"
@@ -308,7 +333,7 @@ class _Search:
 
     def time(self, cands: Sequence[dict[str, Any]]) -> list[float]:
         """Median ms per sentence at batch 1, 1 thread, interleaved sentence by sentence (fp32 last, for a ratio)."""
-        arts = [self.variant(c["per_channel"], c["reduce_range"], c["fp32_groups"]) for c in cands] + [self.base]
+        arts = [self.variant(option(c), c["fp32_groups"]) for c in cands] + [self.base]
         engines = [_engine(a, self.model, self.pruning, 1, self.s.max_new_tokens) for a in arts]
         texts = self.texts[: self.s.timing_sentences]
         ms: list[list[float]] = [[] for _ in engines]
@@ -325,6 +350,15 @@ class _Search:
             for e in engines:
                 e.close()
         return [statistics.median(m) for m in ms]
+
+
+def option(c: dict[str, Any]) -> Opt:
+    return (c["scheme"], c["per_channel"], c["reduce_range"])
+
+
+def describe(c: dict[str, Any]) -> str:
+    opts = "" if c["scheme"] == "weight-only" else f" per_channel={c['per_channel']} reduce_range={c['reduce_range']}"
+    return f"{c['scheme']}{opts} fp32 groups [{', '.join(c['fp32_groups'])}]"
 
 
 def choose(pool: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -345,12 +379,12 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
         ranking: list[str] = []
         tried: list[dict[str, Any]] = []
         k_max = min(settings.max_excluded, len(s.groups))
-        for pc, rr in OPTIONS:
+        for opt in OPTIONS:
             for k in range(k_max + 1):
                 if k and sens is None:
                     sens = s.sensitivity()
                     ranking = sorted(sens, key=lambda g: -sens[g])  # type: ignore[index]
-                tried.append(s.candidate(pc, rr, ranking[:k]))
+                tried.append(s.candidate(opt, ranking[:k]))
                 if tried[-1]["passed_dev"]:
                     k_max = k  # later options: more fp32 groups than a passing candidate would not be faster
                     break
@@ -363,7 +397,7 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
                 ranking = sorted(sens, key=lambda g: -sens[g])  # type: ignore[index]
             for c in plain:
                 for k in range(1, min(settings.refine, len(ranking)) + 1):
-                    tried.append(s.candidate(c["per_channel"], c["reduce_range"], ranking[:k]))
+                    tried.append(s.candidate(option(c), ranking[:k]))
         passing = [c for c in tried if c["passed_dev"]]
         pool = passing or [max(tried, key=lambda c: c["dev_bleu"])]
         if not passing:
@@ -371,14 +405,13 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
         times = s.time(pool)
         for c, t in zip(pool, times):
             c.update(median_ms_batch1=round(t, 3), ratio_to_fp32=round(t / times[-1], 3))
-            say(f"int8-auto timing per_channel={c['per_channel']} reduce_range={c['reduce_range']} fp32 groups "
-                f"[{', '.join(c['fp32_groups'])}]: median {t:.2f} ms/sentence, {t / times[-1]:.2f}x fp32")
+            say(f"int8-auto timing {describe(c)}: median {t:.2f} ms/sentence, {t / times[-1]:.2f}x fp32")
         chosen = choose(pool)
-        src = s.variant(chosen["per_channel"], chosen["reduce_range"], chosen["fp32_groups"])
+        src = s.variant(option(chosen), chosen["fp32_groups"])
         for g in ("encoder.onnx", "decoder.onnx"):
             shutil.copy2(src / g, out / g)
-        recipe = {k: chosen[k] for k in ("per_channel", "reduce_range", "fp32_groups", "dev_bleu", "pct_of_fp32",
-                                         "length_ratio", "fidelity", "dev_verdict", "passed_dev")}
+        recipe = {k: chosen[k] for k in ("scheme", "per_channel", "reduce_range", "fp32_groups", "dev_bleu",
+                                         "pct_of_fp32", "length_ratio", "fidelity", "dev_verdict", "passed_dev")}
         return {"recipe": recipe, "fp32_dev_bleu": round(s.fp32_bleu, 3),
                 "sensitivity": sens if sens is not None else "not measured: no candidate needed a group in fp32",
                 "ranking": ranking,

@@ -57,18 +57,20 @@ def test_a_permissive_gate_takes_the_fastest_all_int8_option(marian, cache):
                       int8_auto=SearchSettings(gate_ratio=0.0, length_low=0.01, length_high=100.0, **SMALL))
     auto = _manifest(art)["int8_auto"]
     tried = auto["candidates"]
-    options = [(False, False), (True, False), (False, True), (True, True)]
+    options = [("dynamic", False, False), ("dynamic", True, False), ("dynamic", False, True), ("dynamic", True, True),
+               ("weight-only", False, False)]
     r = auto["ranking"]  # every option passes all-int8, so each is refined with its 1 and 2 most sensitive groups
     assert sorted(r) == sorted(auto["sensitivity"]) and len(r) == 11
-    assert [(c["per_channel"], c["reduce_range"], c["fp32_groups"]) for c in tried] == (
+    assert [(c["scheme"], c["per_channel"], c["reduce_range"], c["fp32_groups"]) for c in tried] == (
         [(*o, []) for o in options] + [(*o, r[:k]) for o in options for k in (1, 2)])
     assert all(c["passed_dev"] for c in tried)
     fastest = min(c["median_ms_batch1"] for c in tried)
     ties = [c for c in tried if c["median_ms_batch1"] <= fastest * (1 + TIE)]  # timing noise: the most faithful wins
     best = max(c["fidelity"] for c in ties)
     assert auto["recipe"]["fidelity"] == best
-    assert [auto["recipe"][k] for k in ("per_channel", "reduce_range", "fp32_groups")] == next(
-        [c[k] for k in ("per_channel", "reduce_range", "fp32_groups")] for c in sorted(
+    keys = ("scheme", "per_channel", "reduce_range", "fp32_groups")
+    assert [auto["recipe"][k] for k in keys] == next(
+        [c[k] for k in keys] for c in sorted(
             ties, key=lambda c: len(c["fp32_groups"])) if c["fidelity"] == best)
     assert auto["recipe"]["passed_dev"]
     for c in tried:  # fidelity: BLEU against the fp32 graphs' own dev outputs
