@@ -11,8 +11,10 @@ interval of BLEU - fp32, 1000 samples).  The fp32 graphs give the same test outp
     python bench/int8_auto.py --ranking dec1.cross_attn,enc0.ffn,dec1.self_attn \\
         --candidates ff0,tf0,ft0,tt0,ff1,tf1,ff2 --out bench/results/int8_auto_marian.md
 
-A candidate ``xyk``: x = per-channel (t/f), y = reduced range (t/f), k = the first k groups of
-``--ranking`` (the sensitivity ranking the search measured) kept in fp32.
+A candidate ``xyk``: dynamic int8, x = per-channel (t/f), y = reduced range (t/f), k = the first k
+groups of ``--ranking`` (the sensitivity ranking the search measured) kept in fp32; ``wk``: 8-bit
+weight-only MatMulNBits (the search's ``weight-only`` scheme) with the first k groups in fp32.
+Fidelity = BLEU against the fp32 graphs' outputs.
 """
 
 from __future__ import annotations
@@ -62,28 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="int8auto-"))
     try:
         for i, c in enumerate(args.candidates.split(",")):
-            pc, rr, k = c[0] == "t", c[1] == "t", int(c[2:])
-            art = quantize_variant(base, work / f"v{i}", groups, ranking[:k], pc, rr)
+            if c[0] == "w":
+                scheme, pc, rr, k = "weight-only", False, False, int(c[1:])
+            else:
+                scheme, pc, rr, k = "dynamic", c[0] == "t", c[1] == "t", int(c[2:])
+            art = quantize_variant(base, work / f"v{i}", groups, ranking[:k], pc, rr, scheme)
             outs = run(art)
             res = {name: _gate(outs[name], fp32[name], refs[name], s) for name in texts}
-            rows.append((pc, rr, ranking[:k], res))
+            rows.append((scheme, pc, rr, ranking[:k], res))
             print(c, json.dumps(res), file=sys.stderr, flush=True)
             shutil.rmtree(art)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     fp32_bleu = {k: _gate(fp32[k], fp32[k], refs[k], SearchSettings(bootstrap_samples=0))["dev_bleu"] for k in texts}
-    lines = [f"# int8-auto candidates on dev and test ({MODEL}, ONNX Runtime dynamic int8)", "",
+    lines = [f"# int8-auto candidates on dev and test ({MODEL}, ONNX Runtime int8)", "",
              f"fp32 graphs: dev BLEU {fp32_bleu['dev']:.2f} ({len(texts['dev'])} sentences), test BLEU "
              f"{fp32_bleu['test']:.2f} ({len(texts['test'])}); gate: BLEU >= 0.99 x fp32, length ratio in [0.9, 1.1], "
              "verdict from the paired-bootstrap 95% interval of BLEU - fp32 (testbed.eval.gate).", "",
-             "| per-channel | reduced range | groups kept in fp32 | dev BLEU (% of fp32) | dev ΔBLEU 95% CI | "
-             "dev verdict | test BLEU (% of fp32) | test ΔBLEU 95% CI | test verdict |",
-             "|---|---|---|---:|---:|---|---:|---:|---|"]
-    for pc, rr, kept, res in rows:
+             "| scheme | per-channel | reduced range | groups kept in fp32 | dev BLEU (% of fp32) | dev fidelity | "
+             "dev ΔBLEU 95% CI | dev verdict | test BLEU (% of fp32) | test fidelity | test ΔBLEU 95% CI | "
+             "test verdict |",
+             "|---|---|---|---|---:|---:|---:|---|---:|---:|---:|---|"]
+    for scheme, pc, rr, kept, res in rows:
         d, t = res["dev"], res["test"]
-        lines.append(f"| {pc} | {rr} | {', '.join(kept) or '-'} | {d['dev_bleu']:.2f} ({d['pct_of_fp32']}) | "
-                     f"{d['dev_delta_ci95']} | {d['dev_verdict']} | {t['dev_bleu']:.2f} ({t['pct_of_fp32']}) | "
-                     f"{t['dev_delta_ci95']} | {t['dev_verdict']} |")
+        opts = "- | -" if scheme == "weight-only" else f"{pc} | {rr}"
+        lines.append(f"| {scheme} | {opts} | {', '.join(kept) or '-'} | {d['dev_bleu']:.2f} ({d['pct_of_fp32']}) | "
+                     f"{d['fidelity']:.2f} | {d['dev_delta_ci95']} | {d['dev_verdict']} | {t['dev_bleu']:.2f} "
+                     f"({t['pct_of_fp32']}) | {t['fidelity']:.2f} | {t['dev_delta_ci95']} | {t['dev_verdict']} |")
     cmd = "python bench/int8_auto.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = "\n".join(lines) + "\n"
     if args.out:
