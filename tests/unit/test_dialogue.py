@@ -90,6 +90,8 @@ def test_shipped_dialogue_sweep_validates_and_names_smollm2_for_one_row():
     assert sweep.model == "chitchat-bbs-10m" and sweep.dataset == "chat" and sweep.has_references
     others = [c for c in sweep.configs if c.model]
     assert [c.model for c in others] == ["smollm2-135m-instruct"]
+    own = {(c.engine, c.precision) for c in sweep.configs if not c.model}  # every engine runs the dialogue model
+    assert {("onnxruntime", "fp32"), ("onnxruntime", "int8"), ("ctranslate2", "int8"), ("torch", "int8")} <= own
     assert others[0].engine_config(sweep.model, 32).model == "smollm2-135m-instruct"
     assert sweep.reference.model == "" and sweep.reference.engine_config(sweep.model, 32).model == "chitchat-bbs-10m"
     assert others[0].label().startswith("smollm2-135m-instruct:torch/fp32/")
