@@ -1,10 +1,10 @@
 """int8-auto end to end on a tiny random-weight Marian checkpoint (tests/tiny_checkpoints.py).
 
 What the arithmetic guarantees, and nothing about int8 tokens (they differ between CPUs): the search
-ends on a candidate that passes the gate it was given (the point rule on dev; ties on speed go to the
-candidate most faithful to the fp32 outputs) (keeping every group in fp32 reproduces the
-fp32 graphs, which pass any gate with ratio <= 1), the candidates follow the measured ranking, and
-the chosen recipe is in the manifest and in the engine's signature.
+ends on a candidate that passes the gate it was given (a ``pass`` verdict on dev in every batch
+composition; ties on speed go to the candidate most faithful to the fp32 outputs; keeping every group
+in fp32 reproduces the fp32 graphs, which pass any gate with ratio <= 1), the candidates follow the
+measured ranking, and the chosen recipe is in the manifest and in the engine's signature.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def test_a_strict_gate_ends_on_a_passing_candidate_in_ranking_order_and_the_sign
     from testbed.engines.registry import create_engine
 
     # exact length and BLEU >= fp32: all-int8 may or may not pass; the all-fp32 end always does
-    # in two batch compositions (the fp32 outputs are batch-invariant, so the all-fp32 end passes both)
+    # in both batch compositions (the fp32 outputs are batch-invariant, so the all-fp32 end passes both)
     monkeypatch.setenv("TESTBED_INT8_AUTO", "gate_ratio=1.0,length_low=1.0,length_high=1.0,max_excluded=11,"
                        "compositions=2,"
                        + ",".join(f"{k}={v}" for k, v in SMALL.items()))
@@ -97,13 +97,7 @@ def test_a_strict_gate_ends_on_a_passing_candidate_in_ranking_order_and_the_sign
             assert c["fp32_groups"] == auto["ranking"][: len(c["fp32_groups"])]
             assert len(c["compositions"]) == 2
             # the point rule decides (BLEU >= fp32's and the exact length here); the verdict is only recorded
-            assert c["passed_dev"] == all(g["passed_dev"] for g in c["compositions"])
-            fp32 = auto["fp32_dev_bleu"]  # both rounded to 3 decimals: equal ones may go either way
-            for g in c["compositions"]:
-                if g["passed_dev"]:
-                    assert g["length_ratio"] == 1.0 and g["dev_bleu"] >= fp32
-                else:
-                    assert g["length_ratio"] != 1.0 or g["dev_bleu"] <= fp32
+            assert c["passed_dev"] == all(g["dev_verdict"] == "pass" for g in c["compositions"])
             assert c["fidelity"] == min(g["fidelity"] for g in c["compositions"])
         if any(c["fp32_groups"] for c in auto["candidates"]):
             assert sorted(auto["ranking"]) == sorted(auto["sensitivity"])

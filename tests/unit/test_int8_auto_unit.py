@@ -77,9 +77,12 @@ def test_batch_compositions_shift_the_batch_boundaries_and_keep_every_sentence_o
     assert shifted.batches[0] == sorted(texts, key=len)[:16]
 
 
-def test_compositions_enter_the_key_only_when_not_the_default():
-    assert "compositions" not in search_key(SearchSettings())
-    assert search_key(parse_search("compositions=2"))["compositions"] == 2
+def test_compositions_and_the_weight_only_block_enter_the_key():
+    key = search_key(SearchSettings())
+    assert key["compositions"] == 2 and key["version"] == 2 and key["weight_only_block"] == 32
+    assert ["weight-only", False, False] in key["options"]
+    assert search_key(parse_search("compositions=3"))["compositions"] == 3
+    assert search_key(parse_search("refine=0")) != key
     with pytest.raises(ConfigError, match="int8-auto compositions=0"):
         parse_search("compositions=0")
 
