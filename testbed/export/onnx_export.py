@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.artifacts import ArtifactError, build
+from testbed.engines.onnxruntime.contract import CROSS, DECODER, ENCODER, LOGITS, META, PAST, PRESENT
 from testbed.errors import ConfigError
 from testbed.export.greedy_head import VERSION as GREEDY_HEAD_VERSION
 from testbed.export.int8_auto import ENV as INT8_AUTO_ENV
@@ -207,9 +208,9 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
     meta = _meta(model, src)
     n, h, d = meta["num_layers"], meta["kv_heads"], meta["head_dim"]
     kv = [f"{p}.{i}" for i in range(n) for p in ("k", "v")]
-    past = [f"past_{x}" for x in kv]
-    present = [f"present_{x}" for x in kv]
-    cross = [f"cross_{x}" for x in kv]
+    past = [PAST + x for x in kv]
+    present = [PRESENT + x for x in kv]
+    cross = [CROSS + x for x in kv]
     b, t = 2, 3
     _, enc_graph, dec_graph = GRAPHS[meta["model_type"]]
     if meta["architecture"] == "seq2seq":
@@ -218,39 +219,39 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
         ids = torch.randint(1, 100, (b, s))
         mask = torch.ones((b, s), dtype=torch.long)
         mask[1, -2:] = 0
-        _export(graph_class(enc_graph)(model), (ids, mask), out / "encoder.onnx", ["input_ids", "attention_mask"],
+        _export(graph_class(enc_graph)(model), (ids, mask), out / ENCODER, ["input_ids", "attention_mask"],
                 ["encoder_bias", *cross],
                 {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
                  "encoder_bias": {0: "batch", 3: "src"},
-                 **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
+                 **{c: {0: "batch", 3 if c.startswith(CROSS + "k") else 2: "src"} for c in cross}})
         enc_bias = torch.zeros((b, 1, 1, s))
         pasts = [torch.randn(b, h, t, d) for _ in past]
-        crosses = [torch.randn(b, h, d, s) if c.startswith("cross_k") else torch.randn(b, h, s, d) for c in cross]
+        crosses = [torch.randn(b, h, d, s) if c.startswith(CROSS + "k") else torch.randn(b, h, s, d) for c in cross]
         pos_ids = torch.full((b, 1), t, dtype=torch.long)
         self_bias = torch.zeros((b, 1, 1, t + 1))
         _export(graph_class(dec_graph)(model),
                 (torch.randint(1, 100, (b, 1)), pos_ids, self_bias, enc_bias, *pasts, *crosses),
-                out / "decoder.onnx", ["input_ids", "position_ids", "self_bias", "encoder_bias", *past, *cross],
-                ["logits", *present],
+                out / DECODER, ["input_ids", "position_ids", "self_bias", "encoder_bias", *past, *cross],
+                [LOGITS, *present],
                 {"input_ids": {0: "batch"}, "position_ids": {0: "batch"}, "self_bias": {0: "batch", 3: "total"},
-                 "encoder_bias": {0: "batch", 3: "src"}, "logits": {0: "batch"},
+                 "encoder_bias": {0: "batch", 3: "src"}, LOGITS: {0: "batch"},
                  **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present},
-                 **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
+                 **{c: {0: "batch", 3 if c.startswith(CROSS + "k") else 2: "src"} for c in cross}})
     else:
         length = 4
         ids = torch.randint(1, 100, (b, length))
         mask = torch.ones((b, t + length), dtype=torch.long)
         pos = torch.arange(t, t + length).unsqueeze(0).expand(b, length).contiguous()
         pasts = [torch.randn(b, h, t, d) for _ in past]
-        _export(graph_class(dec_graph)(model), (ids, mask, pos, *pasts), out / "decoder.onnx",
-                ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present],
+        _export(graph_class(dec_graph)(model), (ids, mask, pos, *pasts), out / DECODER,
+                ["input_ids", "attention_mask", "position_ids", *past], [LOGITS, *present],
                 {"input_ids": {0: "batch", 1: "new"}, "attention_mask": {0: "batch", 1: "total"},
-                 "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"},
+                 "position_ids": {0: "batch", 1: "new"}, LOGITS: {0: "batch"},
                  **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present}})
     # the greedy choice inside the decoder graph, before any quantization (testbed.export.greedy_head)
     from testbed.export.greedy_head import head_file
 
-    meta["greedy_head"] = head_file(out / "decoder.onnx", meta["banned"], meta["eos_token_ids"], meta["vocab_size"])
+    meta["greedy_head"] = head_file(out / DECODER, meta["banned"], meta["eos_token_ids"], meta["vocab_size"])
     _write_side_files(src, out, {**meta, "precision": "fp32"})
     report = validate(out, src, model=model.eval(), strict=True)
     say(f"validated fp32 export: {report}")
@@ -262,17 +263,17 @@ def _write_side_files(src: Path, out: Path, meta: dict[str, Any]) -> None:
     for f in src.iterdir():
         if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.suffix != ".md" and f.name != "manifest.json":
             shutil.copy2(f, out / f.name)
-    (out / "onnx_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- precisions
 def _graphs(d: Path) -> list[str]:
-    return [g for g in ("encoder.onnx", "decoder.onnx") if (d / g).is_file()]
+    return [g for g in (ENCODER, DECODER) if (d / g).is_file()]
 
 
 def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
                      auto: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
-    meta = json.loads((base / "onnx_config.json").read_text())
+    meta = json.loads((base / META).read_text())
     for f in base.iterdir():
         if f.is_file() and f.suffix != ".onnx" and f.name != "manifest.json":
             shutil.copy2(f, out / f.name)
@@ -296,7 +297,7 @@ def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
             say(f"fp16 conversion of {g} ...")
             m = convert_float_to_float16(onnx.load(str(base / g)), keep_io_types=False)
             onnx.save(m, str(out / g))
-    (out / "onnx_config.json").write_text(json.dumps({**meta, "precision": precision}, indent=2) + "\n")
+    (out / META).write_text(json.dumps({**meta, "precision": precision}, indent=2) + "\n")
     extra["quantized_matmuls"] = _count_ops(out)
     if precision == "fp16":
         extra["validation"] = validate_if_possible(out, src)
@@ -333,7 +334,7 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
     tok = AutoTokenizer.from_pretrained(base)
     texts = [ex.text or "" for ex in load_dataset("dev", limit=CALIB_SENTENCES[family])]
     m = OrtModel(base, SessionSettings())
-    feeds: dict[str, list[dict[str, Any]]] = {"encoder.onnx": [], "decoder.onnx": []}
+    feeds: dict[str, list[dict[str, Any]]] = {ENCODER: [], DECODER: []}
     # record the decoder's numpy inputs by wrapping its step
     orig_step = m._step
 
@@ -344,7 +345,7 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
         feed = {k: host(v) for k, v in fixed.items() if k != "input_ids"}
         feed.update({k: np.array(v) for k, v in inputs.items()})
         feed.update({n: host(p) for n, p in zip(m.past_names, past)})
-        feeds["decoder.onnx"].append(feed)
+        feeds[DECODER].append(feed)
         return orig_step(fixed, inputs, past, **kw)
 
     m._step = recording_step  # type: ignore[method-assign]
@@ -357,7 +358,7 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
             ids = ids[:positions] if family == "seq2seq" else ids[-(positions - steps):]
         a, mask = pad_batch([list(ids)], meta["pad_token_id"] or 0, left=family != "seq2seq")
         if family == "seq2seq":
-            feeds["encoder.onnx"].append({"input_ids": a, "attention_mask": mask})
+            feeds[ENCODER].append({"input_ids": a, "attention_mask": mask})
         for i, nxt in enumerate(m.greedy(a, mask, steps, meta["banned"])):
             if isinstance(nxt, str):
                 continue
@@ -461,7 +462,7 @@ def validate(art: Path, src: Path, model: Any = None, strict: bool = False, step
 
     from testbed.engines.onnxruntime.runner import OrtModel, SessionSettings
 
-    meta = json.loads((art / "onnx_config.json").read_text())
+    meta = json.loads((art / META).read_text())
     family = meta["architecture"]
     model = model if model is not None else _load_torch(src)
     tok = AutoTokenizer.from_pretrained(src)
