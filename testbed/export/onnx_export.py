@@ -497,8 +497,3 @@ def validate_if_possible(art: Path, src: Path) -> dict[str, Any]:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return {"skipped": "fp16 graphs are validated on a CUDA provider; none is available here"}
     return {"skipped": "validated by the engine's gpu tests (tests/integration/test_onnxruntime_engine.py -m gpu)"}
-
-
-def export_cached(model: str, precision: str, pruning: str, force: bool) -> Path:
-    """The ``onnx`` entry of :data:`testbed.export.FORMATS`."""
-    return ensure_onnx(model, precision, pruning, force=force)
