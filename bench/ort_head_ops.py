@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from testbed.clock import thread_cpu_ns
+from testbed.engines.onnxruntime.contract import LOGITS, NEXT_IDS, NO_EOS
 from testbed.export.greedy_head import add_greedy_head
 from testbed.io import write_text_atomic
 from testbed.signature import git_sha, result_header
@@ -33,10 +34,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def _graph(vocab: int, argmax_only: bool = False) -> Any:
     from onnx import TensorProto, helper
 
-    node = (helper.make_node("ArgMax", ["x"], ["next_ids"], axis=1, keepdims=0) if argmax_only
-            else helper.make_node("Identity", ["x"], ["logits"]))
-    out = (helper.make_tensor_value_info("next_ids", TensorProto.INT64, ["batch"]) if argmax_only
-           else helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", vocab]))
+    node = (helper.make_node("ArgMax", ["x"], [NEXT_IDS], axis=1, keepdims=0) if argmax_only
+            else helper.make_node("Identity", ["x"], [LOGITS]))
+    out = (helper.make_tensor_value_info(NEXT_IDS, TensorProto.INT64, ["batch"]) if argmax_only
+           else helper.make_tensor_value_info(LOGITS, TensorProto.FLOAT, ["batch", vocab]))
     g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", vocab])], [out])
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
@@ -57,18 +58,18 @@ def measure(vocab: int, batch: int, reps: int, rounds: int) -> dict[str, list[in
     no_eos = np.zeros(batch, dtype=bool)
 
     def numpy_path() -> Any:
-        logits = plain.run(["logits"], {"x": x})[0]
+        logits = plain.run([LOGITS], {"x": x})[0]
         logits[:, banned] = -np.inf
         return logits.argmax(-1)
 
     calls = {
         "logits out + numpy": numpy_path,
-        "head (next_ids)": lambda: head.run(["next_ids"], {"x": x, "no_eos": no_eos}),
-        "head graph, logits fetched": lambda: head.run(["logits"], {"x": x, "no_eos": no_eos}),
-        "ArgMax alone (ORT)": lambda: argmax.run(["next_ids"], {"x": x}),
+        "head (next_ids)": lambda: head.run([NEXT_IDS], {"x": x, NO_EOS: no_eos}),
+        "head graph, logits fetched": lambda: head.run([LOGITS], {"x": x, NO_EOS: no_eos}),
+        "ArgMax alone (ORT)": lambda: argmax.run([NEXT_IDS], {"x": x}),
         "numpy argmax alone": lambda: x.argmax(-1),
     }
-    assert np.array_equal(numpy_path(), head.run(["next_ids"], {"x": x, "no_eos": no_eos})[0])
+    assert np.array_equal(numpy_path(), head.run([NEXT_IDS], {"x": x, NO_EOS: no_eos})[0])
     times: dict[str, list[int]] = {k: [] for k in calls}
     for _ in range(rounds):
         for name, f in calls.items():

@@ -3,7 +3,7 @@
 Variants of the ``onnxruntime`` engine on the same artefact (same weights), batch 1, 1 thread:
 
 * ``before``: the engine's CPU default, the decoder graph with the head stripped from the session
-  (:func:`testbed.export.greedy_head.strip_greedy_head`): the step returns the (1, V) logits, numpy
+  (:func:`testbed.engines.onnxruntime.runner.strip_greedy_head`): the step returns the (1, V) logits, numpy
   masks the banned ids and takes the argmax (the graph and choice of the code before the head);
 * ``head``: the step returns ``next_ids`` from the graph; the logits are never copied out;
 * ``head+iobinding``: the same through an IO binding (cache tensors stay OrtValues between steps).

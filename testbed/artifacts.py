@@ -10,12 +10,19 @@ file's hash; a corrupt or mismatched artefact is rebuilt (with a warning), never
 Builds run in a temporary sibling directory under a lock and are renamed into place, so a
 killed build leaves nothing that looks finished.  :func:`export_to` copies an artefact to a
 user-chosen directory and refuses to overwrite one without ``force``.
+
+Who builds what: :data:`BUILDERS` names each builder (``onnx``: the ONNX exporter,
+``ctranslate2``: the CTranslate2 converter) and where it lives; :func:`ensure` dispatches to it,
+importing it only then.  An engine declares the builder of its artefact
+(``Engine.artifact_builder``) and gets the artefact through :func:`ensure`, so no engine imports
+the exporter (which itself uses an engine's runtime to validate what it built).
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -26,10 +33,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from testbed.errors import TestbedError
+from testbed.errors import ConfigError, TestbedError
 from testbed.io import write_json_atomic
 
 MANIFEST = "manifest.json"
+
+# builder name -> "module:function", a function (model_info, precision, pruning, *, force=False,
+# root=None, log=None) -> the artefact's directory, built on first use (imported by :func:`builder`)
+BUILDERS: dict[str, str] = {
+    "onnx": "testbed.export.onnx_export:ensure_onnx",
+    "ctranslate2": "testbed.engines.ctranslate2.convert:ct2_model_dir",
+}
 
 
 class ArtifactError(TestbedError):
@@ -143,6 +157,23 @@ def build(
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return d
+
+
+def builder(name: str) -> Callable[..., Path]:
+    """The builder function registered as ``name`` in :data:`BUILDERS` (its module imported now)."""
+    target = BUILDERS.get(name)
+    if target is None:
+        raise ConfigError("format", name, ", ".join(BUILDERS))
+    mod, fn = target.split(":")
+    f: Callable[..., Path] = getattr(importlib.import_module(mod), fn)
+    return f
+
+
+def ensure(name: str, model_info: Any, precision: str, pruning: str = "none", **kw: Any) -> Path:
+    """The artefact of ``model_info`` (a :class:`testbed.registry.ModelInfo`) for ``precision`` and
+    ``pruning``, built by the builder ``name`` on first use and reused after (``kw``: ``force``,
+    ``root``, ``log``, or a builder's own options)."""
+    return builder(name)(model_info, precision, pruning, **kw)
 
 
 def export_to(src: Path, dest: Path, force: bool = False) -> Path:

@@ -15,6 +15,11 @@ An engine implements these hooks and declares its :class:`Capabilities`:
   has one (the default drives ``_open_batch`` to the end);
 * ``_close()``: free resources.
 
+An engine that runs a built artefact (exported graphs, a converted model) names its builder in
+``artifact_builder`` (a key of :data:`testbed.artifacts.BUILDERS`) and calls :meth:`Engine._artifact`
+in ``_load``: the pipeline builds it on first use and reuses it after.  Engines never import a
+builder (the ONNX exporter, for one, uses the ONNX Runtime engine's runner to validate its graphs).
+
 Everything else lives here, once: tokenisation and input-length policy (:meth:`Engine.prepare`),
 incremental detokenisation, and the **only engine-side timestamps**
 (:class:`~testbed.engines.stream.Stream` and :class:`~testbed.engines.stream.BatchStream`, via
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Generator, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 from testbed.clock import Clock, now_ns
@@ -55,6 +61,8 @@ class Engine(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    # the builder of the artefact it loads (testbed.artifacts.BUILDERS); None: it loads the checkpoint
+    artifact_builder: ClassVar[str | None] = None
 
     def __init__(self, config: EngineConfig, clock: Clock = now_ns) -> None:
         self.capabilities.check(self.name, config)
@@ -82,6 +90,14 @@ class Engine(ABC):
             self.load_ns = self.clock() - t0
             self._loaded = True
         return self
+
+    def _artifact(self) -> Path:
+        """The artefact for (model, precision, pruning) from :attr:`artifact_builder`, built on first use."""
+        from testbed import artifacts
+
+        if self.artifact_builder is None:
+            raise TypeError(f"engine {self.name} names no artefact builder (artifact_builder is None)")
+        return artifacts.ensure(self.artifact_builder, self.model_info, self.config.precision, self.config.pruning)
 
     def close(self) -> None:
         if self._loaded:

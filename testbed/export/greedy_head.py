@@ -15,8 +15,10 @@ or anything else that needs the scores asks for them on the same graph.  ArgMax 
 equal maxima, as ``numpy.argmax`` does.
 
 The head is added to the fp32 graph before quantization; int8 (dynamic / static QDQ) and fp16
-conversion leave its nodes alone (no MatMul, no weights).  :func:`strip_greedy_head` removes it
-again (benchmarks compare the step with and without it on the same weights).
+conversion leave its nodes alone (no MatMul, no weights).  The names it adds (the input, the output,
+the prefix of its nodes) are the runner's contract, :mod:`testbed.engines.onnxruntime.contract`;
+the runner removes the head again at session load when it chooses in numpy
+(:func:`testbed.engines.onnxruntime.runner.strip_greedy_head`).
 """
 
 from __future__ import annotations
@@ -25,12 +27,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from testbed.engines.onnxruntime.contract import HEAD_PREFIX as PREFIX
+from testbed.engines.onnxruntime.contract import LOGITS, NEXT_IDS, NO_EOS
+
 # bump when the head changes: part of the ONNX artefact key, so cached artefacts rebuild
 VERSION = 1
-PREFIX = "greedy_head/"
-NO_EOS = "no_eos"
-NEXT_IDS = "next_ids"
-LOGITS = "logits"
 
 
 def _vocab_flags(name: str, ids: Iterable[int], vocab: int) -> Any:
@@ -74,23 +75,6 @@ def add_greedy_head(model: Any, banned: Iterable[int], eos: Iterable[int], vocab
     ])
     g.input.append(helper.make_tensor_value_info(NO_EOS, TensorProto.BOOL, ["batch"]))
     g.output.insert(0, helper.make_tensor_value_info(NEXT_IDS, TensorProto.INT64, ["batch"]))
-    return model
-
-
-def strip_greedy_head(model: Any) -> Any:
-    """The graph as it was before :func:`add_greedy_head` (``model`` changed in place and returned)."""
-    g = model.graph
-    keep = [n for n in g.node if not n.name.startswith(PREFIX)]
-    del g.node[:]
-    g.node.extend(keep)
-    inits = [i for i in g.initializer if not i.name.startswith(PREFIX)]
-    del g.initializer[:]
-    g.initializer.extend(inits)
-    for field, name in ((g.input, NO_EOS), (g.output, NEXT_IDS)):
-        for i, v in enumerate(field):
-            if v.name == name:
-                del field[i]
-                break
     return model
 
 

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from testbed.engines.onnxruntime.contract import DECODER, ENCODER, META
 from testbed.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -159,7 +160,7 @@ def matmul_groups(base: Path, meta: dict[str, Any]) -> dict[str, list[tuple[str,
         raise ConfigError("precision", "int8-auto", "seq2seq translation models (Marian graphs)",
                           f"the dev-set search has no gate for {meta.get('architecture')} models yet")
     n = int(meta["num_layers"])
-    dec, enc = _weight_matmuls(base / "decoder.onnx"), _weight_matmuls(base / "encoder.onnx")
+    dec, enc = _weight_matmuls(base / DECODER), _weight_matmuls(base / ENCODER)
     e, rest = divmod(len(enc) - 2 * n, 6)
     if len(dec) != 6 * n + 1 or rest or e < 1:
         raise ConfigError("precision", "int8-auto", "graphs of the Marian layout",
@@ -171,12 +172,12 @@ def matmul_groups(base: Path, meta: dict[str, Any]) -> dict[str, list[tuple[str,
         groups.setdefault(name, []).append((graph, node))
 
     for i, node in enumerate(enc[: 6 * e]):
-        add(f"enc{i // 6}.{'self_attn' if i % 6 < 4 else 'ffn'}", "encoder.onnx", node)
+        add(f"enc{i // 6}.{'self_attn' if i % 6 < 4 else 'ffn'}", ENCODER, node)
     for i, node in enumerate(dec[: 6 * n]):
-        add(f"dec{i // 6}.{('self_attn', 'cross_attn', 'ffn')[(i % 6) // 2]}", "decoder.onnx", node)
+        add(f"dec{i // 6}.{('self_attn', 'cross_attn', 'ffn')[(i % 6) // 2]}", DECODER, node)
     for i, node in enumerate(enc[6 * e :]):  # cross-attention keys and values, per decoder layer
-        add(f"dec{i // 2}.cross_attn", "encoder.onnx", node)
-    add("lm_head", "decoder.onnx", dec[-1])
+        add(f"dec{i // 2}.cross_attn", ENCODER, node)
+    add("lm_head", DECODER, dec[-1])
     return groups
 
 
@@ -190,7 +191,7 @@ def quantize_variant(base: Path, out: Path, groups: dict[str, list[tuple[str, st
     for f in base.iterdir():
         if f.is_file() and f.suffix != ".onnx" and f.name != "manifest.json":
             shutil.copy2(f, out / f.name)
-    for graph in ("encoder.onnx", "decoder.onnx"):
+    for graph in (ENCODER, DECODER):
         keep = [node for g in excluded for gr, node in groups[g] if gr == graph]
         if scheme == "weight-only":
             _weight_only(base / graph, out / graph, keep)
@@ -270,7 +271,7 @@ class _Search:
         from testbed.datasets import load_dataset
 
         self.base, self.work, self.model, self.pruning, self.s, self.say = base, work, model, pruning, settings, say
-        self.groups = matmul_groups(base, json.loads((base / "onnx_config.json").read_text()))
+        self.groups = matmul_groups(base, json.loads((base / META).read_text()))
         dev = load_dataset("dev", limit=settings.dev_sentences)
         self.texts = [ex.text or "" for ex in dev]
         self.refs = [ex.reference or "" for ex in dev]
@@ -407,7 +408,7 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
             say(f"int8-auto timing {describe(c)}: median {t:.2f} ms/sentence, {t / times[-1]:.2f}x fp32")
         chosen = choose(pool)
         src = s.variant(option(chosen), chosen["fp32_groups"])
-        for g in ("encoder.onnx", "decoder.onnx"):
+        for g in (ENCODER, DECODER):
             shutil.copy2(src / g, out / g)
         recipe = {k: chosen[k] for k in ("scheme", "per_channel", "reduce_range", "fp32_groups", "dev_bleu",
                                          "pct_of_fp32", "length_ratio", "fidelity", "dev_verdict", "passed_dev")}

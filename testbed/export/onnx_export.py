@@ -4,7 +4,8 @@ One pipeline: load (fp32) -> export (legacy TorchScript exporter, opset 17) -> p
 (fp32 as exported; ``int8`` ORT dynamic quantization of the weight MatMuls; ``int8-static`` QDQ
 with activation ranges calibrated on the committed *dev* set; ``int8-auto`` dynamic int8 with a
 recipe searched on the dev set, :mod:`testbed.export.int8_auto`; ``fp16`` for GPU providers)
--> validate (greedy tokens and logits of ONNX Runtime against the torch fp32 model) -> save
+-> validate (greedy tokens and logits of ONNX Runtime against the torch fp32 model,
+:mod:`testbed.export.validation`) -> save
 with a manifest (:mod:`testbed.artifacts`).  Quantized and fp16 artefacts are built from the
 cached fp32 artefact, so a model is traced once.
 
@@ -24,12 +25,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from testbed.artifacts import ArtifactError, build
+from testbed.artifacts import build
+from testbed.engines.onnxruntime.contract import CROSS, DECODER, ENCODER, LOGITS, META, PAST, PRESENT
 from testbed.errors import ConfigError
 from testbed.export.greedy_head import VERSION as GREEDY_HEAD_VERSION
 from testbed.export.int8_auto import ENV as INT8_AUTO_ENV
 from testbed.export.int8_auto import SearchSettings, parse_search, search_key
 from testbed.export.int8_auto import search as auto_search
+from testbed.export.validation import prompt_ids, validate, validate_if_possible
 from testbed.registry import ModelInfo, content_hash, resolve_model, tokenizer_hash
 
 EXPORTER_VERSION = 3
@@ -53,11 +56,6 @@ SUPPORTED = {mt: g[0] for mt, g in GRAPHS.items()}
 INT8_PER_CHANNEL = False
 CALIB_SENTENCES = {"seq2seq": 48, "causal": 8}
 CALIB_STEPS = {"seq2seq": 64, "causal": 16}
-VALIDATION_TEXTS = (
-    "Select the range of cells that you want to sort.",
-    "Click OK to close the dialog.",
-    "The selected text is copied to the clipboard.",
-)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
 
 Log = Callable[[str], None]
@@ -207,9 +205,9 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
     meta = _meta(model, src)
     n, h, d = meta["num_layers"], meta["kv_heads"], meta["head_dim"]
     kv = [f"{p}.{i}" for i in range(n) for p in ("k", "v")]
-    past = [f"past_{x}" for x in kv]
-    present = [f"present_{x}" for x in kv]
-    cross = [f"cross_{x}" for x in kv]
+    past = [PAST + x for x in kv]
+    present = [PRESENT + x for x in kv]
+    cross = [CROSS + x for x in kv]
     b, t = 2, 3
     _, enc_graph, dec_graph = GRAPHS[meta["model_type"]]
     if meta["architecture"] == "seq2seq":
@@ -218,41 +216,41 @@ def _build_fp32(src: Path, out: Path, say: Log) -> dict[str, Any]:
         ids = torch.randint(1, 100, (b, s))
         mask = torch.ones((b, s), dtype=torch.long)
         mask[1, -2:] = 0
-        _export(graph_class(enc_graph)(model), (ids, mask), out / "encoder.onnx", ["input_ids", "attention_mask"],
+        _export(graph_class(enc_graph)(model), (ids, mask), out / ENCODER, ["input_ids", "attention_mask"],
                 ["encoder_bias", *cross],
                 {"input_ids": {0: "batch", 1: "src"}, "attention_mask": {0: "batch", 1: "src"},
                  "encoder_bias": {0: "batch", 3: "src"},
-                 **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
+                 **{c: {0: "batch", 3 if c.startswith(CROSS + "k") else 2: "src"} for c in cross}})
         enc_bias = torch.zeros((b, 1, 1, s))
         pasts = [torch.randn(b, h, t, d) for _ in past]
-        crosses = [torch.randn(b, h, d, s) if c.startswith("cross_k") else torch.randn(b, h, s, d) for c in cross]
+        crosses = [torch.randn(b, h, d, s) if c.startswith(CROSS + "k") else torch.randn(b, h, s, d) for c in cross]
         pos_ids = torch.full((b, 1), t, dtype=torch.long)
         self_bias = torch.zeros((b, 1, 1, t + 1))
         _export(graph_class(dec_graph)(model),
                 (torch.randint(1, 100, (b, 1)), pos_ids, self_bias, enc_bias, *pasts, *crosses),
-                out / "decoder.onnx", ["input_ids", "position_ids", "self_bias", "encoder_bias", *past, *cross],
-                ["logits", *present],
+                out / DECODER, ["input_ids", "position_ids", "self_bias", "encoder_bias", *past, *cross],
+                [LOGITS, *present],
                 {"input_ids": {0: "batch"}, "position_ids": {0: "batch"}, "self_bias": {0: "batch", 3: "total"},
-                 "encoder_bias": {0: "batch", 3: "src"}, "logits": {0: "batch"},
+                 "encoder_bias": {0: "batch", 3: "src"}, LOGITS: {0: "batch"},
                  **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present},
-                 **{c: {0: "batch", 3 if c.startswith("cross_k") else 2: "src"} for c in cross}})
+                 **{c: {0: "batch", 3 if c.startswith(CROSS + "k") else 2: "src"} for c in cross}})
     else:
         length = 4
         ids = torch.randint(1, 100, (b, length))
         mask = torch.ones((b, t + length), dtype=torch.long)
         pos = torch.arange(t, t + length).unsqueeze(0).expand(b, length).contiguous()
         pasts = [torch.randn(b, h, t, d) for _ in past]
-        _export(graph_class(dec_graph)(model), (ids, mask, pos, *pasts), out / "decoder.onnx",
-                ["input_ids", "attention_mask", "position_ids", *past], ["logits", *present],
+        _export(graph_class(dec_graph)(model), (ids, mask, pos, *pasts), out / DECODER,
+                ["input_ids", "attention_mask", "position_ids", *past], [LOGITS, *present],
                 {"input_ids": {0: "batch", 1: "new"}, "attention_mask": {0: "batch", 1: "total"},
-                 "position_ids": {0: "batch", 1: "new"}, "logits": {0: "batch"},
+                 "position_ids": {0: "batch", 1: "new"}, LOGITS: {0: "batch"},
                  **{p: {0: "batch", 2: "past"} for p in past}, **{p: {0: "batch", 2: "total"} for p in present}})
     # the greedy choice inside the decoder graph, before any quantization (testbed.export.greedy_head)
     from testbed.export.greedy_head import head_file
 
-    meta["greedy_head"] = head_file(out / "decoder.onnx", meta["banned"], meta["eos_token_ids"], meta["vocab_size"])
+    meta["greedy_head"] = head_file(out / DECODER, meta["banned"], meta["eos_token_ids"], meta["vocab_size"])
     _write_side_files(src, out, {**meta, "precision": "fp32"})
-    report = validate(out, src, model=model.eval(), strict=True)
+    report = validate(out, src, model.eval(), strict=True)
     say(f"validated fp32 export: {report}")
     return {"source": str(src), "validation": report}
 
@@ -262,17 +260,17 @@ def _write_side_files(src: Path, out: Path, meta: dict[str, Any]) -> None:
     for f in src.iterdir():
         if f.is_file() and f.suffix not in _WEIGHT_SUFFIXES and f.suffix != ".md" and f.name != "manifest.json":
             shutil.copy2(f, out / f.name)
-    (out / "onnx_config.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / META).write_text(json.dumps(meta, indent=2) + "\n")
 
 
 # --------------------------------------------------------------------------- precisions
 def _graphs(d: Path) -> list[str]:
-    return [g for g in ("encoder.onnx", "decoder.onnx") if (d / g).is_file()]
+    return [g for g in (ENCODER, DECODER) if (d / g).is_file()]
 
 
 def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
                      auto: Callable[[Path], dict[str, Any]] | None = None) -> dict[str, Any]:
-    meta = json.loads((base / "onnx_config.json").read_text())
+    meta = json.loads((base / META).read_text())
     for f in base.iterdir():
         if f.is_file() and f.suffix != ".onnx" and f.name != "manifest.json":
             shutil.copy2(f, out / f.name)
@@ -296,12 +294,12 @@ def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
             say(f"fp16 conversion of {g} ...")
             m = convert_float_to_float16(onnx.load(str(base / g)), keep_io_types=False)
             onnx.save(m, str(out / g))
-    (out / "onnx_config.json").write_text(json.dumps({**meta, "precision": precision}, indent=2) + "\n")
+    (out / META).write_text(json.dumps({**meta, "precision": precision}, indent=2) + "\n")
     extra["quantized_matmuls"] = _count_ops(out)
     if precision == "fp16":
         extra["validation"] = validate_if_possible(out, src)
     else:
-        extra["validation"] = validate(out, src, strict=False)
+        extra["validation"] = validate(out, src, _load_torch(src), strict=False)
     say(f"{precision}: {extra['validation']}")
     return extra
 
@@ -333,7 +331,7 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
     tok = AutoTokenizer.from_pretrained(base)
     texts = [ex.text or "" for ex in load_dataset("dev", limit=CALIB_SENTENCES[family])]
     m = OrtModel(base, SessionSettings())
-    feeds: dict[str, list[dict[str, Any]]] = {"encoder.onnx": [], "decoder.onnx": []}
+    feeds: dict[str, list[dict[str, Any]]] = {ENCODER: [], DECODER: []}
     # record the decoder's numpy inputs by wrapping its step
     orig_step = m._step
 
@@ -344,7 +342,7 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
         feed = {k: host(v) for k, v in fixed.items() if k != "input_ids"}
         feed.update({k: np.array(v) for k, v in inputs.items()})
         feed.update({n: host(p) for n, p in zip(m.past_names, past)})
-        feeds["decoder.onnx"].append(feed)
+        feeds[DECODER].append(feed)
         return orig_step(fixed, inputs, past, **kw)
 
     m._step = recording_step  # type: ignore[method-assign]
@@ -357,7 +355,7 @@ def _calibration_feeds(base: Path, meta: dict[str, Any]) -> dict[str, list[dict[
             ids = ids[:positions] if family == "seq2seq" else ids[-(positions - steps):]
         a, mask = pad_batch([list(ids)], meta["pad_token_id"] or 0, left=family != "seq2seq")
         if family == "seq2seq":
-            feeds["encoder.onnx"].append({"input_ids": a, "attention_mask": mask})
+            feeds[ENCODER].append({"input_ids": a, "attention_mask": mask})
         for i, nxt in enumerate(m.greedy(a, mask, steps, meta["banned"])):
             if isinstance(nxt, str):
                 continue
@@ -402,102 +400,3 @@ def _quantize_static(base: Path, out: Path, meta: dict[str, Any], say: Log) -> d
         )
         info[g] = len(feeds[g])
     return {"dataset": "dev", "feeds": info}
-
-
-# --------------------------------------------------------------------------- validation
-def prompt_ids(tok: Any, text: str, architecture: str) -> list[int]:
-    """Token ids of a validation / calibration text: the source for seq2seq, else the chat prompt
-    (the raw text for a decoder-only model without a chat template, such as GPT-2)."""
-    if architecture == "seq2seq" or not getattr(tok, "chat_template", None):
-        return [int(i) for i in tok(text)["input_ids"]]
-    r: Any = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-    return [int(i) for i in (r["input_ids"] if isinstance(r, dict) or hasattr(r, "input_ids") else r)]
-
-
-
-def _torch_greedy(model: Any, family: str, ids: list[int], steps: int, banned: list[int], start: int | None) -> tuple[
-        list[int], Any]:
-    """Greedy decoding without a cache (full recompute per step): the plainest possible reference."""
-    import torch
-
-    out: list[int] = []
-    first = None
-    with torch.no_grad():
-        x = torch.tensor([ids])
-        dec = torch.tensor([[start]]) if family == "seq2seq" else None
-        for _ in range(steps):
-            if family == "seq2seq":
-                logits = model(input_ids=x, decoder_input_ids=dec).logits[:, -1, :].float()
-            else:
-                logits = model(input_ids=x).logits[:, -1, :].float()
-            if banned:
-                logits[:, banned] = float("-inf")
-            if first is None:
-                first = logits[0].numpy().copy()
-            nxt = int(logits.argmax(-1))
-            out.append(nxt)
-            if family == "seq2seq":
-                dec = torch.cat([dec, torch.tensor([[nxt]])], dim=1)  # type: ignore[list-item]
-            else:
-                x = torch.cat([x, torch.tensor([[nxt]])], dim=1)
-            if nxt in eos_of(model):
-                break
-    return out, first
-
-
-def eos_of(model: Any) -> set[int]:
-    e = model.config.eos_token_id
-    return {e} if isinstance(e, int) else set(e or [])
-
-
-def validate(art: Path, src: Path, model: Any = None, strict: bool = False, steps: int = 20) -> dict[str, Any]:
-    """Greedy tokens and first-step logits of the artefact (ONNX Runtime, CPU) vs torch fp32.
-
-    ``strict`` (fp32): any token difference, or logits further apart than 1e-3, raises
-    :class:`ArtifactError`.  Otherwise the agreement is reported in the manifest.
-    """
-    import numpy as np
-    from transformers import AutoTokenizer
-
-    from testbed.engines.onnxruntime.runner import OrtModel, SessionSettings
-
-    meta = json.loads((art / "onnx_config.json").read_text())
-    family = meta["architecture"]
-    model = model if model is not None else _load_torch(src)
-    tok = AutoTokenizer.from_pretrained(src)
-    ort_model = OrtModel(art, SessionSettings())
-    same, total, max_diff = 0, 0, 0.0
-    for text in VALIDATION_TEXTS:
-        ids = prompt_ids(tok, text, family)
-        ref, ref_logits = _torch_greedy(model, family, ids, steps, meta["banned"], meta.get("decoder_start_token_id"))
-        got: list[int] = []
-        arr = np.array([ids], dtype=np.int64)
-        for item in ort_model.greedy(arr, np.ones_like(arr), len(ref), meta["banned"], return_logits=True):
-            if isinstance(item, str):
-                continue
-            nxt, logits = item
-            if not got:
-                finite = np.isfinite(ref_logits)
-                max_diff = max(max_diff, float(np.abs(logits[0][finite] - ref_logits[finite]).max()))
-            got.append(int(nxt[0]))
-        total += 1
-        same += int(got == ref)
-        if strict and got != ref:
-            raise ArtifactError(f"{art}: ONNX greedy output differs from torch fp32 on {text!r}: {got} vs {ref}")
-    if strict and max_diff > 1e-3:
-        raise ArtifactError(f"{art}: first-step logits differ from torch fp32 by up to {max_diff:.2e} (> 1e-3)")
-    return {"sentences": total, "identical_greedy_outputs": same, "max_abs_logit_diff_step1": round(max_diff, 6)}
-
-
-def validate_if_possible(art: Path, src: Path) -> dict[str, Any]:
-    """fp16 graphs are for GPU providers: validated only where CUDA is available."""
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return {"skipped": "fp16 graphs are validated on a CUDA provider; none is available here"}
-    return {"skipped": "validated by the engine's gpu tests (tests/integration/test_onnxruntime_engine.py -m gpu)"}
-
-
-def export_cached(model: str, precision: str, pruning: str, force: bool) -> Path:
-    """The ``onnx`` entry of :data:`testbed.export.FORMATS`."""
-    return ensure_onnx(model, precision, pruning, force=force)

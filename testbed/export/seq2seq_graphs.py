@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from testbed.engines.onnxruntime.runner import MASK_VALUE
+from testbed.engines.onnxruntime.contract import MASK_VALUE
 from testbed.export.wrappers import _attend, _fused, _lin, _merge_heads, _split_heads, _untied_head
 
 

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from testbed.engines.onnxruntime.runner import MASK_VALUE  # the graphs' contract with the runner
+from testbed.engines.onnxruntime.contract import MASK_VALUE  # the graphs' contract with the runner
 
 
 def _untied_head(weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:

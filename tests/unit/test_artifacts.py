@@ -53,3 +53,36 @@ def test_failed_build_leaves_nothing_and_export_refuses_overwrite(tmp_path):
         A.export_to(d, out)
     A.export_to(d, out, force=True)
     assert A.verify(out)["key"] == {"k": 1}
+
+
+def test_builders_resolve_and_an_unknown_one_is_refused():
+    from testbed.errors import ConfigError
+
+    for name, target in A.BUILDERS.items():
+        mod, fn = target.split(":")
+        assert A.builder(name).__module__ == mod and A.builder(name).__name__ == fn, name
+    with pytest.raises(ConfigError, match="format='tflite'.*onnx, ctranslate2"):
+        A.builder("tflite")
+
+
+@pytest.mark.parametrize("engine,precision,pruning,builder", [
+    ("onnxruntime", "int8", "none", "onnx"),
+    ("onnxruntime", "fp32", "unstructured:0.5", "onnx"),
+    ("ctranslate2", "int8", "none", "ctranslate2"),
+])
+def test_an_engine_gets_its_artifact_through_the_pipeline(monkeypatch, tmp_path, engine, precision, pruning, builder):
+    """The engine names its builder; testbed.artifacts dispatches (no engine imports a builder)."""
+    from testbed.config import EngineConfig
+    from testbed.engines.registry import create_engine, is_available
+
+    if not is_available(engine)[0]:
+        pytest.skip(is_available(engine)[1])
+    calls = []
+
+    def fake(name):
+        return lambda info, prec, prun, **kw: calls.append((name, info.name, prec, prun, kw)) or tmp_path
+
+    monkeypatch.setattr(A, "builder", fake)
+    eng = create_engine(EngineConfig(engine=engine, precision=precision, pruning=pruning), load=False)
+    assert eng._artifact() == tmp_path
+    assert calls == [(builder, "marian-en-de", precision, pruning, {})]

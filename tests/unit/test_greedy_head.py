@@ -1,5 +1,6 @@
 """The greedy head (testbed.export.greedy_head) on a small graph whose logits are its input: the ids it
-chooses equal numpy's masked argmax, banned ids are never chosen, and stripping restores the graph."""
+chooses equal numpy's masked argmax, banned ids are never chosen, and stripping it (the runner's
+strip_greedy_head, at session load) restores the graph."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ onnx = pytest.importorskip("onnx")
 
 from onnx import TensorProto, helper  # noqa: E402
 
-from testbed.export.greedy_head import NEXT_IDS, NO_EOS, add_greedy_head, strip_greedy_head  # noqa: E402
+from testbed.engines.onnxruntime.contract import NEXT_IDS, NO_EOS  # noqa: E402
+from testbed.engines.onnxruntime.runner import strip_greedy_head  # noqa: E402
+from testbed.export.greedy_head import add_greedy_head  # noqa: E402
 
 V = 50
 BANNED = [0, 7]

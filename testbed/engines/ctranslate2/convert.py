@@ -1,7 +1,8 @@
 """Conversion of a Hugging Face checkpoint (optionally pruned) to a CTranslate2 model, cached.
 
-:func:`ct2_model_dir` returns the converted model for (model, precision, pruning), building it
-once into the artefact cache (:func:`testbed.artifacts.build`, kind ``ctranslate2``) with a key
+:func:`ct2_model_dir` (the ``ctranslate2`` builder of :data:`testbed.artifacts.BUILDERS`) returns
+the converted model for (model, precision, pruning), building it once into the artefact cache
+(:func:`testbed.artifacts.build`, kind ``ctranslate2``) with a key
 that holds the checkpoint's content hash, the pruning spec, the CTranslate2 quantization, the
 ctranslate2 and transformers versions and :data:`CONVERTER_VERSION`.
 
@@ -251,10 +252,3 @@ def ct2_model_dir(
 
     name = f"{model_info.name}-{precision}" + ("" if spec_str(pruning) == "none" else f"-{spec_str(pruning)}")
     return artifacts.build("ctranslate2", name.replace(":", "-"), key, builder, force=force, root=root, log=log)
-
-
-def export_cached(model: str, precision: str, pruning: str = "none", force: bool = False) -> Path:
-    """``testbed export --format ctranslate2``: the cached CTranslate2 model (built if needed)."""
-    from testbed.registry import resolve_model
-
-    return ct2_model_dir(resolve_model(model), precision, pruning, force=force)

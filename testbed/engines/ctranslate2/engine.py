@@ -38,7 +38,7 @@ from typing import Any
 
 from testbed.engines.base import Capabilities, Engine, Prepared
 from testbed.engines.ctranslate2.batch import JOIN_REFUSAL, CT2Batch
-from testbed.engines.ctranslate2.convert import QUANTIZATION, ct2_model_dir
+from testbed.engines.ctranslate2.convert import QUANTIZATION
 from testbed.errors import ConfigError
 from testbed.spec import load_spec
 
@@ -94,6 +94,7 @@ class CTranslate2Engine(Engine):
         precision_devices={"int8": ("cpu",), "fp16": _GPU_ONLY, "bf16": _GPU_ONLY, "int8_float16": _GPU_ONLY},
         pruning=True,
     )
+    artifact_builder = "ctranslate2"  # testbed.engines.ctranslate2.convert.ct2_model_dir
 
     def _load(self) -> None:
         import ctranslate2
@@ -115,7 +116,7 @@ class CTranslate2Engine(Engine):
         self.checkpoint_path = checkpoint_dir(self.model_info, cfg.pruning)
         self.spec, self.tokenizer = load_spec(self.checkpoint_path, cfg.src_lang, cfg.tgt_lang)
         spec = self.spec
-        self.ct2_path = ct2_model_dir(self.model_info, cfg.precision, cfg.pruning)
+        self.ct2_path = self._artifact()  # converted on first use (testbed.artifacts.ensure)
         kw = {"device": cfg.device, "compute_type": compute, "inter_threads": 1, "intra_threads": cfg.threads or 0}
         self.seq2seq = spec.seq2seq
         self.model: Any = (ctranslate2.Translator if self.seq2seq else ctranslate2.Generator)(str(self.ct2_path), **kw)

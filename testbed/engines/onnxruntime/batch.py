@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from testbed.engines.onnxruntime.runner import MASK_VALUE, pad_batch
+from testbed.engines.onnxruntime.contract import MASK_VALUE, NO_EOS
+from testbed.engines.onnxruntime.runner import pad_batch
 from testbed.engines.step import PaddedBatch, pad_left, pad_right
-from testbed.export.greedy_head import NO_EOS
 
 if TYPE_CHECKING:
     from testbed.engines.base import Prepared

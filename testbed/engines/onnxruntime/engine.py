@@ -2,10 +2,12 @@
 CUDA or TensorRT execution providers.
 
 On load it builds or reuses the artefact for (model, precision, pruning) from the artefact cache
-(:func:`testbed.export.onnx_export.ensure_onnx`), then opens sessions with explicit settings:
-``intra_op_num_threads`` from ``EngineConfig.threads``, thread spinning off by default (on a busy
-CPU, spinning threads steal the cores the work needs; ``spinning=True`` turns it on), graph
-optimisation level ``all`` unless told otherwise.  A GPU provider that fails to load makes ONNX
+through the pipeline (:func:`testbed.artifacts.ensure`; its ``onnx`` builder is the exporter,
+:mod:`testbed.export.onnx_export`, which this package never imports; the names both sides agree
+on are in :mod:`testbed.engines.onnxruntime.contract`), then opens sessions with explicit
+settings: ``intra_op_num_threads`` from ``EngineConfig.threads``, thread spinning off by default
+(on a busy CPU, spinning threads steal the cores the work needs; ``spinning=True`` turns it on),
+graph optimisation level ``all`` unless told otherwise.  A GPU provider that fails to load makes ONNX
 Runtime fall back to the CPU silently: the engine checks ``session.get_providers()`` and refuses.
 
 Precisions: ``fp32``; ``int8`` (ORT dynamic quantization, CPU); ``int8-static`` (QDQ, activation
@@ -39,6 +41,7 @@ class OnnxRuntimeEngine(Engine):
         eos_control=True,  # EOS masked per row (min_new_tokens / ignore_eos): in the graph's greedy head
     )
     gpu_provider: ClassVar[str] = "CUDAExecutionProvider"
+    artifact_builder = "onnx"
 
     def __init__(self, config: EngineConfig, clock: Clock = now_ns, *, spinning: bool = False,
                  graph_opt: str = "all", io_binding: bool = False, greedy_in_graph: bool | None = None) -> None:
@@ -70,12 +73,6 @@ class OnnxRuntimeEngine(Engine):
         self.banned = list(spec.banned_ids)
         self.prefix = list(spec.decoder_prefix)
         self.model_max_input = spec.input_limit(cfg.max_new_tokens)
-
-    def _artifact(self) -> Path:
-        """The artefact directory to load (built on first use)."""
-        from testbed.export.onnx_export import ensure_onnx
-
-        return ensure_onnx(self.model_info, self.config.precision, self.config.pruning)
 
     def _close(self) -> None:
         self.ort = None  # type: ignore[assignment]

@@ -1,4 +1,4 @@
-"""Greedy decoding over an exported ONNX artefact (see :mod:`testbed.export.wrappers` for the graphs).
+"""Greedy decoding over an exported ONNX artefact (the names it relies on: :mod:`.contract`).
 
 Used by the ONNX Runtime engine and by the exporter's validation step.  Per step the decoder runs
 through an IO binding: the cache tensors the previous step produced (``present_*``, as
@@ -18,11 +18,19 @@ from typing import Any
 
 import numpy as np
 
+from testbed.engines.onnxruntime.contract import (
+    DECODER,
+    ENCODER,
+    HEAD_PREFIX,
+    LOGITS,
+    META,
+    NEXT_IDS,
+    NO_EOS,
+    PAST,
+    PRESENT,
+)
 from testbed.errors import ConfigError, TestbedError
-from testbed.export.greedy_head import LOGITS, NEXT_IDS, NO_EOS
 
-META = "onnx_config.json"
-MASK_VALUE = -1.0e4  # the graphs' additive mask: exp() underflows to 0 in fp32, still representable in fp16
 ENCODER_DONE_MARK = "encoder_done"
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -63,7 +71,7 @@ class SessionSettings:
     io_binding: bool = False
     # ONNX Runtime's profiler: each session writes <profile_prefix>_<graph>_<date>.json (bench/ort_step.py)
     profile_prefix: str = ""
-    # the greedy choice in the decoder graph's head (testbed.export.greedy_head), or over the logits
+    # the greedy choice in the decoder graph's head (contract.NEXT_IDS), or over the logits
     # in numpy with the head stripped from the session's graph (ONNX Runtime runs every node, asked
     # for or not).  On the CPU numpy is faster: ORT's ArgMax over 58k Marian logits took ~6x numpy's
     # time and the masking ops more again (bench/results/ort_step_profile.md); the engine uses the
@@ -140,17 +148,17 @@ class OrtModel:
         self.layers = int(self.meta["num_layers"])
         self.kv_heads = int(self.meta["kv_heads"])
         self.head_dim = int(self.meta["head_dim"])
-        self.encoder = make_session(art / "encoder.onnx", settings) if self.seq2seq else None
+        self.encoder = make_session(art / ENCODER, settings) if self.seq2seq else None
         head = self.meta.get("greedy_head")
-        dec = art / "decoder.onnx"
+        dec = art / DECODER
         self.decoder = make_session(dec, settings, None if settings.greedy_in_graph or not head else _without_head(dec))
         types = {i.name: i.type for i in self.decoder.get_inputs()}
-        self.past_dtype = _ORT_TYPES[types["past_k.0"]]
+        self.past_dtype = _ORT_TYPES[types[PAST + "k.0"]]
         self.bias_dtype = _ORT_TYPES[types.get("self_bias", "tensor(float)")]
         outs = [o.name for o in self.decoder.get_outputs()]
-        self.present_names = [n for n in outs if n.startswith("present_")]
-        self.past_names = [n.replace("present", "past") for n in self.present_names]
-        # the greedy choice inside the graph (testbed.export.greedy_head): banned/EOS ids it masks
+        self.present_names = [n for n in outs if n.startswith(PRESENT)]
+        self.past_names = [PAST + n.removeprefix(PRESENT) for n in self.present_names]
+        # the greedy choice inside the graph (the head's output NEXT_IDS): banned/EOS ids it masks
         self.head = NEXT_IDS in outs and head is not None
         self.head_banned: list[int] = list(head["banned"]) if self.head else []
         self.head_eos: list[int] = list(head["eos"]) if self.head else []
@@ -272,10 +280,26 @@ class OrtModel:
             pos = pos[:, -1:] + 1
 
 
+def strip_greedy_head(model: Any) -> Any:
+    """The decoder graph without the greedy head (``model``, an ``onnx.ModelProto``, changed in place
+    and returned): the graph as it was before :func:`testbed.export.greedy_head.add_greedy_head`."""
+    g = model.graph
+    keep = [n for n in g.node if not n.name.startswith(HEAD_PREFIX)]
+    del g.node[:]
+    g.node.extend(keep)
+    inits = [i for i in g.initializer if not i.name.startswith(HEAD_PREFIX)]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    for field, name in ((g.input, NO_EOS), (g.output, NEXT_IDS)):
+        for i, v in enumerate(field):
+            if v.name == name:
+                del field[i]
+                break
+    return model
+
+
 def _without_head(path: Path) -> bytes:
     import onnx
-
-    from testbed.export.greedy_head import strip_greedy_head
 
     return bytes(strip_greedy_head(onnx.load(str(path))).SerializeToString())
 
