@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,22 @@ def reply_ok(text: str) -> bool:
         return False
     return not (bcp._URL.search(text) or bcp._EMAIL.search(text) or bcp._DIGITS.search(text)
                 or bcp._BLOCK.search(text))
+
+
+# words too common to say what a turn is about (a pair is topical when its reply shares another word with the
+# last context turn)
+STOP = frozenset("""i you the a an and or but to of in on at for is are was were be been it that this what do does did
+have has had my your me we they he she them so not no yes yeah just like it's i'm don't can would could will with about
+how why when where who which there their if as get got really know think lol haha oh ok okay well too very all some any
+one out up go going good great nice much more than then also am im its thats dont u""".split())
+
+
+def topical(context: str, reply: str) -> bool:
+    """Whether the reply shares a content word (3+ letters, not in STOP) with the context's last turn."""
+    def words(text: str) -> set[str]:
+        return {w for w in re.findall(r"[a-z']+", text.lower()) if len(w) > 2 and w not in STOP}
+
+    return bool(words(context.split(TURN_SEPARATOR)[-1]) & words(reply))
 
 
 def join_context(turns: list[str]) -> str:
@@ -115,17 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dev-out", type=Path, default=DEV_OUT)
     ap.add_argument("--dev-n", type=int, default=300)
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--topical", action="store_true",
+                    help="keep only training pairs whose reply shares a content word with the last context turn "
+                         "(a fine-tuning set against generic replies; dev is unchanged)")
     args = ap.parse_args(argv)
     data = json.loads(bcp.dataset_file().read_text(encoding="utf-8"))
     s = split(data, test_conversations(), args.dev_n, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.dev_out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in s["dev_rows"]))
+    if args.topical:
+        s["train_rows"] = [r for r in s["train_rows"] if topical(r[1], r[2])]
     write_text_atomic(args.out / "train.tsv", _tsv(s["train_rows"]))
     dev = [(r["id"], TURN_SEPARATOR.join(m["content"] for m in r["messages"]), r["reference"]) for r in s["dev_rows"]]
     write_text_atomic(args.out / "dev.tsv", _tsv(dev))
     counts = {"conversations": len(data), "test_conversations": len(s["test_ids"]),
               "dev_conversations": len(s["dev_ids"]), "train_conversations": len(s["train_ids"]),
-              "train_pairs": len(s["train_rows"]), "dev_pairs": len(dev), "seed": args.seed,
+              "train_pairs": len(s["train_rows"]), "dev_pairs": len(dev), "seed": args.seed, "topical": args.topical,
               "package": f"{bcp.DISTRIBUTION}=={bcp.installed_version()}"}
     split_json = {**counts, "dev_ids": s["dev_ids"], "test_ids": s["test_ids"], "train_ids": s["train_ids"]}
     write_text_atomic(args.out / "split.json", json.dumps(split_json, indent=1) + "\n")
