@@ -19,7 +19,8 @@ from testbed.export.int8_auto import TIE, SearchSettings, matmul_groups
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="pip install 'testbed[cpu]'")]
-SMALL = dict(dev_sentences=8, sensitivity_sentences=4, timing_sentences=2, batch=4, max_new_tokens=6)
+# min_fidelity=0: a random-weight model's int8 outputs need not agree with its fp32 ones at any level
+SMALL = dict(dev_sentences=8, sensitivity_sentences=4, timing_sentences=2, batch=4, max_new_tokens=6, min_fidelity=0)
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,17 @@ def test_a_strict_gate_ends_on_a_passing_candidate_in_ranking_order_and_the_sign
         assert eng.generate(["Click OK."])[0].finish_reason in ("eos", "length")
     finally:
         eng.close()
+
+
+def test_a_fidelity_floor_no_candidate_reaches_keeps_the_most_accurate_and_says_it_did_not_pass(marian, cache):
+    from testbed.export.onnx_export import ensure_onnx
+
+    settings = SearchSettings(**{**SMALL, "min_fidelity": 100.0, "max_excluded": 0, "refine": 0, "gate_ratio": 0.0,
+                                 "length_low": 0.01, "length_high": 100.0})
+    auto = _manifest(ensure_onnx(str(marian), "int8-auto", int8_auto=settings))["int8_auto"]
+    # only candidates whose outputs equal fp32's on every dev sentence reach 100; the rest are refused
+    for c in auto["candidates"]:
+        assert c["passed_dev"] == (c["fidelity"] >= 100.0)
+    if not any(c["passed_dev"] for c in auto["candidates"]):
+        assert auto["recipe"]["passed_dev"] is False
+        assert auto["recipe"]["dev_bleu"] == max(c["dev_bleu"] for c in auto["candidates"])

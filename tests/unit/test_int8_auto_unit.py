@@ -25,6 +25,7 @@ def test_settings_parse_and_land_in_the_cache_key():
     ("max_excluded=-1", r"int8-auto max_excluded=-1 is not supported; allowed: an integer >= 0"),
     ("dev_sentences=0", r"int8-auto dev_sentences=0 .*a positive integer"),
     ("gate_ratio=1.5", r"int8-auto gate_ratio=1.5 .*a number in \[0, 1\]"),
+    ("min_fidelity=101", r"int8-auto min_fidelity=101.0 .*a number in \[0, 100\]"),
     ("gate_ratio=high", r"int8-auto gate_ratio='high' .*a number"),
     ("length_low=1.2", r"length bounds.*0 < length_low <= 1 <= length_high"),
     ("max_exclude=2", r"int8-auto setting='max_exclude=2' .*allowed: dev_sentences=VALUE, .*max_excluded=VALUE"),
