@@ -186,6 +186,33 @@ def make(cfg: Config, model: str, max_new: int) -> Engine | Direct:
     return create_engine(ec)
 
 
+def make_skeleton(row: Row, skel: str, tokens: int) -> Engine | Direct:
+    """The configuration on the skeleton; ``int8-auto`` takes the real artefact's recipe (a search on random
+    weights would only measure the search: no candidate reaches the fidelity floor there)."""
+    if row.cfg.precision != "int8-auto" or not isinstance(row.runner, Engine):
+        return make(row.cfg, skel, tokens)
+    import atexit
+    import json
+    import shutil
+    import tempfile
+
+    from testbed.engines.onnxruntime.contract import META
+    from testbed.engines.onnxruntime.engine import int8_recipe
+    from testbed.export.int8_auto import _engine, matmul_groups, quantize_variant
+    from testbed.export.onnx_export import ensure_onnx
+
+    recipe = int8_recipe(row.runner.artifact)  # type: ignore[attr-defined]
+    if recipe is None:
+        raise RuntimeError(f"{row.label}: the artefact's manifest has no int8-auto recipe")
+    base = ensure_onnx(skel, "fp32")
+    groups = matmul_groups(base, json.loads((base / META).read_text()))
+    out = Path(tempfile.mkdtemp(prefix="skeleton-int8auto-"))
+    atexit.register(shutil.rmtree, out, True)
+    art = quantize_variant(base, out, groups, [g for g in recipe["fp32_groups"] if g in groups],
+                           recipe["per_channel"], recipe["reduce_range"], recipe.get("scheme", "dynamic"))
+    return _engine(art, skel, row.cfg.pruning, row.cfg.threads, tokens)
+
+
 def _set_threads(runner: Engine | Direct | None) -> None:
     # torch's thread count is process-global: set it for each torch configuration's turn
     if isinstance(runner, Engine) and runner.config.threads and runner.name == "torch":
@@ -251,7 +278,7 @@ def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args
             measure_one(row, ex, 0)
         row.runner.generate(reqs[: args.batch])
         if skel:
-            row.skeleton = make(row.cfg, skel, args.skeleton_tokens)
+            row.skeleton = make_skeleton(row, skel, args.skeleton_tokens)
             measure_skeleton(row, examples[0], args.skeleton_tokens)
             row.skel_tpot.clear()
     rounds = min(args.rounds, n)
