@@ -18,7 +18,13 @@ Both read ``--corpus/train.tsv`` and ``--corpus/dev.tsv`` (``id<TAB>source<TAB>t
 
 Run: ``python models/recipe/train_marian.py --minutes 90`` (resumes from ``--out/last`` if present);
 the dialogue model: ``python models/recipe/train_marian.py --arch blenderbot-small --corpus build/dialogue
---out build/dialogue_train --select ppl --dev-max-new 40 --layers 4 --warmup 300 --minutes 75``.
+--out build/dialogue_train2 --select ppl --dev-max-new 40 --layers 4 --lr 5e-4 --warmup 1000 --max-tokens 3000
+--minutes 240 --anneal-minutes 30``.
+
+Each checkpoint logs ``context_gain_nats`` (:func:`context_gain`): what the source is worth to the
+decoder.  The first embedded dialogue model (``--lr 1e-3 --warmup 150``, post-LN BlenderBot-small)
+scored 0.000 from its first checkpoints on: its encoder had collapsed (the same output for every
+input), so it answers every prompt the same; the warning below names it when it happens.
 """
 
 from __future__ import annotations
@@ -158,6 +164,14 @@ def collate(data, ids: list[int], pad: int, start: int):
         dec_in[j, 0] = start
         dec_in[j, 1 : len(t)] = torch.tensor(t[:-1])
     return input_ids, attn, dec_in, labels
+
+
+def context_gain(model, data: list[tuple[list[int], list[int]]], pad: int, start: int, ppl: float) -> float:
+    """Nats per target token the source is worth: dev cross-entropy with each target given the *next* pair's
+    source, minus with its own.  About 0 means the decoder ignores the encoder (a collapsed encoder: the
+    first dialogue model's encoder gave the same output for every input, 0.000 here)."""
+    shifted = [(data[(i + 1) % len(data)][0], t) for i, (_, t) in enumerate(data)]
+    return math.log(dev_perplexity(model, shifted, pad, start)) - math.log(ppl)
 
 
 @torch.no_grad()
@@ -308,9 +322,14 @@ def main(argv: list[str] | None = None) -> int:
                 state["elapsed_s"] = now - t0
                 bleu, chrf, hyps = dev_bleu(model, tok, dev_rows, args.dev_n, max_new=args.dev_max_new)
                 ppl = dev_perplexity(model, dev_data[: args.dev_n], pad, start)
+                gain = context_gain(model, dev_data[: args.dev_n], pad, start, ppl)
                 entry = {"step": step, "epoch": state["epoch"], "minutes": round(state["elapsed_s"] / 60, 1),
                          "dev_bleu": round(bleu, 2), "dev_chrf": round(chrf, 2), "dev_ppl": round(ppl, 2),
-                         "loss": round(loss.item(), 3)}
+                         "context_gain_nats": round(gain, 4), "loss": round(loss.item(), 3)}
+                if step > args.warmup and gain < 0.01:
+                    print(f"WARNING: context gain {gain:.4f} nats/token: the decoder ignores the encoder "
+                          "(an encoder collapsed early in training does not recover; lower --lr / longer --warmup)",
+                          flush=True)
                 state["log"].append(entry)
                 print("CHECKPOINT", json.dumps(entry), "|", hyps[0], flush=True)
                 state["opt"] = opt.state_dict()
