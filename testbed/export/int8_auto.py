@@ -253,12 +253,13 @@ def _bleu(hyps: Sequence[str], refs: Sequence[str]) -> float:
 
 
 def _gate(outs: Sequence[tuple[str, int]], fp32: Sequence[tuple[str, int]], refs: Sequence[str],
-          s: SearchSettings) -> dict[str, Any]:
+          s: SearchSettings, fp32_bleu: float | None = None) -> dict[str, Any]:
     """The sweep's gate and verdict (testbed.eval.gate, METRICS.md) on dev: passes only on a ``pass`` verdict."""
     from testbed.eval.gate import PASS, gate, paired_bootstrap
 
     hyps, base = [t for t, _ in outs], [t for t, _ in fp32]
-    bleu, fp32_bleu = _bleu(hyps, refs), _bleu(base, refs)
+    bleu = _bleu(hyps, refs)
+    fp32_bleu = _bleu(base, refs) if fp32_bleu is None else fp32_bleu  # the search scores fp32 once
     n, n32 = sum(k for _, k in outs), sum(k for _, k in fp32)
     fidelity = _bleu(hyps, base)
     ci = paired_bootstrap(hyps, base, refs, samples=s.bootstrap_samples)["ci95"] if s.bootstrap_samples else None
@@ -284,6 +285,7 @@ class _Search:
         self.texts = [ex.text or "" for ex in dev]
         self.refs = [ex.reference or "" for ex in dev]
         self.dirs: dict[tuple[str, bool, bool, tuple[str, ...]], Path] = {}
+        self.sens: dict[str, float] | None = None  # measured the first time a candidate needs a ranking
         eng = _engine(base, model, pruning, None, settings.max_new_tokens)
         try:
             self.fp32 = decode_dev(eng, self.texts, settings.batch)
@@ -307,6 +309,13 @@ class _Search:
         finally:
             eng.close()
 
+    def ranking(self) -> list[str]:
+        """The groups, most sensitive first (:meth:`sensitivity`, measured on the first call only)."""
+        if self.sens is None:
+            self.sens = self.sensitivity()
+        sens = self.sens
+        return sorted(sens, key=lambda g: -sens[g])
+
     def sensitivity(self) -> dict[str, float]:
         """Fidelity (BLEU against the fp32 outputs) won back by keeping each group alone in fp32."""
         n = min(self.s.sensitivity_sentences, len(self.texts))
@@ -325,7 +334,7 @@ class _Search:
         gates = []
         for c in range(self.s.compositions):  # the fp32 graphs are batch-invariant: one reference serves all
             outs = self.outputs(opt, excluded, len(self.texts), c * self.s.batch // self.s.compositions)
-            gates.append(_gate(outs, self.fp32, self.refs, self.s))
+            gates.append(_gate(outs, self.fp32, self.refs, self.s, self.fp32_bleu))
         res = {"scheme": opt[0], "per_channel": opt[1], "reduce_range": opt[2], "fp32_groups": list(excluded),
                **gates[0]}
         if len(gates) > 1:
@@ -383,16 +392,11 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
     shutil.rmtree(work, ignore_errors=True)
     try:
         s = _Search(base, work, model, pruning, settings, say)
-        sens: dict[str, float] | None = None  # measured the first time a candidate needs a ranking
-        ranking: list[str] = []
         tried: list[dict[str, Any]] = []
         k_max = min(settings.max_excluded, len(s.groups))
         for opt in OPTIONS:
             for k in range(k_max + 1):
-                if k and sens is None:
-                    sens = s.sensitivity()
-                    ranking = sorted(sens, key=lambda g: -sens[g])  # type: ignore[index]
-                tried.append(s.candidate(opt, ranking[:k]))
+                tried.append(s.candidate(opt, s.ranking()[:k] if k else []))
                 if tried[-1]["passed_dev"]:
                     k_max = k  # later options: more fp32 groups than a passing candidate would not be faster
                     break
@@ -400,9 +404,7 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
         # costs less than TIE in speed and is more faithful wins the tie (timing decides below)
         plain = [c for c in tried if c["passed_dev"] and not c["fp32_groups"]]
         if plain and settings.refine:
-            if sens is None:
-                sens = s.sensitivity()
-                ranking = sorted(sens, key=lambda g: -sens[g])  # type: ignore[index]
+            ranking = s.ranking()
             for c in plain:
                 for k in range(1, min(settings.refine, len(ranking)) + 1):
                     tried.append(s.candidate(option(c), ranking[:k]))
@@ -421,8 +423,8 @@ def search(base: Path, out: Path, model: str, pruning: str, settings: SearchSett
         recipe = {k: chosen[k] for k in ("scheme", "per_channel", "reduce_range", "fp32_groups", "dev_bleu",
                                          "pct_of_fp32", "length_ratio", "fidelity", "dev_verdict", "passed_dev")}
         return {"recipe": recipe, "fp32_dev_bleu": round(s.fp32_bleu, 3),
-                "sensitivity": sens if sens is not None else "not measured: no candidate needed a group in fp32",
-                "ranking": ranking,
+                "sensitivity": s.sens if s.sens is not None else "not measured: no candidate needed a group in fp32",
+                "ranking": s.ranking() if s.sens is not None else [],
                 "candidates": tried, "timing": {"sentences": len(s.texts[: settings.timing_sentences]),
                                                 "fp32_median_ms": round(times[-1], 3), "threads": 1, "batch": 1},
                 "settings": settings.to_dict(), "int8_isa": int8_isa()}
