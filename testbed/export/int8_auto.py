@@ -335,17 +335,19 @@ class _Search:
         for c in range(self.s.compositions):  # the fp32 graphs are batch-invariant: one reference serves all
             outs = self.outputs(opt, excluded, len(self.texts), c * self.s.batch // self.s.compositions)
             gates.append(_gate(outs, self.fp32, self.refs, self.s, self.fp32_bleu))
+            if not gates[-1]["passed_dev"]:
+                break  # failed in one composition: fails (the other compositions cannot change that)
         res = {"scheme": opt[0], "per_channel": opt[1], "reduce_range": opt[2], "fp32_groups": list(excluded),
                **gates[0]}
-        if len(gates) > 1:
+        if self.s.compositions > 1:
             res.update(passed_dev=all(g["passed_dev"] for g in gates), compositions=gates,
                        fidelity=round(min(g["fidelity"] for g in gates), 3))
         self.say(f"int8-auto candidate {describe(res)}: "
                  f"dev BLEU {res['dev_bleu']:.2f} ({res['pct_of_fp32']}% of fp32), length ratio "
                  f"{res['length_ratio']}, fidelity {res['fidelity']:.2f}, delta 95% CI {res['dev_delta_ci95']} "
                  f"({res['dev_verdict']}): {'passes' if res['passed_dev'] else 'fails'} the gate"
-                 + (f"; verdicts over {len(gates)} batch compositions: {', '.join(g['dev_verdict'] for g in gates)}"
-                    if len(gates) > 1 else ""))
+                 + (f"; verdicts over {len(gates)} of {self.s.compositions} batch compositions: "
+                    f"{', '.join(g['dev_verdict'] for g in gates)}" if self.s.compositions > 1 else ""))
         return res
 
     def time(self, cands: Sequence[dict[str, Any]]) -> list[float]:

@@ -97,7 +97,11 @@ def test_a_strict_gate_ends_on_a_passing_candidate_in_ranking_order_and_the_sign
         assert auto["recipe"]["passed_dev"]
         for c in auto["candidates"]:
             assert c["fp32_groups"] == auto["ranking"][: len(c["fp32_groups"])]
-            assert len(c["compositions"]) == 2
+            # a pass needs both compositions; a failure stops at the first composition it fails in
+            checked = c["compositions"]
+            assert len(checked) == 2 if c["passed_dev"] else (1 <= len(checked) <= 2
+                                                              and not checked[-1]["passed_dev"]
+                                                              and all(g["passed_dev"] for g in checked[:-1]))
             # the point rule decides (BLEU >= fp32's and the exact length here); the verdict is only recorded
             assert c["passed_dev"] == all(g["dev_verdict"] == "pass" for g in c["compositions"])
             assert c["fidelity"] == min(g["fidelity"] for g in c["compositions"])
