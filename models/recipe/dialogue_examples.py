@@ -25,6 +25,23 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 
 
+def reply_stats(examples: list[Any], replies_: list[str]) -> dict[str, Any]:
+    """How varied and how on topic replies are: distinct replies, and the share that repeats a content word of
+    the prompt's last turn (``build_dialogue.topical``: 3+ letters, not a stop word).  A model whose encoder
+    collapsed gives one reply to every prompt (1 distinct); the human replies give the scale."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from build_dialogue import topical
+
+    from testbed.spec import TURN_SEPARATOR
+
+    contexts = [TURN_SEPARATOR.join(m["content"] for m in e.messages) for e in examples]
+    n = max(1, len(replies_))
+    return {"distinct_replies": len(set(replies_)),
+            "on_topic_rate": round(sum(topical(c, r) for c, r in zip(contexts, replies_)) / n, 3)}
+
+
 def replies(name: str, examples: list[Any], max_new: int, batch: int, threads: int) -> list[str]:
     from testbed.config import EngineConfig
     from testbed.engines.registry import create_engine
@@ -107,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                                 "chrf": round(sacrebleu.corpus_chrf(hyps, [[r.lower() for r in refs]]).score, 2)},
         "test_perplexity": round(perplexity(path, examples), 2),
         "mean_reply_words": round(sum(len(h.split()) for h in hyps) / len(hyps), 1),
+        # on topic: the reply repeats a content word of the prompt's last turn (reply_stats); human: the same
+        # measure on the human replies, for scale
+        "replies_model": reply_stats(examples, hyps),
+        "replies_human": reply_stats(examples, refs),
         "replies": [{"id": e.id, "reply": h} for e, h in zip(examples, hyps)],
     }
     write_text_atomic(out / "evaluation.json", json.dumps(result, indent=1, ensure_ascii=False) + "\n")

@@ -254,11 +254,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--export", type=Path, help="only export --out/best to this directory")
     ap.add_argument("--export-dtype", choices=["fp16", "fp32"], default="fp16")
+    ap.add_argument("--export-from", choices=["best", "last"], default="best",
+                    help="the checkpoint --export takes: the best by --select, or the last one saved")
     args = ap.parse_args(argv)
 
     if args.export:
-        export(args.out / "best", args.export, args.export_dtype, args.arch)
-        print(f"exported {args.out / 'best'} -> {args.export}")
+        export(args.out / args.export_from, args.export, args.export_dtype, args.arch)
+        print(f"exported {args.out / args.export_from} -> {args.export}")
         return 0
 
     torch.set_num_threads(args.threads)
@@ -281,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         model = (dialogue_arch.make_model if bbs else make_model)(tok, args)
         state = {"step": 0, "epoch": 0, "elapsed_s": 0.0, "best_bleu": -1.0, "best_ppl": math.inf, "log": []}
+    # every start or resume, with its arguments (a run may change corpus or settings part-way)
+    state.setdefault("runs", []).append({"from_step": state["step"],
+                                         "args": {k: str(v) for k, v in vars(args).items()}})
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params / 1e6:.2f} M", flush=True)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.01)
@@ -325,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                 gain = context_gain(model, dev_data[: args.dev_n], pad, start, ppl)
                 entry = {"step": step, "epoch": state["epoch"], "minutes": round(state["elapsed_s"] / 60, 1),
                          "dev_bleu": round(bleu, 2), "dev_chrf": round(chrf, 2), "dev_ppl": round(ppl, 2),
-                         "context_gain_nats": round(gain, 4), "loss": round(loss.item(), 3)}
+                         "context_gain_nats": round(gain, 4), "loss": round(loss.item(), 3),
+                         "corpus": str(args.corpus)}
                 if step > args.warmup and gain < 0.01:
                     print(f"WARNING: context gain {gain:.4f} nats/token: the decoder ignores the encoder "
                           "(an encoder collapsed early in training does not recover; lower --lr / longer --warmup)",
@@ -342,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
                 log = {"args": {k: str(v) for k, v in vars(args).items()}, "params": n_params,
                        "threads": args.threads, "torch": torch.__version__,
                        "cpu": os.cpu_count(), "log": state["log"], "best_dev_bleu": state["best_bleu"],
-                       "best_dev_ppl": state.get("best_ppl"), "select": args.select}
+                       "best_dev_ppl": state.get("best_ppl"), "select": args.select, "runs": state["runs"]}
                 for d in (last, args.out / "best"):
                     if d.exists():
                         (d / "train_log.json").write_text(json.dumps(log, indent=2) + "\n")

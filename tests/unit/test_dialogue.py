@@ -17,6 +17,7 @@ sys.path.insert(0, str(REPO / "models" / "recipe"))
 
 import build_dialogue  # noqa: E402
 import dialogue_arch  # noqa: E402
+import dialogue_examples  # noqa: E402
 
 
 def _conversation(cid: str, n_turns: int) -> dict:
@@ -24,6 +25,19 @@ def _conversation(cid: str, n_turns: int) -> dict:
              "what did you eat for dinner", "pizza with my friends it was great"]
     return {"messages": [[{"text": f"{words[i % len(words)]} {cid[:4]}", "sender": "ab"[i % 2]}]
                          for i in range(n_turns)]}
+
+
+def test_reply_stats_count_distinct_replies_and_replies_on_the_last_turns_topic():
+    from testbed.datasets import Example
+
+    ex = [Example(id=str(i), messages=({"role": "user", "content": "i went to the beach"},
+                                       {"role": "assistant", "content": f"do you like {w}?"}))
+          for i, w in enumerate(["pizza", "movies", "dogs", "music"])]
+    # a collapsed model: one reply for every prompt, on topic by no measure
+    assert dialogue_examples.reply_stats(ex, ["i'm not sure"] * 4) == {"distinct_replies": 1, "on_topic_rate": 0.0}
+    # on topic = repeats a content word of the *last* turn (not of earlier turns, not a stop word)
+    replies = ["i love pizza", "movies are fun", "the beach was nice", "i like it"]
+    assert dialogue_examples.reply_stats(ex, replies) == {"distinct_replies": 4, "on_topic_rate": 0.5}
 
 
 def test_split_is_by_conversation():
