@@ -42,7 +42,9 @@ def reply_stats(examples: list[Any], replies_: list[str]) -> dict[str, Any]:
             "on_topic_rate": round(sum(topical(c, r) for c, r in zip(contexts, replies_)) / n, 3)}
 
 
-def replies(name: str, examples: list[Any], max_new: int, batch: int, threads: int) -> list[str]:
+def replies(name: str, examples: list[Any], max_new: int, batch: int, threads: int) -> tuple[list[str], int]:
+    """The model's replies, and how many ran to ``max_new`` tokens without EOS (finish reason ``length``:
+    from the token ids; under greedy decoding mostly a phrase repeated until the limit)."""
     from testbed.config import EngineConfig
     from testbed.engines.registry import create_engine
     from testbed.engines.types import GenerationRequest
@@ -50,11 +52,14 @@ def replies(name: str, examples: list[Any], max_new: int, batch: int, threads: i
     engine = create_engine(EngineConfig(model=name, engine="torch", precision="fp32", threads=threads,
                                         max_new_tokens=max_new))
     out: list[str] = []
+    at_limit = 0
     for i in range(0, len(examples), batch):
         reqs = [GenerationRequest(messages=tuple(e.messages)) for e in examples[i:i + batch]]
-        out += [g.text for g in engine.generate(reqs)]
+        gens = engine.generate(reqs)
+        out += [g.text for g in gens]
+        at_limit += sum(g.finish_reason == "length" for g in gens)
     engine.close()
-    return out
+    return out, at_limit
 
 
 def perplexity(path: Path, examples: list[Any]) -> float:
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     path = resolve_model(args.model).local_path()
     out = args.out or path
     examples = load_dataset("chat", limit=args.limit)
-    hyps = replies(args.model, examples, args.max_new_tokens, args.batch, args.threads)
+    hyps, at_limit = replies(args.model, examples, args.max_new_tokens, args.batch, args.threads)
     refs = [str(e.reference) for e in examples]
     result = {
         "model": args.model, "test_set": "eval/data/chat_prompts.jsonl", "n": len(examples),
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                                 "chrf": round(sacrebleu.corpus_chrf(hyps, [[r.lower() for r in refs]]).score, 2)},
         "test_perplexity": round(perplexity(path, examples), 2),
         "mean_reply_words": round(sum(len(h.split()) for h in hyps) / len(hyps), 1),
+        "replies_at_token_limit": at_limit,  # no EOS within max_new_tokens
         # on topic: the reply repeats a content word of the prompt's last turn (reply_stats); human: the same
         # measure on the human replies, for scale
         "replies_model": reply_stats(examples, hyps),
