@@ -26,13 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from testbed.clock import now_ns
 from testbed.datasets import load_dataset
 from testbed.engines.onnxruntime.contract import DECODER, ENCODER, META
 from testbed.export import int8_auto as ia
@@ -106,8 +104,9 @@ def marian(args: argparse.Namespace, work: Path) -> list[str]:
     for name, art in variants.items():
         gates[name] = [ia._gate(decode(art, c * s.batch // 2), fp32, refs, s, fp32_bleu) for c in range(2)]
         print(name, [(g["fidelity"], g["dev_verdict"]) for g in gates[name]], file=sys.stderr, flush=True)
-    med = timing(list(variants.values()) + [base], [[t] for t in texts[: args.timing]],
-                 lambda a: ia._engine(a, MARIAN, "none", 1, s.max_new_tokens), per_token=False)
+    med = ia.interleaved_medians(list(variants.values()) + [base],
+                                 lambda a: ia._engine(a, MARIAN, "none", 1, s.max_new_tokens),
+                                 [[t] for t in texts[: args.timing]])
     ref = med[0]
     lines = [f"## {MARIAN}: dev set ({len(texts)} sentences), fp32 graphs' BLEU {fp32_bleu:.2f}", "",
              "| variant | fidelity (min of 2 compositions) | verdicts (2 compositions) | dev BLEU % of fp32 | "
@@ -144,8 +143,8 @@ def chat(args: argparse.Namespace, work: Path) -> list[str]:
             replies[name] = [g.text for g in eng.generate(reqs)]
         finally:
             eng.close()
-    med = timing(list(variants.values()), [[r] for r in reqs[: args.chat_timing]], lambda a: engine(a, 1),
-                 per_token=True)
+    med = ia.interleaved_medians(list(variants.values()), lambda a: engine(a, 1),
+                                 [[r] for r in reqs[: args.chat_timing]], per_token=True)
     ref = replies["fp32"]
     lines = [f"## {CHAT}: {len(reqs)} chat prompts, greedy, {args.chat_max_new} new tokens, one batch", "",
              "| variant | BLEU vs fp32 replies | chrF vs fp32 replies | exact match | "
@@ -156,26 +155,6 @@ def chat(args: argparse.Namespace, work: Path) -> list[str]:
         lines.append(f"| {name} | {bleu:.2f} | {chrf:.2f}"
                      f" | {sum(a == b for a, b in zip(out, ref))}/{len(ref)} | {m:.2f} | {m / med[0]:.2f} |")
     return lines
-
-
-def timing(arts: list[Path], inputs: list[list[Any]], make: Any, per_token: bool) -> list[float]:
-    """Median ms per input (or per generated token), every artefact interleaved input by input (the first
-    to go rotates); one warm-up call each, excluded."""
-    engines = [make(a) for a in arts]
-    ms: list[list[float]] = [[] for _ in engines]
-    try:
-        for e in engines:
-            e.generate(inputs[0])
-        for j, inp in enumerate(inputs):
-            for r in range(len(engines)):
-                k = (j + r) % len(engines)
-                t0 = now_ns()
-                g = engines[k].generate(inp)[0]
-                ms[k].append((now_ns() - t0) / 1e6 / (max(1, len(g.token_ids)) if per_token else 1))
-    finally:
-        for e in engines:
-            e.close()
-    return [statistics.median(m) for m in ms]
 
 
 def rounds_line(args: argparse.Namespace) -> str:

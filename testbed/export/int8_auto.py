@@ -353,22 +353,29 @@ class _Search:
     def time(self, cands: Sequence[dict[str, Any]]) -> list[float]:
         """Median ms per sentence at batch 1, 1 thread, interleaved sentence by sentence (fp32 last, for a ratio)."""
         arts = [self.variant(option(c), c["fp32_groups"]) for c in cands] + [self.base]
-        engines = [_engine(a, self.model, self.pruning, 1, self.s.max_new_tokens) for a in arts]
-        texts = self.texts[: self.s.timing_sentences]
-        ms: list[list[float]] = [[] for _ in engines]
-        try:
-            for e in engines:  # warm-up, excluded
-                e.generate([texts[0]])
-            for j, text in enumerate(texts):
-                for r in range(len(engines)):
-                    k = (j + r) % len(engines)  # rotate who goes first
-                    t0 = engines[k].clock()
-                    engines[k].generate([text])
-                    ms[k].append((engines[k].clock() - t0) / 1e6)
-        finally:
-            for e in engines:
-                e.close()
-        return [statistics.median(m) for m in ms]
+        return interleaved_medians(arts, lambda a: _engine(a, self.model, self.pruning, 1, self.s.max_new_tokens),
+                                   [[t] for t in self.texts[: self.s.timing_sentences]])
+
+
+def interleaved_medians(arts: Sequence[Path], make: Callable[[Path], Any], inputs: Sequence[Sequence[Any]],
+                        per_token: bool = False) -> list[float]:
+    """Median ms per input (per generated token with ``per_token``) of each artefact's engine (``make``), every
+    engine run on input j before any runs input j+1, the first to go rotating; one warm-up call each, excluded."""
+    engines = [make(a) for a in arts]
+    ms: list[list[float]] = [[] for _ in engines]
+    try:
+        for e in engines:  # warm-up, excluded
+            e.generate(inputs[0])
+        for j, inp in enumerate(inputs):
+            for r in range(len(engines)):
+                k = (j + r) % len(engines)  # rotate who goes first
+                t0 = engines[k].clock()
+                g = engines[k].generate(inp)[0]
+                ms[k].append((engines[k].clock() - t0) / 1e6 / (max(1, len(g.token_ids)) if per_token else 1))
+    finally:
+        for e in engines:
+            e.close()
+    return [statistics.median(m) for m in ms]
 
 
 def option(c: dict[str, Any]) -> Opt:
