@@ -83,6 +83,7 @@ class Config:
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("onnxruntime", "int8", {"spinning": True}),
     ("onnxruntime", "int8", {"io_binding": True}),
+    ("onnxruntime", "int8", {"greedy_loop": True}),
 ]
 """Settings variants at ``--threads`` (engine, precision, constructor keywords): extend here."""
 

@@ -272,18 +272,20 @@ class Engine(ABC):
         outs: list[list[int]] = [[] for _ in prepared]
         live = set(range(len(prepared)))
 
-        def take(out: dict[int, int]) -> None:
-            for i, tid in out.items():
-                outs[i].append(tid)
-                if tid in self.eos_token_ids or len(outs[i]) >= prepared[i].max_new_tokens:
-                    live.discard(i)
-                    b.evict([i])
+        def take(out: dict[int, list[int]]) -> None:
+            for i, tids in out.items():
+                for tid in tids:
+                    outs[i].append(tid)
+                    if tid in self.eos_token_ids or len(outs[i]) >= prepared[i].max_new_tokens:
+                        live.discard(i)
+                        b.evict([i])
+                        break
 
         try:
             b.admit(dict(enumerate(prepared)))
-            take(b.prefill())
+            take({i: [t] for i, t in b.prefill().items()})
             while live:
-                out = b.step()
+                out = b.steps()
                 take(out)
                 for i in live - out.keys():  # the engine stopped it without EOS (as in BatchStream.advance)
                     live.discard(i)

@@ -15,7 +15,8 @@ timestamp.  Rows are named by integer *slots* the driver chooses.
   decoding step of the running rows between two chunks, so one long prompt cannot stall them);
   evicting a pending row stops its prefill.
 * :meth:`StepBatch.step` runs one decoding step of every running row and returns each row's next
-  token.
+  token; :meth:`StepBatch.steps` may run several (until a row finishes) where nobody needs a
+  timestamp per token.
 * :meth:`StepBatch.evict` drops rows (finished, cancelled, past their deadline) at once; their
   slots are free for the next :meth:`admit`.
 
@@ -109,6 +110,20 @@ class StepBatch(ABC):
         out = self._step() if self.has_running() else {}
         self._count(out)
         return out
+
+    def steps(self) -> dict[int, list[int]]:
+        """One or more decoding steps of the running rows, for a driver that takes no timestamp per token
+        (:meth:`Engine.generate`): each row's new tokens, up to and including the one that finishes it
+        (an EOS id, or its ``max_new_tokens``); the driver evicts finished rows as after :meth:`step`.
+        One step unless the engine runs several in one call (ONNX Runtime's greedy loop); it returns
+        once a row has finished, at the latest."""
+        out = self._steps() if self.has_running() else {}
+        for s, toks in out.items():
+            self.generated[s] += len(toks)
+        return out
+
+    def _steps(self) -> dict[int, list[int]]:
+        return {s: [t] for s, t in self._step().items()}
 
     def evict(self, slots: Iterable[int]) -> None:
         gone = [s for s in slots if s in self.prepared]

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from testbed.engines.onnxruntime.contract import MASK_VALUE, NO_EOS
+from testbed.engines.onnxruntime.loop import IDS as LOOP_IDS
 from testbed.engines.onnxruntime.runner import pad_batch
 from testbed.engines.step import PaddedBatch, pad_left, pad_right
 
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
 
 class OrtBatch(PaddedBatch):
+    compact_at = 0.25
     def __init__(self, engine: OnnxRuntimeEngine) -> None:
         super().__init__(engine.ort.seq2seq)
         self.e = engine
@@ -39,6 +41,9 @@ class OrtBatch(PaddedBatch):
         self.banned = list(engine.banned)
         self.eos = sorted(engine.eos_token_ids)
         self.use_head = self.m.head_fits(self.banned, self.eos)
+        self.use_loop = self.m.loop_fits(self.banned, self.eos)
+        self.eos_set = set(self.eos)
+        self.eos_ids = np.array(self.eos, dtype=np.int64)
         self.new_fixed: dict[str, Any] | None = None
         self.past: list[Any] = []
         self.fixed: dict[str, Any] = {}
@@ -190,6 +195,47 @@ class OrtBatch(PaddedBatch):
         self.pos = self.pos + 1
         return {s: t for s, t in zip(self.order, nxt.tolist()) if s is not None}
 
+    def _steps(self) -> dict[int, list[int]]:
+        """Several steps in one ONNX Runtime call (the greedy loop, :mod:`.loop`), until enough rows have
+        finished that :meth:`_evict` will compact the tensors (one row at batch 1), or until every row's
+        budget is spent; one step where the loop does not apply."""
+        if not (self.seq2seq and self.use_loop) or self.waiting:
+            return super()._steps()
+        m, n, order = self.m, len(self.order), self.order
+        assert m.loop is not None
+        live = [i for i, s in enumerate(order) if s is not None]
+        gen = np.array([self.generated[s] if s is not None else 0 for s in order], dtype=np.int64)
+        max_new = np.array([self.prepared[s].max_new_tokens if s is not None else 1 for s in order], dtype=np.int64)
+        min_new = np.array([self.prepared[s].min_new_tokens if s is not None else 0 for s in order], dtype=np.int64)
+        z = n - len(live)
+        stop_after = min(len(live), max(1, int(self.compact_at * n) - z + 1))
+        feed = {"max_steps": np.array(int((max_new - gen)[live].max()), dtype=np.int64),
+                "stop_after": np.array(stop_after, dtype=np.int64), "eos_ids": self.eos_ids,
+                "min_new": min_new, "max_new": max_new, "init/input_ids": self.inp, "init/position_ids": self.pos,
+                "init/self_bias": self.bias, "init/done": np.array([s is None for s in order]), "init/count": gen,
+                **{"init/" + k: v for k, v in zip(m.past_names, self.past)}, **self.fixed}
+        got = dict(zip(m.loop_outputs, m.loop.run(m.loop_outputs, feed)))
+        ids = got[LOOP_IDS]  # (steps, B)
+        t0 = self.bias.shape[3]
+        self.inp, self.pos, self.bias = got["final/input_ids"], got["final/position_ids"], got["final/self_bias"]
+        self.past = [got["final/" + k] for k in m.past_names]
+        if self.pads is None:
+            eb = self._host(self.fixed["encoder_bias"])
+            self.pads = (int(np.count_nonzero(self.bias)), int(np.count_nonzero(eb)), eb.shape[3])
+        out: dict[int, list[int]] = {}
+        ends = []  # the step at which each live row finished (len(ids): still running)
+        for i in live:
+            col = ids[:, i].tolist()
+            s, left = order[i], int(max_new[i] - gen[i])
+            end = next((j for j, t in enumerate(col) if t in self.eos_set or j + 1 >= left), len(col) - 1)
+            out[s] = col[: end + 1]  # type: ignore[index]
+            ends.append(end if col[end] in self.eos_set or end + 1 >= left else len(col))
+        for j in range(ids.shape[0]):  # padding as the steps one by one would have counted it
+            zj, t = z + sum(e < j for e in ends), t0 + j + 1
+            self.padding.add(n * t, self.pads[0] + zj * t)
+            self.padding.add(n * self.pads[2], self.pads[1] + zj * self.pads[2])
+        return out
+
     # ------------------------------------------------------------------ leaving
     def _evict(self, slots: list[int]) -> None:
         gone = set(slots)
@@ -213,7 +259,7 @@ class OrtBatch(PaddedBatch):
         if not self.has_running():
             self.order, self.past, self.fixed = [], [], {}
             self.bias = self.mask = self.pos = self.inp = None
-        elif 2 * self._zombies() > len(self.order):
+        elif self._zombies() > self.compact_at * len(self.order):
             self._compact()
 
     def _compact(self) -> None:

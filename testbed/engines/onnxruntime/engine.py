@@ -44,10 +44,13 @@ class OnnxRuntimeEngine(Engine):
     artifact_builder = "onnx"
 
     def __init__(self, config: EngineConfig, clock: Clock = now_ns, *, spinning: bool = False,
-                 graph_opt: str = "all", io_binding: bool = False, greedy_in_graph: bool | None = None) -> None:
+                 graph_opt: str = "all", io_binding: bool = False, greedy_in_graph: bool | None = None,
+                 greedy_loop: bool = False) -> None:
         super().__init__(config, clock)
         # the greedy choice in the graph's head: on GPU providers by default (see SessionSettings)
         self.greedy_in_graph = config.device != "cpu" if greedy_in_graph is None else greedy_in_graph
+        # generate(): the whole greedy loop in one run() call where it applies (CPU, seq2seq; see .loop)
+        self.greedy_loop = greedy_loop
         self.spinning = spinning
         self.graph_opt = graph_opt
         self.io_binding = io_binding
@@ -63,7 +66,8 @@ class OnnxRuntimeEngine(Engine):
         provider = "CPUExecutionProvider" if cfg.device == "cpu" else self.gpu_provider
         settings = SessionSettings(provider=provider, threads=cfg.threads, spinning=self.spinning,
                                    graph_opt=self.graph_opt, fp16=cfg.precision == "fp16",
-                                   io_binding=self.io_binding, greedy_in_graph=self.greedy_in_graph)
+                                   io_binding=self.io_binding, greedy_in_graph=self.greedy_in_graph,
+                                   greedy_loop=self.greedy_loop)
         self.ort = OrtModel(self.artifact, settings)
         # the artefact holds the checkpoint's config, generation config and tokenizer
         self.spec, self.tokenizer = load_spec(self.artifact, cfg.src_lang, cfg.tgt_lang)
@@ -79,7 +83,9 @@ class OnnxRuntimeEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
+        loop = getattr(self, "ort", None) is not None and self.ort.loop is not None
         d.update(spinning=self.spinning, graph_opt=self.graph_opt, greedy_in_graph=self.greedy_in_graph,
+                 greedy_loop=loop if getattr(self, "ort", None) is not None else self.greedy_loop,
                  io_binding=self.io_binding or cfg_gpu(self.config),
                  artifact=str(getattr(self, "artifact", "")) or None)
         if self.config.precision == "int8-auto" and getattr(self, "artifact", None):

@@ -77,6 +77,9 @@ class SessionSettings:
     # time and the masking ops more again (bench/results/ort_step_profile.md); the engine uses the
     # head on GPU providers only, where it saves the logits' copy to the host
     greedy_in_graph: bool = True
+    # Engine.generate: the greedy loop inside ONNX Runtime, several steps per run() call
+    # (testbed.engines.onnxruntime.loop); CPU provider, seq2seq graphs with a greedy head only
+    greedy_loop: bool = False
 
     @property
     def on_gpu(self) -> bool:
@@ -137,7 +140,7 @@ def make_session(path: Path, s: SessionSettings, model: bytes | None = None) -> 
 class OrtModel:
     """The sessions of one artefact and the greedy loop over them."""
 
-    def __init__(self, art: Path, settings: SessionSettings) -> None:
+    def __init__(self, art: Path, settings: SessionSettings, bypass_checks: bool = True) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -164,10 +167,37 @@ class OrtModel:
         self.head_eos: list[int] = list(head["eos"]) if self.head else []
         self.dev = "cuda" if settings.on_gpu else "cpu"
         self.io_binding = settings.io_binding or settings.on_gpu
+        # the decoder's run() without InferenceSession.run's per-call checks of the feed's names and
+        # OrtValues (about 4 us of a 120 us int8 Marian step, bench/results/engines_marian*.md): the feed
+        # is built here, from the names the session reported (bypass=False: the checked call)
+        self._decoder_run = getattr(self.decoder, "_sess", self.decoder).run if bypass_checks else self.decoder.run
+        # the greedy loop (the artefact's graph with its head, whether or not the step session keeps it)
+        self.loop = self._loop_session(dec) if settings.greedy_loop and head else None
+        self.loop_outputs = [o.name for o in self.loop.get_outputs()] if self.loop is not None else []
+        self.loop_banned: list[int] = list(head["banned"]) if self.loop is not None else []
+        self.loop_eos: list[int] = list(head["eos"]) if self.loop is not None else []
+
+    def _loop_session(self, dec: Path) -> Any:
+        """A session over the decoder wrapped in the greedy loop, or None where it does not apply (a
+        decoder-only model, no greedy head in the graph, a GPU provider, weights in external files)."""
+        if not self.seq2seq or self.io_binding:
+            return None
+        import onnx
+
+        from testbed.engines.onnxruntime.loop import has_external_data, loop_model
+
+        step = onnx.load(str(dec), load_external_data=False)
+        if has_external_data(step):
+            return None
+        return make_session(dec.with_name("decoder_loop.onnx"), self.settings, loop_model(step).SerializeToString())
 
     def head_fits(self, banned: Sequence[int], eos: Sequence[int]) -> bool:
         """Does the graph's greedy head mask exactly these banned and EOS ids (else: choose from logits)?"""
         return self.head and sorted(set(banned)) == self.head_banned and sorted(set(eos)) == self.head_eos
+
+    def loop_fits(self, banned: Sequence[int], eos: Sequence[int]) -> bool:
+        """Can the greedy loop decode for these banned and EOS ids (its head masks exactly those)?"""
+        return self.loop is not None and sorted(set(banned)) == self.loop_banned and sorted(set(eos)) == self.loop_eos
 
     # ------------------------------------------------------------------ helpers
     def _ov(self, arr: np.ndarray) -> Any:
@@ -192,7 +222,7 @@ class OrtModel:
         want = ([NEXT_IDS] if ids else []) + ([LOGITS] if logits or not ids else [])
         if not self.io_binding:
             feed = {**fixed, **inputs, **dict(zip(self.past_names, past))}
-            outs = self.decoder.run([*want, *self.present_names], feed)
+            outs = self._decoder_run([*want, *self.present_names], feed, None)
         else:
             io = self.decoder.io_binding()
             for name, ov in fixed.items():
