@@ -25,7 +25,7 @@ import numpy as np
 from testbed.engines.onnxruntime.contract import MASK_VALUE, NO_EOS
 from testbed.engines.onnxruntime.loop import IDS as LOOP_IDS
 from testbed.engines.onnxruntime.runner import pad_batch
-from testbed.engines.step import PaddedBatch, pad_left, pad_right
+from testbed.engines.step import PaddedBatch, length_groups, pad_left, pad_right
 
 if TYPE_CHECKING:
     from testbed.engines.base import Prepared
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 
 class OrtBatch(PaddedBatch):
-    compact_at = 0.25
+    compact_at = 0.25  # rows that left are dropped from the tensors once they are this share of the batch
     def __init__(self, engine: OnnxRuntimeEngine) -> None:
         super().__init__(engine.ort.seq2seq)
         self.e = engine
@@ -92,11 +92,19 @@ class OrtBatch(PaddedBatch):
             return
         if self.waiting:
             raise RuntimeError("admit() called again before prefill()")
-        self.waiting = list(rows)
-        if self.seq2seq:
-            ids, mask = pad_batch([self.prepared[s].input_ids for s in self.waiting], self.e.pad_id, left=False)
-            self.new_fixed = self.m._encode(ids, mask)
+        # the encoder over groups of similar length (length_groups), its outputs right-padded to the longest
+        # source and the rows in the groups' order
+        slots = list(rows)
+        if not slots:
+            return
+        groups = length_groups([len(self.prepared[s].input_ids) for s in slots], self.encode_waste)
+        outs = []
+        for g in groups:
+            ids, mask = pad_batch([self.prepared[slots[i]].input_ids for i in g], self.e.pad_id, left=False)
+            outs.append(self.m._encode(ids, mask))
             self.padding.add(mask.size, int((mask == 0).sum()))
+        self.waiting = [slots[i] for g in groups for i in g]
+        self.new_fixed = outs[0] if len(outs) == 1 else self._merge_fixed(outs)
 
     def _prefill(self) -> dict[int, int]:
         if not self.seq2seq:
@@ -155,20 +163,24 @@ class OrtBatch(PaddedBatch):
         if self.seq2seq:
             assert fixed is not None
             self.bias = np.concatenate([pad_left(self.bias, t, 3, MASK_VALUE), pad_left(bias, t, 3, MASK_VALUE)])
-            s = max(self._host(self.fixed["encoder_bias"]).shape[3], self._host(fixed["encoder_bias"]).shape[3])
-            merged = {}
-            for name, old in self.fixed.items():
-                a, b = self._host(old), self._host(fixed[name])
-                axis = 3 if name == "encoder_bias" or name.startswith("cross_k") else 2
-                value = MASK_VALUE if name == "encoder_bias" else 0.0
-                merged[name] = self._dev(np.concatenate([pad_right(a, s, axis, value), pad_right(b, s, axis, value)]))
-            self.fixed = merged
+            self.fixed = self._merge_fixed([self.fixed, fixed])
         else:
             self.mask = np.concatenate([pad_left(self.mask, t, 1), pad_left(mask, t, 1)])
         self.inp = np.concatenate([self.inp, inp])
         self.pos = np.concatenate([self.pos, pos])
         self.order += slots
         self.pads = None
+
+    def _merge_fixed(self, parts: list[dict[str, Any]]) -> dict[str, Any]:
+        """The encoder outputs of several groups of rows as one batch: each right-padded to the longest
+        source (``encoder_bias`` with the mask value, the cross-attention keys/values with 0)."""
+        s = max(self._host(p["encoder_bias"]).shape[3] for p in parts)
+        merged = {}
+        for name in parts[0]:
+            axis = 3 if name == "encoder_bias" or name.startswith("cross_k") else 2
+            value = MASK_VALUE if name == "encoder_bias" else 0.0
+            merged[name] = self._dev(np.concatenate([pad_right(self._host(p[name]), s, axis, value) for p in parts]))
+        return merged
 
     # ------------------------------------------------------------------ steps
     def _step(self) -> dict[int, int]:
