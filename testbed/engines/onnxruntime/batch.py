@@ -42,6 +42,9 @@ class OrtBatch(PaddedBatch):
         self.eos = sorted(engine.eos_token_ids)
         self.use_head = self.m.head_fits(self.banned, self.eos)
         self.use_loop = self.m.loop_fits(self.banned, self.eos)
+        # one banned id: a basic index (a list index costs a conversion every step)
+        self.banned_idx: Any = self.banned[0] if len(self.banned) == 1 else np.asarray(self.banned, dtype=np.intp)
+        self.min_new = False  # does any row admitted so far have a minimum length (then EOS is masked per row)
         self.eos_set = set(self.eos)
         self.eos_ids = np.array(self.eos, dtype=np.int64)
         self.new_fixed: dict[str, Any] | None = None
@@ -67,7 +70,7 @@ class OrtBatch(PaddedBatch):
              slots: list[int | None] | list[int]) -> tuple[np.ndarray, list[Any]]:
         """One decoder step and its greedy choice: inside the graph (its head masks the banned ids, and
         EOS in the rows ``no_eos``), or over the logits when the graph's head masks other ids."""
-        rows = self.no_eos(slots) if self.eos else []
+        rows = self.no_eos(slots) if self.eos and self.min_new else []
         if self.use_head:
             flags = np.zeros(len(slots), dtype=bool)
             flags[rows] = True
@@ -77,13 +80,14 @@ class OrtBatch(PaddedBatch):
         _, logits, past = self.m._step(fixed, inputs, past, logits=True)
         assert logits is not None
         if self.banned:
-            logits[:, self.banned] = -np.inf
+            logits[:, self.banned_idx] = -np.inf
         if rows:
             logits[np.ix_(rows, self.eos)] = -np.inf
-        return logits.argmax(-1).astype(np.int64), past
+        return logits.argmax(-1), past  # int64 (np.intp on the 64-bit platforms ONNX Runtime ships for)
 
     # ------------------------------------------------------------------ admission
     def _admit(self, rows: dict[int, Prepared]) -> None:
+        self.min_new = self.min_new or any(p.min_new_tokens > 0 for p in rows.values())
         if not self.seq2seq:  # a new prefill group: it advances beside any group already in progress
             ids, mask = pad_batch([self.prepared[s].input_ids for s in rows], self.e.pad_id, left=True)
             self.pfs.append({"slots": list(rows), "ids": ids, "mask": mask, "c": 0,
@@ -186,7 +190,10 @@ class OrtBatch(PaddedBatch):
     def _step(self) -> dict[int, int]:
         n = len(self.order)
         if self.seq2seq:
-            self.bias = np.concatenate([self.bias, np.zeros((n, 1, 1, 1), dtype=self.bias.dtype)], axis=3)
+            if self.pads is not None and self.pads[0] == 0:  # no padded position: all zeros, one allocation
+                self.bias = np.zeros((n, 1, 1, self.bias.shape[3] + 1), dtype=self.bias.dtype)
+            else:
+                self.bias = np.concatenate([self.bias, np.zeros((n, 1, 1, 1), dtype=self.bias.dtype)], axis=3)
             nxt, self.past = self._run(self.fixed, {"input_ids": self.inp, "position_ids": self.pos,
                                                     "self_bias": self.bias}, self.past, self.order)
             if self.pads is None:

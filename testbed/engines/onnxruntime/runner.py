@@ -170,6 +170,7 @@ class OrtModel:
         # the decoder's run() without InferenceSession.run's per-call checks of the feed's names and
         # OrtValues (about 4 us of a 120 us int8 Marian step, bench/results/engines_marian*.md): the feed
         # is built here, from the names the session reported (bypass=False: the checked call)
+        self._logits_out = [LOGITS, *self.present_names]
         self._decoder_run = getattr(self.decoder, "_sess", self.decoder).run if bypass_checks else self.decoder.run
         # the greedy loop (the artefact's graph with its head, whether or not the step session keeps it)
         self.loop = self._loop_session(dec) if settings.greedy_loop and head else None
@@ -216,6 +217,11 @@ class OrtModel:
         only when asked for, or when the graph has no head (else None): a step that wants ids
         never copies the (B, V) scores out.
         """
+        if logits and not (self.io_binding or self.head):  # the CPU default: logits and presents, nothing else
+            feed = {**fixed, **inputs}
+            feed.update(zip(self.past_names, past))
+            outs = self._decoder_run(self._logits_out, feed, None)
+            return None, outs[0], outs[1:]
         ids = NO_EOS in inputs
         if self.head and not ids:  # the head's input is required even when its output is not used
             inputs = {**inputs, NO_EOS: np.zeros(len(next(iter(inputs.values()))), dtype=bool)}
