@@ -45,12 +45,14 @@ class OnnxRuntimeEngine(Engine):
 
     def __init__(self, config: EngineConfig, clock: Clock = now_ns, *, spinning: bool = False,
                  graph_opt: str = "all", io_binding: bool = False, greedy_in_graph: bool | None = None,
-                 greedy_loop: bool = False) -> None:
+                 greedy_loop: bool = False, fuse_skip_layernorm: bool = False) -> None:
         super().__init__(config, clock)
         # the greedy choice in the graph's head: on GPU providers by default (see SessionSettings)
         self.greedy_in_graph = config.device != "cpu" if greedy_in_graph is None else greedy_in_graph
         # generate(): the whole greedy loop in one run() call where it applies (CPU, seq2seq; see .loop)
         self.greedy_loop = greedy_loop
+        # ONNX Runtime's SkipLayerNormalization fusion on the CPU (off: see SessionSettings)
+        self.fuse_skip_layernorm = fuse_skip_layernorm
         self.spinning = spinning
         self.graph_opt = graph_opt
         self.io_binding = io_binding
@@ -67,7 +69,7 @@ class OnnxRuntimeEngine(Engine):
         settings = SessionSettings(provider=provider, threads=cfg.threads, spinning=self.spinning,
                                    graph_opt=self.graph_opt, fp16=cfg.precision == "fp16",
                                    io_binding=self.io_binding, greedy_in_graph=self.greedy_in_graph,
-                                   greedy_loop=self.greedy_loop)
+                                   greedy_loop=self.greedy_loop, fuse_skip_layernorm=self.fuse_skip_layernorm)
         self.ort = OrtModel(self.artifact, settings)
         # the artefact holds the checkpoint's config, generation config and tokenizer
         self.spec, self.tokenizer = load_spec(self.artifact, cfg.src_lang, cfg.tgt_lang)
@@ -86,6 +88,7 @@ class OnnxRuntimeEngine(Engine):
         loop = getattr(self, "ort", None) is not None and self.ort.loop is not None
         d.update(spinning=self.spinning, graph_opt=self.graph_opt, greedy_in_graph=self.greedy_in_graph,
                  greedy_loop=loop if getattr(self, "ort", None) is not None else self.greedy_loop,
+                 fuse_skip_layernorm=self.fuse_skip_layernorm,
                  io_binding=self.io_binding or cfg_gpu(self.config),
                  artifact=str(getattr(self, "artifact", "")) or None)
         if self.config.precision == "int8-auto" and getattr(self, "artifact", None):

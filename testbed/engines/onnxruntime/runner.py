@@ -77,6 +77,11 @@ class SessionSettings:
     # time and the masking ops more again (bench/results/ort_step_profile.md); the engine uses the
     # head on GPU providers only, where it saves the logits' copy to the host
     greedy_in_graph: bool = True
+    # ONNX Runtime's SkipLayerNormFusion (Add + LayerNormalization -> SkipLayerNormalization) on the CPU
+    # provider: off by default there, its CPU kernel measured slower than the two nodes it replaces
+    # (Marian int8 encoder, 1 thread: 366 -> 305 us per sentence with the fusion off; 7 fused nodes
+    # 171 us vs 28 us unfused at 22 tokens); GPU providers keep ONNX Runtime's default
+    fuse_skip_layernorm: bool = False
     # Engine.generate: the greedy loop inside ONNX Runtime, several steps per run() call
     # (testbed.engines.onnxruntime.loop); CPU provider, seq2seq graphs with a greedy head only
     greedy_loop: bool = False
@@ -132,7 +137,9 @@ def make_session(path: Path, s: SessionSettings, model: bytes | None = None) -> 
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu (the 'gpu' extra) instead of "
             "onnxruntime, or use --device cpu"
         )
-    sess = ort.InferenceSession(model if model is not None else str(path), sess_options=so, providers=providers)
+    disabled = ["SkipLayerNormFusion"] if s.provider == "CPUExecutionProvider" and not s.fuse_skip_layernorm else []
+    sess = ort.InferenceSession(model if model is not None else str(path), sess_options=so, providers=providers,
+                                disabled_optimizers=disabled)
     check_providers(sess, s.provider)
     return sess
 
