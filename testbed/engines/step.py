@@ -197,10 +197,10 @@ class PaddedBatch(StepBatch):
         return slot in self.waiting or any(slot in g["slots"] for g in self.pfs)
 
     def has_running(self) -> bool:
-        return any(s is not None for s in self.order)
+        return len(self.order) > self.order.count(None)
 
     def _zombies(self) -> int:
-        return sum(s is None for s in self.order)
+        return self.order.count(None)
 
 
 class LockstepBatch(StepBatch):

@@ -200,8 +200,7 @@ class OrtBatch(PaddedBatch):
                 eb = self._host(self.fixed["encoder_bias"])
                 self.pads = (int(np.count_nonzero(self.bias)), int(np.count_nonzero(eb)), eb.shape[3])
             z, t, s = self._zombies(), self.bias.shape[3], self.pads[2]
-            self.padding.add(n * t, self.pads[0] + z * t)
-            self.padding.add(n * s, self.pads[1] + z * s)
+            self.padding.add(n * (t + s), self.pads[0] + self.pads[1] + z * (t + s))
         else:
             self.mask = np.concatenate([self.mask, np.ones((n, 1), dtype=self.mask.dtype)], axis=1)
             nxt, self.past = self._run({}, {"input_ids": self.inp, "attention_mask": self.mask,
@@ -251,8 +250,7 @@ class OrtBatch(PaddedBatch):
             ends.append(end if col[end] in self.eos_set or end + 1 >= left else len(col))
         for j in range(ids.shape[0]):  # padding as the steps one by one would have counted it
             zj, t = z + sum(e < j for e in ends), t0 + j + 1
-            self.padding.add(n * t, self.pads[0] + zj * t)
-            self.padding.add(n * self.pads[2], self.pads[1] + zj * self.pads[2])
+            self.padding.add(n * (t + self.pads[2]), self.pads[0] + self.pads[1] + zj * (t + self.pads[2]))
         return out
 
     # ------------------------------------------------------------------ leaving
