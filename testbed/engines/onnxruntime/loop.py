@@ -10,10 +10,11 @@ The streaming path stays one ``run()`` per step.
 
 Opt-in (``OnnxRuntimeEngine(..., greedy_loop=True)``; ``bench/engines.py`` runs it as a variant) because
 on the CPU it measured slower than one ``run()`` per step, at batch 1 and at batch 32 (the
-``greedy_loop`` row of ``bench/results/engines_marian_avx512.md``).  Inside the graph the greedy
-choice is ONNX Runtime's ``ArgMax`` (and a ``Where`` for the banned ids) over the vocabulary: about
-1.6 ns per logit on one core against numpy's 0.05 (ORT 157 us, numpy 12 us for 32 x 8,000 logits),
-which at batch 32 costs more than the per-step Python the loop saves (about 14 us a step).
+``greedy_loop`` row of ``bench/results/engines_marian_avx512.md``; ``bench/results/ort_cpu_paths.md``):
+an iteration took 145 us where the step graph's ``run()`` took 130 us, more than the Python between
+two ``run()`` calls it saves; inside the graph the greedy choice is ONNX Runtime's ``ArgMax`` (and a
+``Where`` for the banned ids) over the vocabulary, 0.6-1.0 ns per logit on one core against numpy's
+0.05 (159 us against 12 us for 32 x 8,000 logits).
 
 Rows finish inside the loop (an EOS id once EOS is allowed, or their own token budget); a finished
 row keeps its place (its tokens after the finish are ignored) until the loop stops, which it does

@@ -79,8 +79,8 @@ class SessionSettings:
     greedy_in_graph: bool = True
     # ONNX Runtime's SkipLayerNormFusion (Add + LayerNormalization -> SkipLayerNormalization) on the CPU
     # provider: off by default there, its CPU kernel measured slower than the two nodes it replaces
-    # (Marian int8 encoder, 1 thread: 366 -> 305 us per sentence with the fusion off; 7 fused nodes
-    # 171 us vs 28 us unfused at 22 tokens); GPU providers keep ONNX Runtime's default
+    # (Marian int8 encoder, 1 thread: 0.82 of the fused time unfused, bench/results/ort_cpu_paths.md);
+    # GPU providers keep ONNX Runtime's default
     fuse_skip_layernorm: bool = False
     # Engine.generate: the greedy loop inside ONNX Runtime, several steps per run() call
     # (testbed.engines.onnxruntime.loop); CPU provider, seq2seq graphs with a greedy head only
