@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 class OrtBatch(PaddedBatch):
     compact_at = 0.25  # rows that left are dropped from the tensors once they are this share of the batch
+
     def __init__(self, engine: OnnxRuntimeEngine) -> None:
         super().__init__(engine.ort.seq2seq)
         self.e = engine
