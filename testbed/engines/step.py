@@ -36,7 +36,7 @@ batch tracks itself from the tokens it produced.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Iterable, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -192,6 +192,19 @@ class PaddedBatch(StepBatch):
 
     def has_pending(self) -> bool:
         return bool(self.waiting) or bool(self.pfs)
+
+    def _encode_groups(self, slots: list[int], encode: Callable[[list[int]], tuple[Any, Any]]) -> list[Any]:
+        """Seq2seq admission: ``encode`` (slots -> (the encoder's outputs, their attention mask)) run over
+        groups of similar length (:func:`length_groups`), the padding counted; the rows wait in the groups'
+        order, and each group's outputs come back in it (the engine pads them to one width)."""
+        groups = length_groups([len(self.prepared[s].input_ids) for s in slots], self.encode_waste)
+        outs = []
+        for g in groups:
+            out, mask = encode([slots[i] for i in g])
+            outs.append(out)
+            self.padding.add(mask.shape[0] * mask.shape[1], int((mask == 0).sum()))
+        self.waiting = [slots[i] for g in groups for i in g]
+        return outs
 
     def is_pending(self, slot: int) -> bool:
         return slot in self.waiting or any(slot in g["slots"] for g in self.pfs)

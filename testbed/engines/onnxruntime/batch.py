@@ -25,7 +25,7 @@ import numpy as np
 from testbed.engines.onnxruntime.contract import MASK_VALUE, NO_EOS
 from testbed.engines.onnxruntime.loop import IDS as LOOP_IDS
 from testbed.engines.onnxruntime.runner import pad_batch
-from testbed.engines.step import PaddedBatch, length_groups, pad_left, pad_right
+from testbed.engines.step import PaddedBatch, pad_left, pad_right
 
 if TYPE_CHECKING:
     from testbed.engines.base import Prepared
@@ -97,18 +97,15 @@ class OrtBatch(PaddedBatch):
             return
         if self.waiting:
             raise RuntimeError("admit() called again before prefill()")
-        # the encoder over groups of similar length (length_groups), its outputs right-padded to the longest
-        # source and the rows in the groups' order
-        slots = list(rows)
-        if not slots:
+        if not rows:
             return
-        groups = length_groups([len(self.prepared[s].input_ids) for s in slots], self.encode_waste)
-        outs = []
-        for g in groups:
-            ids, mask = pad_batch([self.prepared[slots[i]].input_ids for i in g], self.e.pad_id, left=False)
-            outs.append(self.m._encode(ids, mask))
-            self.padding.add(mask.size, int((mask == 0).sum()))
-        self.waiting = [slots[i] for g in groups for i in g]
+
+        def encode(slots: list[int]) -> tuple[dict[str, Any], np.ndarray]:
+            ids, mask = pad_batch([self.prepared[s].input_ids for s in slots], self.e.pad_id, left=False)
+            return self.m._encode(ids, mask), mask
+
+        # the encoder over groups of similar length, its outputs right-padded to the longest source
+        outs = self._encode_groups(list(rows), encode)
         self.new_fixed = outs[0] if len(outs) == 1 else self._merge_fixed(outs)
 
     def _prefill(self) -> dict[int, int]:
@@ -197,11 +194,7 @@ class OrtBatch(PaddedBatch):
                 self.bias = np.concatenate([self.bias, np.zeros((n, 1, 1, 1), dtype=self.bias.dtype)], axis=3)
             nxt, self.past = self._run(self.fixed, {"input_ids": self.inp, "position_ids": self.pos,
                                                     "self_bias": self.bias}, self.past, self.order)
-            if self.pads is None:
-                eb = self._host(self.fixed["encoder_bias"])
-                self.pads = (int(np.count_nonzero(self.bias)), int(np.count_nonzero(eb)), eb.shape[3])
-            z, t, s = self._zombies(), self.bias.shape[3], self.pads[2]
-            self.padding.add(n * (t + s), self.pads[0] + self.pads[1] + z * (t + s))
+            self._count_seq2seq_padding(n, self._zombies(), self.bias.shape[3])
         else:
             self.mask = np.concatenate([self.mask, np.ones((n, 1), dtype=self.mask.dtype)], axis=1)
             nxt, self.past = self._run({}, {"input_ids": self.inp, "attention_mask": self.mask,
@@ -213,6 +206,15 @@ class OrtBatch(PaddedBatch):
         self.inp = nxt.reshape(n, 1)
         self.pos = self.pos + 1
         return {s: t for s, t in zip(self.order, nxt.tolist()) if s is not None}
+
+    def _count_seq2seq_padding(self, n: int, zombies: int, t: int) -> None:
+        """A seq2seq step over ``n`` rows (``zombies`` of them left) attending to ``t`` self positions and the
+        sources: the positions computed, and the padded ones (counted once per join or compaction)."""
+        if self.pads is None:
+            eb = self._host(self.fixed["encoder_bias"])
+            self.pads = (int(np.count_nonzero(self.bias)), int(np.count_nonzero(eb)), eb.shape[3])
+        width = t + self.pads[2]
+        self.padding.add(n * width, self.pads[0] + self.pads[1] + zombies * width)
 
     def _steps(self) -> dict[int, list[int]]:
         """Several steps in one ONNX Runtime call (the greedy loop, :mod:`.loop`), until enough rows have
@@ -238,20 +240,17 @@ class OrtBatch(PaddedBatch):
         t0 = self.bias.shape[3]
         self.inp, self.pos, self.bias = got["final/input_ids"], got["final/position_ids"], got["final/self_bias"]
         self.past = [got["final/" + k] for k in m.past_names]
-        if self.pads is None:
-            eb = self._host(self.fixed["encoder_bias"])
-            self.pads = (int(np.count_nonzero(self.bias)), int(np.count_nonzero(eb)), eb.shape[3])
         out: dict[int, list[int]] = {}
         ends = []  # the step at which each live row finished (len(ids): still running)
         for i in live:
             col = ids[:, i].tolist()
             s, left = order[i], int(max_new[i] - gen[i])
-            end = next((j for j, t in enumerate(col) if t in self.eos_set or j + 1 >= left), len(col) - 1)
-            out[s] = col[: end + 1]  # type: ignore[index]
-            ends.append(end if col[end] in self.eos_set or end + 1 >= left else len(col))
+            end = next((j for j, t in enumerate(col) if t in self.eos_set or j + 1 >= left), None)
+            out[s] = col if end is None else col[: end + 1]  # type: ignore[index]
+            ends.append(len(col) if end is None else end)
         for j in range(ids.shape[0]):  # padding as the steps one by one would have counted it
             zj, t = z + sum(e < j for e in ends), t0 + j + 1
-            self.padding.add(n * (t + self.pads[2]), self.pads[0] + self.pads[1] + zj * (t + self.pads[2]))
+            self._count_seq2seq_padding(n, zj, t)
         return out
 
     # ------------------------------------------------------------------ leaving

@@ -85,9 +85,9 @@ class OnnxRuntimeEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         d = super().describe()
-        loop = getattr(self, "ort", None) is not None and self.ort.loop is not None
+        ort = getattr(self, "ort", None)  # loaded: whether the loop applies to this artefact
         d.update(spinning=self.spinning, graph_opt=self.graph_opt, greedy_in_graph=self.greedy_in_graph,
-                 greedy_loop=loop if getattr(self, "ort", None) is not None else self.greedy_loop,
+                 greedy_loop=self.greedy_loop if ort is None else ort.loop is not None,
                  fuse_skip_layernorm=self.fuse_skip_layernorm,
                  io_binding=self.io_binding or cfg_gpu(self.config),
                  artifact=str(getattr(self, "artifact", "")) or None)

@@ -147,7 +147,7 @@ def make_session(path: Path, s: SessionSettings, model: bytes | None = None) -> 
 class OrtModel:
     """The sessions of one artefact and the greedy loop over them."""
 
-    def __init__(self, art: Path, settings: SessionSettings, bypass_checks: bool = True) -> None:
+    def __init__(self, art: Path, settings: SessionSettings) -> None:
         import onnxruntime as ort
 
         self._ort = ort
@@ -170,20 +170,18 @@ class OrtModel:
         self.past_names = [PAST + n.removeprefix(PRESENT) for n in self.present_names]
         # the greedy choice inside the graph (the head's output NEXT_IDS): banned/EOS ids it masks
         self.head = NEXT_IDS in outs and head is not None
-        self.head_banned: list[int] = list(head["banned"]) if self.head else []
-        self.head_eos: list[int] = list(head["eos"]) if self.head else []
+        self.head_banned: list[int] = list(head["banned"]) if head else []
+        self.head_eos: list[int] = list(head["eos"]) if head else []
         self.dev = "cuda" if settings.on_gpu else "cpu"
         self.io_binding = settings.io_binding or settings.on_gpu
         # the decoder's run() without InferenceSession.run's per-call checks of the feed's names and
         # OrtValues (a few microseconds a step, a few percent of a small int8 model's step): the feed is
-        # built here, from the names the session reported (bypass_checks=False: the checked call)
+        # built here, from the names the session reported
         self._logits_out = [LOGITS, *self.present_names]
-        self._decoder_run = getattr(self.decoder, "_sess", self.decoder).run if bypass_checks else self.decoder.run
+        self._decoder_run = getattr(self.decoder, "_sess", self.decoder).run
         # the greedy loop (the artefact's graph with its head, whether or not the step session keeps it)
         self.loop = self._loop_session(dec) if settings.greedy_loop and head else None
         self.loop_outputs = [o.name for o in self.loop.get_outputs()] if self.loop is not None else []
-        self.loop_banned: list[int] = list(head["banned"]) if self.loop is not None else []
-        self.loop_eos: list[int] = list(head["eos"]) if self.loop is not None else []
 
     def _loop_session(self, dec: Path) -> Any:
         """A session over the decoder wrapped in the greedy loop, or None where it does not apply (a
@@ -201,11 +199,14 @@ class OrtModel:
 
     def head_fits(self, banned: Sequence[int], eos: Sequence[int]) -> bool:
         """Does the graph's greedy head mask exactly these banned and EOS ids (else: choose from logits)?"""
-        return self.head and sorted(set(banned)) == self.head_banned and sorted(set(eos)) == self.head_eos
+        return self.head and self._masks_exactly(banned, eos)
 
     def loop_fits(self, banned: Sequence[int], eos: Sequence[int]) -> bool:
         """Can the greedy loop decode for these banned and EOS ids (its head masks exactly those)?"""
-        return self.loop is not None and sorted(set(banned)) == self.loop_banned and sorted(set(eos)) == self.loop_eos
+        return self.loop is not None and self._masks_exactly(banned, eos)
+
+    def _masks_exactly(self, banned: Sequence[int], eos: Sequence[int]) -> bool:
+        return sorted(set(banned)) == self.head_banned and sorted(set(eos)) == self.head_eos
 
     # ------------------------------------------------------------------ helpers
     def _ov(self, arr: np.ndarray) -> Any:

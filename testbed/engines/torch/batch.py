@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from testbed.engines.step import PaddedBatch, length_groups, pad_left, pad_right
+from testbed.engines.step import PaddedBatch, pad_left, pad_right
 
 if TYPE_CHECKING:
     from testbed.engines.base import Prepared
@@ -74,23 +74,19 @@ class TorchBatch(PaddedBatch):
             return
         if self.waiting:  # rows admitted twice before a prefill: prefill the earlier ones first
             raise RuntimeError("admit() called again before prefill()")
-        # the encoder over groups of similar length (length_groups, as the ONNX Runtime batch does), its
-        # states right-padded to the longest source and the rows in the groups' order
-        slots = list(rows)
-        if not slots:
+        if not rows:
             return
-        groups = length_groups([len(self.prepared[s].input_ids) for s in slots], self.encode_waste)
-        states, masks = [], []
-        for g in groups:
-            ids, mask = self.e._pad([self.prepared[slots[i]] for i in g])
+
+        def encode(slots: list[int]) -> tuple[tuple[Any, Any], Any]:
+            ids, mask = self.e._pad([self.prepared[s] for s in slots])
             with self.torch.inference_mode():
-                states.append(self.e.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state)
-            masks.append(mask)
-            self.padding.add(mask.numel(), int((mask == 0).sum()))
-        self.waiting = [slots[i] for g in groups for i in g]
-        width = max(m.shape[1] for m in masks)
-        self.new_enc = self.torch.cat([pad_right(h, width, 1) for h in states])
-        self.new_enc_mask = self.torch.cat([pad_right(m, width, 1) for m in masks])
+                return (self.e.model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state, mask), mask
+
+        # the encoder over groups of similar length, its states right-padded to the longest source
+        parts = self._encode_groups(list(rows), encode)
+        width = max(m.shape[1] for _, m in parts)
+        self.new_enc = self.torch.cat([pad_right(h, width, 1) for h, _ in parts])
+        self.new_enc_mask = self.torch.cat([pad_right(m, width, 1) for _, m in parts])
         self.e._sync()
 
     def _prefill(self) -> dict[int, int]:
