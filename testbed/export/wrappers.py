@@ -188,12 +188,14 @@ class LlamaDecoderGraph(nn.Module):
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.head = _untied_head(model.lm_head.weight, getattr(model.lm_head, "bias", None))
-
-    @staticmethod
-    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = x.shape[-1] // 2
-        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-        return x * cos + rot * sin
+        half = self.dim // 2
+        # rotate_half as one Gather over a constant index and the sign folded into sin (computed
+        # once a step): x * cos + x[..., roll] * (sign * sin) multiplies by the same numbers as
+        # x * cos + cat(-x2, x1) * sin, so the graph computes the model's values exactly
+        self.roll: torch.Tensor
+        self.sign: torch.Tensor
+        self.register_buffer("roll", torch.cat([torch.arange(half, self.dim), torch.arange(half)]), persistent=False)
+        self.register_buffer("sign", torch.cat([-torch.ones(half), torch.ones(self.dim - half)]), persistent=False)
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
@@ -202,28 +204,30 @@ class LlamaDecoderGraph(nn.Module):
         t = past[0].shape[2]
         x = self.embed(input_ids)
         cos, sin = self.rotary(x, position_ids)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        cos, sin = cos.unsqueeze(1), (sin * self.sign).unsqueeze(1)
         i = torch.arange(length).unsqueeze(1)
         j = torch.arange(t + length).unsqueeze(0)
         allowed = (j <= i + t).view(1, 1, length, t + length) & attention_mask.bool().view(b, 1, 1, t + length)
-        bias = (~allowed).to(torch.float32) * MASK_VALUE
+        # grouped-query attention without copying K/V per query head: the rep query heads that share
+        # a KV head are stacked along the query axis, (B, Hkv, rep*L, D) against K (B, Hkv, T, D)
         rep = self.heads // self.kv_heads
+        bias = ((~allowed).to(torch.float32) * MASK_VALUE).view(b, 1, 1, length, t + length)
         presents: list[torch.Tensor] = []
         for li, layer in enumerate(self.layers):
             att = layer.self_attn
             h = layer.input_layernorm(x)
-            q = self._rope(_split_heads(att.q_proj(h), self.heads, self.dim), cos, sin)
-            k = self._rope(_split_heads(att.k_proj(h), self.kv_heads, self.dim), cos, sin)
+            q = _split_heads(att.q_proj(h), self.heads, self.dim)
+            k = _split_heads(att.k_proj(h), self.kv_heads, self.dim)
             v = _split_heads(att.v_proj(h), self.kv_heads, self.dim)
+            q = q * cos + q.index_select(3, self.roll) * sin
+            k = k * cos + k.index_select(3, self.roll) * sin
             k = torch.cat([past[2 * li], k], dim=2)
             v = torch.cat([past[2 * li + 1], v], dim=2)
             presents += [k, v]
-            if rep > 1:
-                k = k.unsqueeze(2).expand(b, self.kv_heads, rep, t + length, self.dim).reshape(
-                    b, self.heads, t + length, self.dim)
-                v = v.unsqueeze(2).expand(b, self.kv_heads, rep, t + length, self.dim).reshape(
-                    b, self.heads, t + length, self.dim)
-            x = x + att.o_proj(_merge_heads(_attend(q, k, v, bias, att.scaling)))
+            w = torch.matmul((q * att.scaling).reshape(b, self.kv_heads, rep * length, self.dim), k.transpose(2, 3))
+            w = torch.softmax(w.view(b, self.kv_heads, rep, length, t + length) + bias, dim=-1)
+            o = torch.matmul(w.view(b, self.kv_heads, rep * length, t + length), v)
+            x = x + att.o_proj(o.view(b, self.heads, length, self.dim).transpose(1, 2).reshape(b, length, -1))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.head(self.norm(x[:, -1:, :])).squeeze(1)
         return (logits, *presents)
