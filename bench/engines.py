@@ -188,9 +188,13 @@ def make(cfg: Config, model: str, max_new: int) -> Engine | Direct:
     return create_engine(ec)
 
 
-def make_skeleton(row: Row, skel: str, tokens: int) -> Engine | Direct:
+def make_skeleton(row: Row, skel: str, tokens: int) -> Engine | Direct | None:
     """The configuration on the skeleton; ``int8-auto`` takes the real artefact's recipe (a search on random
-    weights would only measure the search: no candidate reaches the fidelity floor there)."""
+    weights would only measure the search: no candidate reaches the fidelity floor there).  None for
+    ``int4-lossless``: its blocks span 32 inputs and the skeleton is 16 wide, with random weights on no
+    block grid (its overhead column reads n/a)."""
+    if row.cfg.precision == "int4-lossless":
+        return None
     if row.cfg.precision != "int8-auto" or not isinstance(row.runner, Engine):
         return make(row.cfg, skel, tokens)
     import atexit
@@ -249,6 +253,8 @@ def measure_one(row: Row, ex: Example, i: int) -> None:
 def measure_skeleton(row: Row, ex: Example, tokens: int) -> None:
     """One request on the skeleton, ``tokens`` long: its TPOT is the configuration's step overhead."""
     s = row.skeleton
+    if s is None:
+        return
     req = request_of(ex, max_new_tokens=tokens)
     if isinstance(s, Direct):
         first = _timed(s.generate, [req], max_new=1)[1]

@@ -18,8 +18,10 @@ from testbed.errors import ConfigError
 # int8-auto: dynamic int8 whose recipe (per-channel, reduced range, which MatMuls stay fp32) is searched
 # on the dev set (ONNX Runtime, testbed.export.int8_auto); int8_float16: int8 weights with fp16
 # activations (CTranslate2 on CUDA); fp8: float8 e4m3 weights and activations (torch-static on CUDA,
-# torch._scaled_mm)
-PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-static", "int8-auto", "int8_float16", "fp8")
+# torch._scaled_mm); int4-lossless: a checkpoint dequantised from GGUF 4/8-bit blocks with its weights
+# packed back into them, fp32 arithmetic (ONNX Runtime MatMulNBits, testbed.export.lossless)
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16", "fp16", "int8", "int8-static", "int8-auto", "int4-lossless",
+                               "int8_float16", "fp8")
 DEVICES = ("cpu", "cuda")
 OVERFLOW_POLICIES = ("truncate", "refuse")
 PRUNING_KINDS = ("unstructured", "structured")

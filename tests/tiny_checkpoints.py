@@ -250,3 +250,61 @@ def build(family: str, root: Path) -> Path:
 
 def build_all(root: Path, families: tuple[str, ...] = FAMILIES) -> dict[str, Path]:
     return {f: build(f, root) for f in families}
+
+
+# --------------------------------------------------------------------------- GGUF-like weights
+def ggml_q4_1(w: Any) -> Any:
+    """``w`` (N, K) float32 through ggml's Q4_1 (blocks of 32 along K: fp16 scale d and minimum m,
+    q = min(15, int((x - min) / d + 0.5))) and back as gguf-py dequantises it: fp32(d * q) + m."""
+    import numpy as np
+
+    n, k = w.shape
+    b = w.reshape(n, k // 32, 32).astype(np.float32)
+    mn, mx = b.min(-1, keepdims=True), b.max(-1, keepdims=True)
+    d = (mx - mn) / np.float32(15)
+    inv = np.where(d > 0, np.float32(1) / np.where(d > 0, d, 1), 0).astype(np.float32)
+    q = np.minimum(15, ((b - mn) * inv + np.float32(0.5)).astype(np.int8)).astype(np.float32)
+    d16, m16 = d.astype(np.float16).astype(np.float32), mn.astype(np.float16).astype(np.float32)
+    return ((d16 * q).astype(np.float32) + m16).reshape(n, k)
+
+
+def ggml_q8_0(w: Any) -> Any:
+    """``w`` (N, K) float32 through ggml's Q8_0 (blocks of 32: fp16 scale amax / 127, q = round(x / d))
+    and back: fp32(d * q)."""
+    import numpy as np
+
+    n, k = w.shape
+    b = w.reshape(n, k // 32, 32).astype(np.float32)
+    d = np.abs(b).max(-1, keepdims=True) / np.float32(127)
+    q = np.rint(b / np.where(d > 0, d, 1)).astype(np.float32)
+    return (d.astype(np.float16).astype(np.float32) * q).astype(np.float32).reshape(n, k)
+
+
+def build_gguf_like(root: Path) -> Path:
+    """The tiny Llama with its weights as a Q4_1 GGUF file carries them (the projections) and its tied
+    embedding / head as Q8_0, dequantised to fp32: what the embedded chat model's checkpoint is."""
+    import shutil
+
+    import numpy as np
+    import torch
+    import transformers as tf
+
+    out = root / "llama-gguf-like"
+    if (out / "model.safetensors").is_file():
+        return out
+    src = build("llama", root)
+    model = tf.AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for lin in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+                        layer.self_attn.o_proj, layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj):
+                lin.weight.copy_(torch.from_numpy(ggml_q4_1(lin.weight.numpy())))
+        emb = model.model.embed_tokens.weight
+        emb.copy_(torch.from_numpy(ggml_q8_0(emb.numpy().astype(np.float32))))
+    tmp = root / ".llama-gguf-like.tmp"
+    model.save_pretrained(tmp)
+    for f in src.iterdir():
+        if f.is_file() and not (tmp / f.name).exists():
+            shutil.copy2(f, tmp / f.name)
+    tmp.rename(out)
+    return out

@@ -33,8 +33,8 @@ ENGINES: dict[str, EngineEntry] = {
     "torch-compile": EngineEntry("testbed.engines.torch.static:TorchCompileEngine", None, "torch",
                                  "torch-static with the step through torch.compile (CUDA: reduce-overhead)"),
     "onnxruntime": EngineEntry("testbed.engines.onnxruntime.engine:OnnxRuntimeEngine", "onnx", "onnxruntime",
-                               "ONNX Runtime, exported graphs with KV cache; fp32, int8 / int8-static (CPU), "
-                               "fp16 (CUDA)"),
+                               "ONNX Runtime, exported graphs with KV cache; fp32, int8 / int8-static / int8-auto / "
+                               "int4-lossless (CPU), fp16 (CUDA)"),
     "onnxruntime-trt": EngineEntry("testbed.engines.onnxruntime.engine:OnnxRuntimeTensorRTEngine", "gpu",
                                    "onnxruntime", "ONNX Runtime TensorRT execution provider; fp32, fp16 (CUDA)"),
     "fake": EngineEntry("testbed.engines.fake.engine:FakeEngine", None, "testbed",

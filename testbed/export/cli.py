@@ -29,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     )
     x.add_argument("--model", default=DEFAULT_TRANSLATION_MODEL)
     x.add_argument("--format", default="onnx", help=f"one of {', '.join(FORMATS)} (default: onnx)")
-    x.add_argument("--precision", default="fp32", help="onnx: fp32, int8, int8-static, int8-auto, fp16 (default: fp32)")
+    x.add_argument("--precision", default="fp32",
+                   help="onnx: fp32, int8, int8-static, int8-auto, int4-lossless, fp16 (default: fp32)")
     x.add_argument("--int8-auto", default=None, metavar="NAME=VALUE,...",
                    help=f"int8-auto search settings ({', '.join(_int8_auto_fields())}); "
                         "also read from TESTBED_INT8_AUTO")

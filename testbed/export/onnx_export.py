@@ -3,7 +3,9 @@
 One pipeline: load (fp32) -> export (legacy TorchScript exporter, opset 17) -> precision
 (fp32 as exported; ``int8`` ORT dynamic quantization of the weight MatMuls; ``int8-static`` QDQ
 with activation ranges calibrated on the committed *dev* set; ``int8-auto`` dynamic int8 with a
-recipe searched on the dev set, :mod:`testbed.export.int8_auto`; ``fp16`` for GPU providers)
+recipe searched on the dev set, :mod:`testbed.export.int8_auto`; ``int4-lossless`` the weights of a
+checkpoint dequantised from GGUF blocks packed back into 4-bit blocks, computed in fp32,
+:mod:`testbed.export.lossless`; ``fp16`` for GPU providers)
 -> validate (greedy tokens and logits of ONNX Runtime against the torch fp32 model,
 :mod:`testbed.export.validation`) -> save
 with a manifest (:mod:`testbed.artifacts`).  Quantized and fp16 artefacts are built from the
@@ -32,6 +34,8 @@ from testbed.export.greedy_head import VERSION as GREEDY_HEAD_VERSION
 from testbed.export.int8_auto import ENV as INT8_AUTO_ENV
 from testbed.export.int8_auto import SearchSettings, parse_search, search_key
 from testbed.export.int8_auto import search as auto_search
+from testbed.export.lossless import BLOCK as BLOCK_SIZE
+from testbed.export.lossless import VERSION as LOSSLESS_VERSION
 from testbed.export.validation import prompt_ids, validate, validate_if_possible
 from testbed.registry import ModelInfo, content_hash, resolve_model, tokenizer_hash
 
@@ -41,7 +45,7 @@ EXPORTER_VERSION = 3
 # grouped-query attention without K/V copies, rotate_half as one Gather)
 GRAPH_VERSION = {"seq2seq": 4, "causal": 4}
 OPSET = 17
-PRECISIONS = ("fp32", "int8", "int8-static", "int8-auto", "fp16")
+PRECISIONS = ("fp32", "int8", "int8-static", "int8-auto", "int4-lossless", "fp16")
 # model_type -> architecture and graph classes (module.Class under testbed.export): encoder, decoder
 GRAPHS: dict[str, tuple[str, str | None, str]] = {
     "marian": ("seq2seq", "wrappers.MarianEncoderGraph", "wrappers.MarianDecoderGraph"),
@@ -117,6 +121,8 @@ def onnx_key(info: ModelInfo, src: Path, precision: str, pruning: str,
         key["calibration"] = {"dataset": "dev", "sentences": CALIB_SENTENCES, "steps": CALIB_STEPS, "method": "minmax"}
     if precision == "int8-auto":  # the search's settings and the CPU's int8 ISA (testbed.export.int8_auto)
         key["search"] = search_key(auto or SearchSettings())
+    if precision == "int4-lossless":
+        key["lossless"] = LOSSLESS_VERSION
     return key
 
 
@@ -287,6 +293,8 @@ def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
         extra["int8_auto"] = auto(out)
     elif precision == "int8-static":
         extra["calibration"] = _quantize_static(base, out, meta, say)
+    elif precision == "int4-lossless":
+        extra["packed"] = _pack_lossless(base, out, say)
     elif precision == "fp16":
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -299,10 +307,32 @@ def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
     extra["quantized_matmuls"] = _count_ops(out)
     if precision == "fp16":
         extra["validation"] = validate_if_possible(out, src)
-    else:
-        extra["validation"] = validate(out, src, _load_torch(src), strict=False)
+    else:  # int4-lossless computes the fp32 model's values: held to fp32's standard
+        extra["validation"] = validate(out, src, _load_torch(src), strict=precision == "int4-lossless")
     say(f"{precision}: {extra['validation']}")
     return extra
+
+
+def _pack_lossless(base: Path, out: Path, say: Log) -> dict[str, dict[str, int]]:
+    """``int4-lossless``: each graph's weight MatMuls on exact Q4_1 / Q8_0 blocks -> MatMulNBits."""
+    import onnx
+
+    from testbed.export.lossless import pack_graph
+
+    info = {}
+    for g in _graphs(base):
+        m = onnx.load(str(base / g))
+        info[g] = pack_graph(m)
+        say(f"int4-lossless: {g}: {info[g]['q4']} MatMuls on Q4_1 blocks, {info[g]['q8']} on Q8_0 blocks, "
+            f"{info[g]['float']} left in fp32 ({info[g]['nbits_nodes']} MatMulNBits nodes)")
+        onnx.save(m, str(out / g))
+    if not any(c["q4"] + c["q8"] for c in info.values()):
+        raise ConfigError("precision", "int4-lossless",
+                          "checkpoints whose weights were dequantised from GGUF Q4_1 / Q8_0 blocks (such as "
+                          "smollm2-135m-instruct); use int8 or int8-auto for this model",
+                          f"No weight MatMul of {base.name} lies exactly on 4-bit or 8-bit blocks of "
+                          f"{BLOCK_SIZE} inputs")
+    return info
 
 
 def _count_ops(d: Path) -> dict[str, dict[str, int]]:
@@ -314,7 +344,7 @@ def _count_ops(d: Path) -> dict[str, dict[str, int]]:
         counts: dict[str, int] = {}
         for node in m.graph.node:
             if node.op_type in ("MatMul", "MatMulInteger", "DynamicQuantizeMatMul", "QuantizeLinear",
-                                "DequantizeLinear", "Gemm", "Cast"):
+                                "DequantizeLinear", "Gemm", "Cast", "MatMulNBits"):
                 counts[node.op_type] = counts.get(node.op_type, 0) + 1
         out[g] = counts
     return out

@@ -20,7 +20,8 @@ def test_gpu_precisions_are_refused_on_cpu_with_the_reason(precision):
 def test_int8_is_a_cpu_precision_and_unknown_precisions_name_the_accepted_ones():
     with pytest.raises(ConfigError, match="int8 on engine ctranslate2 needs device cpu"):
         create_engine(EngineConfig(engine="ctranslate2", precision="int8", device="cuda"), load=False)
-    with pytest.raises(ConfigError, match="allowed: fp32, bf16, fp16, int8, int8-static, int8-auto, int8_float16"):
+    with pytest.raises(ConfigError,
+                       match="allowed: fp32, bf16, fp16, int8, int8-static, int8-auto, int4-lossless, int8_float16"):
         EngineConfig(engine="ctranslate2", precision="int4")
 
 

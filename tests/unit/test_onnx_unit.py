@@ -71,7 +71,7 @@ def test_unknown_format_and_precision_are_refused():
 
     with pytest.raises(ConfigError, match="format='tflite'.*onnx"):
         export("marian-en-de", "tflite", "fp32")
-    with pytest.raises(ConfigError, match="fp32, int8, int8-static, int8-auto, fp16"):
+    with pytest.raises(ConfigError, match="fp32, int8, int8-static, int8-auto, int4-lossless, fp16"):
         ensure_onnx("marian-en-de", "bf16")
 
 

@@ -12,7 +12,9 @@ Runtime fall back to the CPU silently: the engine checks ``session.get_providers
 
 Precisions: ``fp32``; ``int8`` (ORT dynamic quantization, CPU); ``int8-static`` (QDQ, activation
 ranges calibrated on the dev set, CPU); ``int8-auto`` (dynamic int8 with a recipe searched on the
-dev set, :mod:`testbed.export.int8_auto`; the recipe is in :meth:`describe`); ``fp16`` (GPU
+dev set, :mod:`testbed.export.int8_auto`; the recipe is in :meth:`describe`); ``int4-lossless``
+(a checkpoint dequantised from GGUF Q4_1 / Q8_0 blocks, its weights packed back into 4-bit blocks
+and computed in fp32: the fp32 model's values, :mod:`testbed.export.lossless`, CPU); ``fp16`` (GPU
 providers only).  Greedy decoding, the same as the torch engine: Marian's pad token (its decoder
 start token) is never emitted.  Decoding is :class:`testbed.engines.onnxruntime.batch.OrtBatch`:
 rows join and leave between steps.
@@ -33,10 +35,11 @@ class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
     capabilities = Capabilities(
         devices=("cpu", "cuda"),
-        precisions=("fp32", "int8", "int8-static", "int8-auto", "fp16"),
+        precisions=("fp32", "int8", "int8-static", "int8-auto", "int4-lossless", "fp16"),
         streaming=True,
         batching="continuous",
-        precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",), "int8-auto": ("cpu",)},
+        precision_devices={"fp16": ("cuda",), "int8": ("cpu",), "int8-static": ("cpu",), "int8-auto": ("cpu",),
+                           "int4-lossless": ("cpu",)},
         pruning=True,
         eos_control=True,  # EOS masked per row (min_new_tokens / ignore_eos): in the graph's greedy head
     )

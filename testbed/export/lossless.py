@@ -1,0 +1,242 @@
+"""``int4-lossless``: a checkpoint dequantised from 4/8-bit blocks, packed back into them, computed in fp32.
+
+A model that ships as GGUF (the embedded chat model: Q4_1 layers, a Q8_0 embedding/head) reaches
+the exporter as fp32 weights that are *exactly* ``d * q + m`` per block of 32 inputs (Q4_1: ``q`` in
+0..15, ``d`` and ``m`` fp16) or ``d * q`` (Q8_0: ``q`` in -127..127).  This module finds those blocks
+in the fp32 graph's weight MatMuls, checks that every weight is reproduced bit for bit, and replaces
+each such MatMul with ONNX Runtime's ``MatMulNBits`` (4-bit blocks, fp32 arithmetic: accuracy level
+0, the activations are not quantized):
+
+* Q4_1 weight ``W[n, k] = d[n, b] * q[n, k] + m[n, b]`` (``b = k // 32``)::
+
+      y = MatMulNBits(x; q, d, zero point 0) + BlockSum(x) @ m^T
+
+  where ``BlockSum(x)[b] = sum of x over block b`` (``d * q`` is exact in fp32: a 4-bit integer times
+  an fp16 scale);
+* Q8_0 weight ``W = d * q``: with ``u = q + 128 = 16 h + l`` (``h``, ``l`` 4-bit),
+  ``d * q = 16 d (h - 8) + d l``, one ``MatMulNBits`` over ``[x, x]`` (K doubled) whose first half
+  holds ``h`` with scale ``16 d`` and zero point 8, the second ``l`` with scale ``d`` and zero point 0.
+
+So the graph computes what the fp32 graph computes, up to the order of fp32 additions (the same
+kind of difference as between two fp32 kernels), and reads ~4.5 bits per weight instead of 32: on a
+CPU whose decoding step is bound by reading the weights, the fp32 model's outputs at close to an
+int8 model's speed.  A MatMul whose weight is not exactly on such a grid stays as it was; a graph
+where none is raises a ConfigError (the precision needs a checkpoint dequantised from GGUF blocks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+BLOCK = 32
+# part of the artefact's cache key: a change to the packing re-builds int4-lossless artefacts
+VERSION = 1
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass
+class Q4Blocks:
+    """``W (N, K) = d * q + m`` per block: q (N, K/32, 32) uint8 in 0..15, d and m (N, K/32) fp32."""
+
+    q: np.ndarray
+    d: np.ndarray
+    m: np.ndarray
+
+
+@dataclass
+class Q8Blocks:
+    """``W (N, K) = d * q`` per block: q (N, K/32, 32) int8 in -127..127, d (N, K/32) fp32."""
+
+    q: np.ndarray
+    d: np.ndarray
+
+
+def _fp16_exact(a: np.ndarray) -> bool:
+    return bool(np.all(a.astype(np.float16).astype(np.float32) == a))
+
+
+def find_q4(w: np.ndarray) -> Q4Blocks | None:
+    """The Q4_1 blocks of ``w`` (N, K) if every weight is exactly ``fp32(d * q) + m`` (else None)."""
+    n, k = w.shape
+    if k % BLOCK:
+        return None
+    b = w.reshape(n, k // BLOCK, BLOCK).astype(np.float32)
+    m = b.min(axis=-1)  # the block minimum has q = 0 (ggml's Q4_1 rounds from the minimum)
+    if not _fp16_exact(m):
+        return None
+    span = b.max(axis=-1) - m
+    d = np.zeros_like(m)
+    q = np.zeros(b.shape, dtype=np.uint8)
+    todo = np.ones(m.shape, dtype=bool)
+    for top in range(15, 0, -1):  # the block's largest q: 15 unless the block's top codes are unused
+        if not todo.any():
+            break
+        cand = (span / np.float32(top)).astype(np.float16).astype(np.float32)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            qq = np.rint((b - m[..., None]) / cand[..., None])
+        ok = todo & (cand > 0) & np.all((qq >= 0) & (qq <= 15), axis=-1)
+        rec = (cand[..., None] * np.nan_to_num(qq)).astype(np.float32) + m[..., None]
+        ok &= np.all(rec == b, axis=-1)
+        d[ok], q[ok] = cand[ok], qq[ok].astype(np.uint8)
+        todo &= ~ok
+    flat = span == 0  # a constant block: q = 0, d = 0
+    todo &= ~flat
+    if todo.any():
+        return None
+    return Q4Blocks(q=q, d=d, m=m)
+
+
+def find_q8(w: np.ndarray) -> Q8Blocks | None:
+    """The Q8_0 blocks of ``w`` (N, K) if every weight is exactly ``fp32(d * q)``, |q| <= 127 (else None)."""
+    n, k = w.shape
+    if k % BLOCK:
+        return None
+    b = w.reshape(n, k // BLOCK, BLOCK).astype(np.float32)
+    amax = np.abs(b).max(axis=-1)
+    d = (amax / np.float32(127)).astype(np.float16).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.nan_to_num(np.rint(b / d[..., None]))
+    if np.any(np.abs(q) > 127) or not np.all((d[..., None] * q).astype(np.float32) == b):
+        return None
+    return Q8Blocks(q=q.astype(np.int8), d=d)
+
+
+def _pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """(N, blocks, 32) values 0..15 -> (N, blocks, 16) bytes, the first value in the low nibble."""
+    return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
+
+
+def _zero_points(n: int, blocks: int, value: np.ndarray | int) -> np.ndarray:
+    """MatMulNBits' packed 4-bit zero points: (N, ceil(blocks / 2)) bytes, flattened."""
+    z = np.broadcast_to(np.asarray(value, dtype=np.uint8), (n, blocks)).copy()
+    if blocks % 2:
+        z = np.concatenate([z, np.zeros((n, 1), dtype=np.uint8)], axis=1)
+    return (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
+
+
+def pack_graph(model: Any) -> dict[str, int]:
+    """Replace the weight MatMuls of ``model`` (an onnx.ModelProto, changed in place) whose weights
+    lie exactly on Q4_1 / Q8_0 blocks; return counts ``{"q4": .., "q8": .., "float": .., "nbits_nodes": ..}``.
+
+    Q4_1 MatMuls that read the same input (q/k/v, gate/up) become one ``MatMulNBits`` whose output
+    is split: one call, one block sum and one minimums' term for the group.
+    """
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    users: dict[str, int] = {}
+    for node in g.node:
+        for name in node.input:
+            users[name] = users.get(name, 0) + 1
+    counts = {"q4": 0, "q8": 0, "float": 0, "nbits_nodes": 0}
+    found: dict[str, Q4Blocks | Q8Blocks] = {}  # node output -> its blocks
+    groups: dict[tuple[str, int], list[Any]] = {}  # (input, K) -> the Q4 nodes reading it
+    for node in g.node:
+        weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
+        if weight is None or len(weight.dims) != 2:
+            continue
+        w = numpy_helper.to_array(weight).T  # (N, K): one row per output
+        blocks: Q4Blocks | Q8Blocks | None = find_q4(w)
+        if blocks is None:
+            blocks = find_q8(w)
+        if blocks is None:
+            counts["float"] += 1
+            continue
+        found[node.output[0]] = blocks
+        if isinstance(blocks, Q4Blocks):
+            counts["q4"] += 1
+            groups.setdefault((node.input[0], w.shape[1]), []).append(node)
+        else:
+            counts["q8"] += 1
+    first = {id(nodes[0]): nodes for nodes in groups.values()}
+    grouped = {id(n) for nodes in groups.values() for n in nodes}
+    new_nodes: list[Any] = []
+    new_inits: list[Any] = []
+    for node in g.node:
+        if node.op_type != "MatMul" or node.output[0] not in found:
+            new_nodes.append(node)
+            continue
+        users[node.input[1]] -= 1
+        if id(node) in grouped:
+            if id(node) in first:
+                _q4_group(first[id(node)], [found[n.output[0]] for n in first[id(node)]],  # type: ignore[misc]
+                          new_nodes, new_inits)
+                counts["nbits_nodes"] += 1
+            continue
+        blocks = found[node.output[0]]
+        assert isinstance(blocks, Q8Blocks)
+        _q8(node, blocks, new_nodes, new_inits)
+        counts["nbits_nodes"] += 1
+    keep = [i for i in g.initializer if users.get(i.name, 0) > 0]
+    del g.initializer[:]
+    g.initializer.extend(keep + new_inits)
+    del g.node[:]
+    g.node.extend(new_nodes)
+    if found and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    return counts
+
+
+def _name(node: Any) -> str:
+    return node.name.strip("/").replace("/", "_") or node.output[0]
+
+
+def _q4_group(nodes: list[Any], blocks: list[Q4Blocks], out_nodes: list[Any], out_inits: list[Any]) -> None:
+    """One MatMulNBits for the Q4_1 MatMuls ``nodes`` that read the same input, plus the minimums' term."""
+    from onnx import helper, numpy_helper
+
+    base = _name(nodes[0])
+    x = nodes[0].input[0]
+    q = np.concatenate([b.q for b in blocks])
+    d = np.concatenate([b.d for b in blocks])
+    m = np.concatenate([b.m for b in blocks])
+    n, nb = d.shape
+    k = nb * BLOCK
+    whole = f"{base}.y" if len(nodes) > 1 else nodes[0].output[0]
+    out_inits += [numpy_helper.from_array(_pack_nibbles(q), f"{base}.q4"),
+                  numpy_helper.from_array(d.reshape(-1), f"{base}.scale"),
+                  numpy_helper.from_array(_zero_points(n, nb, 0), f"{base}.zp"),
+                  numpy_helper.from_array(m.T.copy(), f"{base}.min"),
+                  numpy_helper.from_array(np.array([0, 0, nb, BLOCK], dtype=np.int64), f"{base}.blocks"),
+                  numpy_helper.from_array(np.array([-1], dtype=np.int64), f"{base}.axis")]
+    out_nodes += [
+        helper.make_node("MatMulNBits", [x, f"{base}.q4", f"{base}.scale", f"{base}.zp"], [f"{base}.dq"],
+                         name=f"{base}.nbits", domain=MS_DOMAIN, K=k, N=n, bits=4, block_size=BLOCK, accuracy_level=0),
+        # the block minimums' term: the sum of x over each block times m
+        helper.make_node("Reshape", [x, f"{base}.blocks"], [f"{base}.xb"], name=f"{base}.xb"),
+        helper.make_node("ReduceSum", [f"{base}.xb", f"{base}.axis"], [f"{base}.bsum"], name=f"{base}.bsum",
+                         keepdims=0),
+        helper.make_node("MatMul", [f"{base}.bsum", f"{base}.min"], [f"{base}.mterm"], name=f"{base}.mterm"),
+        helper.make_node("Add", [f"{base}.dq", f"{base}.mterm"], [whole], name=f"{base}.add"),
+    ]
+    if len(nodes) > 1:
+        sizes = numpy_helper.from_array(np.array([b.d.shape[0] for b in blocks], dtype=np.int64), f"{base}.sizes")
+        out_inits.append(sizes)
+        out_nodes.append(helper.make_node("Split", [whole, f"{base}.sizes"], [nd.output[0] for nd in nodes],
+                                          name=f"{base}.split", axis=-1))
+
+
+def _q8(node: Any, q8: Q8Blocks, out_nodes: list[Any], out_inits: list[Any]) -> None:
+    """A Q8_0 MatMul as one MatMulNBits over ``[x, x]``: high nibbles (scale 16 d, zero point 8), then low."""
+    from onnx import helper, numpy_helper
+
+    base = _name(node)
+    x, y = node.input[0], node.output[0]
+    n, nb = q8.d.shape
+    u = q8.q.astype(np.int16) + 128
+    hi, lo = (u >> 4).astype(np.uint8), (u & 15).astype(np.uint8)
+    scales = np.concatenate([q8.d * np.float32(16), q8.d], axis=1)  # 16 d is exact
+    zps = np.concatenate([np.full((n, nb), 8, np.uint8), np.zeros((n, nb), np.uint8)], axis=1)
+    out_inits += [numpy_helper.from_array(np.concatenate([_pack_nibbles(hi), _pack_nibbles(lo)], axis=1), f"{base}.q8"),
+                  numpy_helper.from_array(scales.reshape(-1), f"{base}.scale"),
+                  numpy_helper.from_array(_zero_points(n, 2 * nb, zps), f"{base}.zp")]
+    out_nodes += [
+        helper.make_node("Concat", [x, x], [f"{base}.xx"], name=f"{base}.xx", axis=-1),
+        helper.make_node("MatMulNBits", [f"{base}.xx", f"{base}.q8", f"{base}.scale", f"{base}.zp"], [y],
+                         name=f"{base}.nbits", domain=MS_DOMAIN, K=2 * nb * BLOCK, N=n, bits=4, block_size=BLOCK,
+                         accuracy_level=0),
+    ]

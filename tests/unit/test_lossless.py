@@ -1,0 +1,80 @@
+"""int4-lossless (testbed.export.lossless): GGUF blocks found in fp32 weights, bit for bit, and the
+packed MatMulNBits graph computing the fp32 graph's values."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import tiny_checkpoints as T
+
+from testbed.export.lossless import find_q4, find_q8, pack_graph
+
+RNG = np.random.default_rng(7)
+
+
+def _w(n: int, k: int) -> np.ndarray:
+    return (RNG.standard_normal((n, k)) * 0.05).astype(np.float32)
+
+
+def test_q4_1_blocks_are_found_exactly():
+    w = T.ggml_q4_1(_w(48, 96))
+    b = find_q4(w)
+    assert b is not None and b.q.max() <= 15 and b.q.shape == (48, 3, 32)
+    rec = ((b.d[..., None] * b.q.astype(np.float32)).astype(np.float32) + b.m[..., None]).reshape(48, 96)
+    assert np.array_equal(rec, w)  # bit for bit, as gguf-py dequantises
+    assert np.array_equal(b.d.astype(np.float16).astype(np.float32), b.d)  # fp16 scales, as in the file
+
+
+def test_q8_0_blocks_are_found_exactly():
+    w = T.ggml_q8_0(_w(40, 64))
+    b = find_q8(w)
+    assert b is not None and np.abs(b.q.astype(int)).max() <= 127
+    assert np.array_equal((b.d[..., None] * b.q.astype(np.float32)).astype(np.float32).reshape(40, 64), w)
+    assert find_q4(w) is None  # 8-bit blocks have more than 16 levels
+
+
+@pytest.mark.parametrize("finder", [find_q4, find_q8])
+def test_weights_off_the_grid_are_not_packed(finder):
+    assert finder(_w(16, 64)) is None  # plain fp32 weights
+    assert finder(_w(16, 48)) is None  # K not a multiple of 32
+    w = T.ggml_q4_1(_w(16, 64)) if finder is find_q4 else T.ggml_q8_0(_w(16, 64))
+    w[3, 17] = np.nextafter(w[3, 17], np.float32(1))  # one weight one ulp off its block's grid
+    assert finder(w) is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="pip install 'testbed[cpu]'")
+def test_packed_graph_computes_the_fp32_graph():
+    """q/k-like MatMuls sharing an input become one MatMulNBits (split after), a Q8_0 one doubles K, an
+    off-grid one stays; outputs equal the fp32 graph's up to fp32 rounding."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = 64
+    weights = {"wq": T.ggml_q4_1(_w(96, k)), "wk": T.ggml_q4_1(_w(32, k)), "wh": T.ggml_q8_0(_w(200, k)),
+               "wf": _w(24, k)}
+    nodes = [helper.make_node("MatMul", ["x", name], [f"y_{name}"], name=f"/{name}/MatMul") for name in weights]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "l", k])],
+        [helper.make_tensor_value_info(f"y_{n}", TensorProto.FLOAT, None) for n in weights],
+        initializer=[numpy_helper.from_array(w.T.copy(), n) for n, w in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    ref = model.SerializeToString()
+    counts = pack_graph(model)
+    assert counts == {"q4": 2, "q8": 1, "float": 1, "nbits_nodes": 2}
+    assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 2
+    assert {i.name for i in model.graph.initializer} >= {"wf"} and "wq" not in {i.name for i in model.graph.initializer}
+
+    def run(m: bytes, x: np.ndarray) -> list[np.ndarray]:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        return ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+
+    for shape in ((1, 1, k), (2, 5, k)):  # a decoding step and a prefill
+        x = RNG.standard_normal(shape).astype(np.float32)
+        for got, want, name in zip(run(model.SerializeToString(), x), run(ref, x), weights):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
+            exact = x.astype(np.float64) @ weights[name].T.astype(np.float64)
+            np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-6, err_msg=name)
