@@ -52,6 +52,7 @@ from testbed.config import EngineConfig  # noqa: E402
 from testbed.datasets import Example, load_dataset  # noqa: E402
 from testbed.engines.base import Engine, GenerationRequest  # noqa: E402
 from testbed.engines.registry import ENGINES, create_engine, engine_class, is_available  # noqa: E402
+from testbed.errors import ConfigError  # noqa: E402
 from testbed.eval.divergence import batch_divergence  # noqa: E402
 from testbed.io import write_text_atomic  # noqa: E402
 from testbed.metrics import summary as S  # noqa: E402
@@ -268,7 +269,9 @@ def measure_skeleton(row: Row, ex: Example, tokens: int) -> None:
 
 
 # --------------------------------------------------------------------------- the run
-def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args: argparse.Namespace) -> None:
+def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args: argparse.Namespace) -> list[str]:
+    """Measure ``rows`` (a configuration the model cannot have is removed from ``rows``: returned, with
+    the reason, e.g. int4-lossless on weights that were never GGUF blocks)."""
     from tqdm import tqdm
 
     from testbed.registry import resolve_model
@@ -276,8 +279,15 @@ def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args
 
     skel = str(skeleton_dir(resolve_model(model))) if args.skeleton_every else None
     n, reqs = len(examples), [GenerationRequest(text=ex.text, messages=ex.messages) for ex in examples]
-    for row in tqdm(rows, desc="load + warm-up", disable=args.no_progress):
-        row.runner, row.load_s = _timed(make, row.cfg, model, max_new)
+    refused: list[str] = []
+    for row in tqdm(list(rows), desc="load + warm-up", disable=args.no_progress):
+        try:
+            row.runner, row.load_s = _timed(make, row.cfg, model, max_new)
+        except ConfigError as e:
+            print(f"{row.label}: refused: {e}", file=sys.stderr)
+            refused.append(f"{row.label} ({e})")
+            rows.remove(row)
+            continue
         row.load_s /= 1e9
         _set_threads(row.runner)
         row.records, row.single_ns, row.first_ns = [None] * n, [None] * n, [None] * n
@@ -314,6 +324,7 @@ def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args
             for j2, g in enumerate(gens):
                 ids, text = (g.token_ids, g.text) if not isinstance(g, tuple) else g
                 row.batch_ids[k + j2], row.batch_text[k + j2] = ids, text
+    return refused
 
 
 # --------------------------------------------------------------------------- the tables
@@ -393,7 +404,7 @@ def table(rows: list[Row], examples: list[Example], translation: bool) -> tuple[
 
 
 def header(command: str, model: str, n: int, dataset: str, args: argparse.Namespace, max_new: int,
-           rows: list[Row]) -> str:
+           rows: list[Row], refused: list[str] | None = None) -> str:
     loads = ", ".join(f"{r.label} {r.load_s:.1f} s" for r in rows)
     every = args.skeleton_every
     return (f"# Engines side by side: `{model}`\n\n"
@@ -409,7 +420,8 @@ def header(command: str, model: str, n: int, dataset: str, args: argparse.Namesp
             f"overhead.  Batch {args.batch}: Offline, interleaved chunk by chunk.  Ratios are to the reference at the "
             "same thread count: < 1 faster (latency, E2E, TPOT), > 1 more throughput (thr).  `batch_divergence`: "
             f"sentences whose token ids at batch {args.batch} differ from batch 1.  Ratios measured on this CPU are "
-            f"not claims about another.  Load + build (excluded): {loads}.")
+            f"not claims about another.  Load + build (excluded): {loads}."
+            + (f"  Refused by this model (not measured): {'; '.join(refused)}." if refused else ""))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -458,10 +470,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not any(x in c.label for x in skip) and (not only or any(o in c.label for o in only))]
         rows = [Row(c) for c in cfgs]
         print(f"{model}: {len(rows)} configurations: {', '.join(r.label for r in rows)}", file=sys.stderr)
-        run(rows, examples, model, max_new, args)
+        refused = run(rows, examples, model, max_new, args)
         md, _ = table(rows, examples, translation)
         command = "python bench/engines.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-        text = header(command, model, len(examples), dataset, args, max_new, rows) + "\n\n" + md + "\n"
+        text = header(command, model, len(examples), dataset, args, max_new, rows, refused) + "\n\n" + md + "\n"
         print("\n" + text)
         write_text_atomic(out / fname, text)
         for row in rows:
