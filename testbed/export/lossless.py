@@ -133,50 +133,46 @@ def pack_graph(model: Any) -> dict[str, int]:
         for name in node.input:
             users[name] = users.get(name, 0) + 1
     counts = {"q4": 0, "q8": 0, "float": 0, "nbits_nodes": 0}
-    found: dict[str, Q4Blocks | Q8Blocks] = {}  # node output -> its blocks
-    groups: dict[tuple[str, int], list[Any]] = {}  # (input, K) -> the Q4 nodes reading it
+    q4: dict[str, Q4Blocks] = {}  # MatMul output -> its blocks
+    q8: dict[str, Q8Blocks] = {}
+    groups: dict[tuple[str, int], list[Any]] = {}  # (input, K) -> the Q4 MatMuls reading it, in graph order
     for node in g.node:
         weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if weight is None or len(weight.dims) != 2:
             continue
         w = numpy_helper.to_array(weight).T  # (N, K): one row per output
-        blocks: Q4Blocks | Q8Blocks | None = find_q4(w)
-        if blocks is None:
-            blocks = find_q8(w)
-        if blocks is None:
-            counts["float"] += 1
-            continue
-        found[node.output[0]] = blocks
-        if isinstance(blocks, Q4Blocks):
-            counts["q4"] += 1
+        if (b4 := find_q4(w)) is not None:
+            q4[node.output[0]] = b4
             groups.setdefault((node.input[0], w.shape[1]), []).append(node)
+        elif (b8 := find_q8(w)) is not None:
+            q8[node.output[0]] = b8
         else:
-            counts["q8"] += 1
-    first = {id(nodes[0]): nodes for nodes in groups.values()}
-    grouped = {id(n) for nodes in groups.values() for n in nodes}
+            counts["float"] += 1
+    counts["q4"], counts["q8"] = len(q4), len(q8)
+    leader = {nodes[0].output[0]: nodes for nodes in groups.values()}  # the group's call goes where its first was
     new_nodes: list[Any] = []
     new_inits: list[Any] = []
+    dropped: set[str] = set()
     for node in g.node:
-        if node.op_type != "MatMul" or node.output[0] not in found:
+        out = node.output[0] if node.op_type == "MatMul" else None
+        if out not in q4 and out not in q8:
             new_nodes.append(node)
             continue
         users[node.input[1]] -= 1
-        if id(node) in grouped:
-            if id(node) in first:
-                _q4_group(first[id(node)], [found[n.output[0]] for n in first[id(node)]],  # type: ignore[misc]
-                          new_nodes, new_inits)
-                counts["nbits_nodes"] += 1
-            continue
-        blocks = found[node.output[0]]
-        assert isinstance(blocks, Q8Blocks)
-        _q8(node, blocks, new_nodes, new_inits)
-        counts["nbits_nodes"] += 1
-    keep = [i for i in g.initializer if users.get(i.name, 0) > 0]
+        if users[node.input[1]] == 0:  # the fp32 weight has no other reader left
+            dropped.add(node.input[1])
+        if out in leader:
+            _q4_group(leader[out], [q4[n.output[0]] for n in leader[out]], new_nodes, new_inits)
+            counts["nbits_nodes"] += 1
+        elif out in q8:
+            _q8(node, q8[out], new_nodes, new_inits)
+            counts["nbits_nodes"] += 1
+    keep = [i for i in g.initializer if i.name not in dropped]
     del g.initializer[:]
     g.initializer.extend(keep + new_inits)
     del g.node[:]
     g.node.extend(new_nodes)
-    if found and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+    if (q4 or q8) and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return counts
 
