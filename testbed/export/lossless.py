@@ -18,10 +18,10 @@ each such MatMul with ONNX Runtime's ``MatMulNBits`` (4-bit blocks, fp32 arithme
   holds ``h`` with scale ``16 d`` and zero point 8, the second ``l`` with scale ``d`` and zero point 0.
 
 So the graph computes what the fp32 graph computes, up to the order of fp32 additions (the same
-kind of difference as between two fp32 kernels), and reads ~4.5 bits per weight instead of 32: on a
-CPU whose decoding step is bound by reading the weights, the fp32 model's outputs at close to an
-int8 model's speed.  A MatMul whose weight is not exactly on such a grid stays as it was; a graph
-where none is raises a ConfigError (the precision needs a checkpoint dequantised from GGUF blocks).
+kind of difference as between two fp32 kernels), and reads about 6 bits per weight instead of 32
+(4-bit values, an fp32 scale and minimum per 32 weights).  A MatMul whose weight is not exactly on
+such a grid stays as it was; a graph where none is raises a ConfigError (the precision needs a
+checkpoint dequantised from GGUF blocks).
 """
 
 from __future__ import annotations
