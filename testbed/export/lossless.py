@@ -33,7 +33,7 @@ import numpy as np
 
 BLOCK = 32
 # part of the artefact's cache key: a change to the packing re-builds int4-lossless artefacts
-VERSION = 1
+VERSION = 2  # 2: Q8_0 embedding tables gathered from their 8-bit values
 MS_DOMAIN = "com.microsoft"
 
 
@@ -119,10 +119,13 @@ def _zero_points(n: int, blocks: int, value: np.ndarray | int) -> np.ndarray:
 
 def pack_graph(model: Any) -> dict[str, int]:
     """Replace the weight MatMuls of ``model`` (an onnx.ModelProto, changed in place) whose weights
-    lie exactly on Q4_1 / Q8_0 blocks; return counts ``{"q4": .., "q8": .., "float": .., "nbits_nodes": ..}``.
+    lie exactly on Q4_1 / Q8_0 blocks; return counts ``{"q4": .., "q8": .., "float": .., "nbits_nodes": ..,
+    "gather_q8": ..}``.
 
     Q4_1 MatMuls that read the same input (q/k/v, gate/up) become one ``MatMulNBits`` whose output
-    is split: one call, one block sum and one minimums' term for the group.
+    is split: one call, one block sum and one minimums' term for the group.  An embedding table on
+    Q8_0 blocks (a Gather of rows) becomes ``GatherBlockQuantized`` over its 8-bit values: each row
+    it returns is ``(q + 128 - 128) * d``, the fp32 row bit for bit, from a quarter of the memory.
     """
     from onnx import helper, numpy_helper
 
@@ -132,11 +135,17 @@ def pack_graph(model: Any) -> dict[str, int]:
     for node in g.node:
         for name in node.input:
             users[name] = users.get(name, 0) + 1
-    counts = {"q4": 0, "q8": 0, "float": 0, "nbits_nodes": 0}
+    counts = {"q4": 0, "q8": 0, "float": 0, "nbits_nodes": 0, "gather_q8": 0}
     q4: dict[str, Q4Blocks] = {}  # MatMul output -> its blocks
     q8: dict[str, Q8Blocks] = {}
     groups: dict[tuple[str, int], list[Any]] = {}  # (input, K) -> the Q4 MatMuls reading it, in graph order
+    tables: dict[str, Q8Blocks] = {}  # Gather output -> the Q8_0 blocks of its table's rows
     for node in g.node:
+        table = inits.get(node.input[0]) if node.op_type == "Gather" else None
+        if table is not None and len(table.dims) == 2 and _axis(node) == 0:
+            if (rows := find_q8(numpy_helper.to_array(table))) is not None:
+                tables[node.output[0]] = rows
+            continue
         weight = inits.get(node.input[1]) if node.op_type == "MatMul" and len(node.input) == 2 else None
         if weight is None or len(weight.dims) != 2:
             continue
@@ -148,20 +157,23 @@ def pack_graph(model: Any) -> dict[str, int]:
             q8[node.output[0]] = b8
         else:
             counts["float"] += 1
-    counts["q4"], counts["q8"] = len(q4), len(q8)
+    counts["q4"], counts["q8"], counts["gather_q8"] = len(q4), len(q8), len(tables)
     leader = {nodes[0].output[0]: nodes for nodes in groups.values()}  # the group's call goes where its first was
     new_nodes: list[Any] = []
     new_inits: list[Any] = []
     dropped: set[str] = set()
     for node in g.node:
-        out = node.output[0] if node.op_type == "MatMul" else None
-        if out not in q4 and out not in q8:
+        out = node.output[0] if node.op_type in ("MatMul", "Gather") else None
+        if out not in q4 and out not in q8 and out not in tables:
             new_nodes.append(node)
             continue
-        users[node.input[1]] -= 1
-        if users[node.input[1]] == 0:  # the fp32 weight has no other reader left
-            dropped.add(node.input[1])
-        if out in leader:
+        weight = node.input[0] if out in tables else node.input[1]
+        users[weight] -= 1
+        if users[weight] == 0:  # the fp32 weight has no other reader left
+            dropped.add(weight)
+        if out in tables:
+            _gather_q8(node, tables[out], new_nodes, new_inits)
+        elif out in leader:
             _q4_group(leader[out], [q4[n.output[0]] for n in leader[out]], new_nodes, new_inits)
             counts["nbits_nodes"] += 1
         elif out in q8:
@@ -172,13 +184,32 @@ def pack_graph(model: Any) -> dict[str, int]:
     g.initializer.extend(keep + new_inits)
     del g.node[:]
     g.node.extend(new_nodes)
-    if (q4 or q8) and not any(o.domain == MS_DOMAIN for o in model.opset_import):
+    if (q4 or q8 or tables) and not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return counts
 
 
 def _name(node: Any) -> str:
     return node.name.strip("/").replace("/", "_") or node.output[0]
+
+
+def _axis(node: Any) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == "axis"), 0)
+
+
+def _gather_q8(node: Any, q8: Q8Blocks, out_nodes: list[Any], out_inits: list[Any]) -> None:
+    """A Gather of rows from a Q8_0 table as GatherBlockQuantized over the 8-bit values (zero point 128)."""
+    from onnx import helper, numpy_helper
+
+    base = _name(node)
+    n, nb = q8.d.shape
+    out_inits += [numpy_helper.from_array((q8.q.astype(np.int16) + 128).astype(np.uint8).reshape(n, nb * BLOCK),
+                                          f"{base}.q8"),
+                  numpy_helper.from_array(q8.d, f"{base}.scale"),
+                  numpy_helper.from_array(np.full((n, nb), 128, dtype=np.uint8), f"{base}.zp")]
+    out_nodes.append(helper.make_node("GatherBlockQuantized", [f"{base}.q8", node.input[1], f"{base}.scale",
+                                                               f"{base}.zp"], [node.output[0]], name=f"{base}.q8",
+                                      domain=MS_DOMAIN, bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=1))
 
 
 def _q4_group(nodes: list[Any], blocks: list[Q4Blocks], out_nodes: list[Any], out_inits: list[Any]) -> None:

@@ -324,7 +324,8 @@ def _pack_lossless(base: Path, out: Path, say: Log) -> dict[str, dict[str, int]]
         m = onnx.load(str(base / g))
         info[g] = pack_graph(m)
         say(f"int4-lossless: {g}: {info[g]['q4']} MatMuls on Q4_1 blocks, {info[g]['q8']} on Q8_0 blocks, "
-            f"{info[g]['float']} left in fp32 ({info[g]['nbits_nodes']} MatMulNBits nodes)")
+            f"{info[g]['float']} left in fp32 ({info[g]['nbits_nodes']} MatMulNBits nodes); "
+            f"{info[g]['gather_q8']} embedding table(s) on Q8_0 blocks")
         onnx.save(m, str(out / g))
     if not any(c["q4"] + c["q8"] for c in info.values()):
         raise ConfigError("precision", "int4-lossless",

@@ -47,34 +47,45 @@ def test_weights_off_the_grid_are_not_packed(finder):
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="pip install 'testbed[cpu]'")
 def test_packed_graph_computes_the_fp32_graph():
     """q/k-like MatMuls sharing an input become one MatMulNBits (split after), a Q8_0 one doubles K, an
-    off-grid one stays; outputs equal the fp32 graph's up to fp32 rounding."""
+    off-grid one stays, a Q8_0 embedding table is gathered from its 8-bit values; outputs equal the fp32
+    graph's up to fp32 rounding (the gathered rows bit for bit)."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     k = 64
     weights = {"wq": T.ggml_q4_1(_w(96, k)), "wk": T.ggml_q4_1(_w(32, k)), "wh": T.ggml_q8_0(_w(200, k)),
                "wf": _w(24, k)}
+    table = T.ggml_q8_0(_w(50, k))
     nodes = [helper.make_node("MatMul", ["x", name], [f"y_{name}"], name=f"/{name}/MatMul") for name in weights]
+    nodes.append(helper.make_node("Gather", ["table", "ids"], ["rows"], name="/embed/Gather", axis=0))
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "l", k])],
-        [helper.make_tensor_value_info(f"y_{n}", TensorProto.FLOAT, None) for n in weights],
-        initializer=[numpy_helper.from_array(w.T.copy(), n) for n, w in weights.items()])
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "l", k]),
+                     helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "l"])],
+        [helper.make_tensor_value_info(f"y_{n}", TensorProto.FLOAT, None) for n in weights]
+        + [helper.make_tensor_value_info("rows", TensorProto.FLOAT, None)],
+        initializer=[numpy_helper.from_array(w.T.copy(), n) for n, w in weights.items()]
+        + [numpy_helper.from_array(table, "table")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     ref = model.SerializeToString()
     counts = pack_graph(model)
-    assert counts == {"q4": 2, "q8": 1, "float": 1, "nbits_nodes": 2}
+    assert counts == {"q4": 2, "q8": 1, "float": 1, "nbits_nodes": 2, "gather_q8": 1}
     assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 2
-    assert {i.name for i in model.graph.initializer} >= {"wf"} and "wq" not in {i.name for i in model.graph.initializer}
+    assert sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node) == 1
+    names = {i.name for i in model.graph.initializer}
+    assert "wf" in names and "wq" not in names and "table" not in names
 
-    def run(m: bytes, x: np.ndarray) -> list[np.ndarray]:
+    def run(m: bytes, x: np.ndarray, ids: np.ndarray) -> list[np.ndarray]:
         so = ort.SessionOptions()
         so.intra_op_num_threads = 1
-        return ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]).run(None, {"x": x})
+        return ort.InferenceSession(m, so, providers=["CPUExecutionProvider"]).run(None, {"x": x, "ids": ids})
 
     for shape in ((1, 1, k), (2, 5, k)):  # a decoding step and a prefill
         x = RNG.standard_normal(shape).astype(np.float32)
-        for got, want, name in zip(run(model.SerializeToString(), x), run(ref, x), weights):
+        ids = RNG.integers(0, 50, shape[:2])
+        *got_all, rows = run(model.SerializeToString(), x, ids)
+        assert np.array_equal(rows, table[ids])
+        for got, want, name in zip(got_all, run(ref, x, ids), weights):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
             exact = x.astype(np.float64) @ weights[name].T.astype(np.float64)
             np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-6, err_msg=name)
