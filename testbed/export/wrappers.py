@@ -209,9 +209,10 @@ class LlamaDecoderGraph(nn.Module):
         j = torch.arange(t + length).unsqueeze(0)
         allowed = (j <= i + t).view(1, 1, length, t + length) & attention_mask.bool().view(b, 1, 1, t + length)
         # grouped-query attention without copying K/V per query head: the rep query heads that share
-        # a KV head are stacked along the query axis, (B, Hkv, rep*L, D) against K (B, Hkv, T, D)
+        # a KV head are stacked along the query axis, (B, Hkv, rep*L, D) against K (B, Hkv, T, D), and
+        # the mask repeated along it once a step
         rep = self.heads // self.kv_heads
-        bias = ((~allowed).to(torch.float32) * MASK_VALUE).view(b, 1, 1, length, t + length)
+        bias = ((~allowed).to(torch.float32) * MASK_VALUE).repeat(1, 1, rep, 1)
         presents: list[torch.Tensor] = []
         for li, layer in enumerate(self.layers):
             att = layer.self_attn
@@ -224,10 +225,8 @@ class LlamaDecoderGraph(nn.Module):
             k = torch.cat([past[2 * li], k], dim=2)
             v = torch.cat([past[2 * li + 1], v], dim=2)
             presents += [k, v]
-            w = torch.matmul((q * att.scaling).reshape(b, self.kv_heads, rep * length, self.dim), k.transpose(2, 3))
-            w = torch.softmax(w.view(b, self.kv_heads, rep, length, t + length) + bias, dim=-1)
-            o = torch.matmul(w.view(b, self.kv_heads, rep * length, t + length), v)
-            x = x + att.o_proj(o.view(b, self.heads, length, self.dim).transpose(1, 2).reshape(b, length, -1))
+            o = _attend(q.reshape(b, self.kv_heads, rep * length, self.dim), k, v, bias, att.scaling)
+            x = x + att.o_proj(_merge_heads(o.view(b, self.heads, length, self.dim)))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.head(self.norm(x[:, -1:, :])).squeeze(1)
         return (logits, *presents)
