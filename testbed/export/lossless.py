@@ -70,7 +70,7 @@ def find_q4(w: np.ndarray) -> Q4Blocks | None:
     span = b.max(axis=-1) - m
     d = np.zeros_like(m)
     q = np.zeros(b.shape, dtype=np.uint8)
-    todo = np.ones(m.shape, dtype=bool)
+    todo = span > 0  # a constant block is q = 0, d = 0 as it stands
     for top in range(15, 0, -1):  # the block's largest q: 15 unless the block's top codes are unused
         if not todo.any():
             break
@@ -82,8 +82,6 @@ def find_q4(w: np.ndarray) -> Q4Blocks | None:
         ok &= np.all(rec == b, axis=-1)
         d[ok], q[ok] = cand[ok], qq[ok].astype(np.uint8)
         todo &= ~ok
-    flat = span == 0  # a constant block: q = 0, d = 0
-    todo &= ~flat
     if todo.any():
         return None
     return Q4Blocks(q=q, d=d, m=m)
@@ -105,7 +103,7 @@ def find_q8(w: np.ndarray) -> Q8Blocks | None:
 
 
 def _pack_nibbles(q: np.ndarray) -> np.ndarray:
-    """(N, blocks, 32) values 0..15 -> (N, blocks, 16) bytes, the first value in the low nibble."""
+    """Values 0..15, pairs along the last axis -> bytes, the first value in the low nibble."""
     return (q[..., 0::2] | (q[..., 1::2] << 4)).astype(np.uint8)
 
 
@@ -114,7 +112,7 @@ def _zero_points(n: int, blocks: int, value: np.ndarray | int) -> np.ndarray:
     z = np.broadcast_to(np.asarray(value, dtype=np.uint8), (n, blocks)).copy()
     if blocks % 2:
         z = np.concatenate([z, np.zeros((n, 1), dtype=np.uint8)], axis=1)
-    return (z[:, 0::2] | (z[:, 1::2] << 4)).astype(np.uint8).reshape(-1)
+    return _pack_nibbles(z).reshape(-1)
 
 
 def pack_graph(model: Any) -> dict[str, int]:
