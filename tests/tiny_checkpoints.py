@@ -281,8 +281,8 @@ def ggml_q8_0(w: Any) -> Any:
 
 
 def build_gguf_like(root: Path) -> Path:
-    """The tiny Llama with its weights as a Q4_1 GGUF file carries them (the projections) and its tied
-    embedding / head as Q8_0, dequantised to fp32: what the embedded chat model's checkpoint is."""
+    """The tiny Llama with its projections put through Q4_1 and its tied embedding / head through Q8_0 and
+    dequantised back to fp32, as a GGUF file would carry them: what the embedded chat model's checkpoint is."""
     import shutil
 
     import numpy as np
