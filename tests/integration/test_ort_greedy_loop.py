@@ -1,7 +1,8 @@
 """The whole greedy loop in one ONNX Runtime call (testbed.engines.onnxruntime.loop) on the real Marian model:
 ``generate`` decodes the same tokens as one run() per step, at batch 1 and in a batch whose rows end at
 different steps (EOS, their own max_new_tokens, EOS masked below min_new_tokens), and the batch counts
-the same padding."""
+the same padding.  Without the loop, ``steps()`` runs its steps in one Python loop until a row finishes
+(``OrtBatch._host_steps``): the same tokens and padding again."""
 
 from __future__ import annotations
 
@@ -66,35 +67,54 @@ def test_loop_tokens_equal_one_run_per_step(engines):
         assert loop.generate([r])[0].token_ids == loop.stream(r).run().token_ids
 
 
+def _drive(eng: OnnxRuntimeEngine, reqs: list[GenerationRequest],
+           many: bool) -> tuple[dict[int, list[int]], tuple[int, int], int]:
+    """Rows driven by hand through ``steps()`` (``many``) or ``step()``: each row's tokens, the batch's padding
+    totals and the number of calls."""
+    b = eng.open_batch()
+    prepared = {i: eng.prepare(r) for i, r in enumerate(reqs)}
+    b.admit(prepared)
+    out: dict[int, list[int]] = {i: [t] for i, t in b.prefill().items()}
+    live, calls = set(prepared), 0
+
+    def done(i: int) -> bool:
+        return out[i][-1] in eng.eos_token_ids or len(out[i]) >= prepared[i].max_new_tokens
+
+    b.evict([i for i in list(live) if done(i)])
+    live -= {i for i in live if done(i)}
+    while live:
+        got = b.steps() if many else {s: [t] for s, t in b.step().items()}
+        calls += 1
+        for i, toks in got.items():
+            out[i] += toks
+        ended = [i for i in live if done(i)]
+        b.evict(ended)
+        live -= set(ended)
+    return out, (b.padding.total, b.padding.padded), calls
+
+
 def test_loop_counts_the_padding_the_steps_count(engines):
-    """Driven by hand: every row's tokens and the batch's padding totals equal the step-by-step batch's."""
+    """Every row's tokens and the batch's padding totals equal the step-by-step batch's."""
     loop, steps = engines
     reqs = _requests(steps, 9)
-
-    def drive(eng: OnnxRuntimeEngine, many: bool) -> tuple[dict[int, list[int]], tuple[int, int], int]:
-        b = eng.open_batch()
-        prepared = {i: eng.prepare(r) for i, r in enumerate(reqs)}
-        b.admit(prepared)
-        out: dict[int, list[int]] = {i: [t] for i, t in b.prefill().items()}
-        live, calls = set(prepared), 0
-
-        def done(i: int) -> bool:
-            return out[i][-1] in eng.eos_token_ids or len(out[i]) >= prepared[i].max_new_tokens
-
-        b.evict([i for i in list(live) if done(i)])
-        live -= {i for i in live if done(i)}
-        while live:
-            got = b.steps() if many else {s: [t] for s, t in b.step().items()}
-            calls += 1
-            for i, toks in got.items():
-                out[i] += toks
-            ended = [i for i in live if done(i)]
-            b.evict(ended)
-            live -= set(ended)
-        return out, (b.padding.total, b.padding.padded), calls
-
-    a, pad_a, calls_a = drive(loop, True)
-    s, pad_s, calls_s = drive(steps, False)
+    a, pad_a, calls_a = _drive(loop, reqs, True)
+    s, pad_s, calls_s = _drive(steps, reqs, False)
     assert a == s
     assert pad_a == pad_s and pad_a[1] > 0
     assert calls_a < calls_s / 3  # several steps per call
+
+
+def test_host_steps_equal_one_step_per_call(engines):
+    """No loop: steps() runs until a row finishes (EOS or its own max_new_tokens), with the same tokens and
+    padding as step() per call; a batch with a minimum length keeps one step per call (its EOS mask follows
+    the driver's count)."""
+    _, steps = engines
+    reqs = [r for r in _requests(steps, 12) if not r.min_new_tokens]
+    a, pad_a, calls_a = _drive(steps, reqs, True)
+    s, pad_s, calls_s = _drive(steps, reqs, False)
+    assert a == s
+    assert pad_a == pad_s and pad_a[1] > 0
+    assert calls_a <= len(reqs) < calls_s / 2  # a call ends when a row ends
+    masked = _requests(steps, 6)
+    assert _drive(steps, masked, True)[0] == _drive(steps, masked, False)[0]
+    assert _drive(steps, masked, True)[2] == _drive(steps, masked, False)[2]
