@@ -40,8 +40,8 @@ from testbed.clock import now_ns  # noqa: E402
 from testbed.config import EngineConfig  # noqa: E402
 from testbed.datasets import load_dataset  # noqa: E402
 from testbed.engines.ctranslate2.engine import stream_steps  # noqa: E402
+from testbed.engines.detok import Detokenizer  # noqa: E402
 from testbed.engines.registry import create_engine  # noqa: E402
-from testbed.engines.stream import Detokenizer  # noqa: E402
 from testbed.io import write_text_atomic  # noqa: E402
 from testbed.signature import git_sha, result_header  # noqa: E402
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {name} | {statistics.median(ts) / 1e6:.2f} | {rat:.3f} | {per_tok:.1f} |")
     det = []
     for g in eng.generate(reqs):
-        d = Detokenizer(eng.tokenizer)
+        d = Detokenizer(eng.tokenizer, eng.decode)
         t0 = now_ns()
         for tid in g.token_ids:
             d.add(tid)

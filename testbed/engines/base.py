@@ -30,14 +30,15 @@ Callers ask ``engine.capabilities``; they never compare engine names.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 from testbed.clock import Clock, now_ns
 from testbed.config import EngineConfig
+from testbed.engines.detok import Detokenizer, text_decoder
 from testbed.engines.step import LockstepBatch, StepBatch
-from testbed.engines.stream import BatchStream, Detokenizer, Stream
+from testbed.engines.stream import BatchStream, Stream
 from testbed.engines.types import (
     ENCODER_DONE,
     Capabilities,
@@ -75,6 +76,8 @@ class Engine(ABC):
                 f"(engine {self.name} does not run {self.model_info.architecture} models)",
             )
         self.tokenizer: Any = None
+        self._text: Callable[[Sequence[int]], str] | None = None  # decode() for the tokenizer _text_of
+        self._text_of: Any = None
         # how the checkpoint decodes (set by engines that load a real checkpoint; None for fake engines)
         self.spec: DecodingSpec | None = None
         self.eos_token_ids: frozenset[int] = frozenset()
@@ -212,7 +215,11 @@ class Engine(ABC):
         return gens
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True, clean_up_tokenization_spaces=False))
+        """The text of ``ids``: the tokenizer's decode (special tokens skipped), by :func:`text_decoder`'s
+        direct path where it has one for this tokenizer."""
+        if self._text is None or self._text_of is not self.tokenizer:
+            self._text, self._text_of = text_decoder(self.tokenizer), self.tokenizer
+        return self._text(ids)
 
     def describe(self) -> dict[str, Any]:
         """What a result row needs to reproduce this engine (the engine-side signature)."""

@@ -13,42 +13,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Generator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from testbed.clock import Clock
+from testbed.engines.detok import Detokenizer
 from testbed.engines.types import ENCODER_DONE, GenerationRequest, Prepared, TokenEvent
 from testbed.metrics.formulas import NO_TOKENS_ERROR
 from testbed.metrics.records import RequestRecord
 
 if TYPE_CHECKING:
     from testbed.engines.base import Engine
-
-
-class Detokenizer:
-    """Incremental detokenisation: the text piece each new token adds (vLLM's offsets method).
-
-    Decoding a short window (not the whole sequence) keeps per-token cost flat; a piece that ends
-    in an incomplete UTF-8 character (U+FFFD) is held back until the next token completes it.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tok = tokenizer
-        self.ids: list[int] = []
-        self.prefix_offset = 0
-        self.read_offset = 0
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tok.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
-
-    def add(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        prefix = self._decode(self.ids[self.prefix_offset : self.read_offset])
-        full = self._decode(self.ids[self.prefix_offset :])
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            self.prefix_offset = self.read_offset
-            self.read_offset = len(self.ids)
-            return full[len(prefix) :]
-        return ""
 
 
 class Stream:
@@ -77,7 +51,7 @@ class Stream:
         self.events: list[TokenEvent] = []
         self.finish_reason: str | None = None
         self.error: str | None = None
-        self._detok = Detokenizer(engine.tokenizer)
+        self._detok = Detokenizer(engine.tokenizer, engine.decode)
         self.prepared = engine.prepare(request) if prepared is None else prepared
         self._gen: Generator[object, None, None] | None = None  # created on first iteration
 
