@@ -5,10 +5,11 @@ clean_up_tokenization_spaces=False)``.  For a Python (slow) Hugging Face tokeniz
 spends most of its time in generic bookkeeping: on Marian, 7 us to decode 3 ids, of which
 SentencePiece takes 1.5.  A stream decodes twice per token (:class:`Detokenizer`), so that
 bookkeeping was part of every streamed token's time, for every engine alike: the harness, not the
-engine.  :func:`text_decoder` returns a direct path for the tokenizers it knows (Marian's:
-SentencePiece over the id -> piece table, special ids dropped), checked at construction to give the
-tokenizer's own ``decode`` output on probe sequences (every special and added id, and random ids);
-any other tokenizer, or one that fails the check, keeps its own ``decode``.
+engine.  :func:`text_decoder` returns a direct path for the tokenizers it knows (:data:`JOINS`:
+Marian's and BlenderBot-small's; ids -> pieces by a table, special ids dropped, the tokenizer's own
+join), checked at construction to give the tokenizer's own ``decode`` output on probe sequences
+(every special and added id, and random ids); any other tokenizer, or one that fails the check,
+keeps its own ``decode``.
 """
 
 from __future__ import annotations
@@ -35,34 +36,51 @@ def text_decoder(tokenizer: Any) -> Decode:
     """``tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)``, by a direct path
     where one is known for this tokenizer and decodes the probes identically, else by the tokenizer."""
     slow = hf_decoder(tokenizer)
-    fast = _marian(tokenizer)
+    fast = _direct(tokenizer, slow)
     if fast is None or not _same_on_probes(tokenizer, fast, slow):
         return slow
     return fast
 
 
-def _marian(tok: Any) -> Decode | None:
-    """Marian's decode without the generic bookkeeping: ids -> pieces (special ids dropped) -> SentencePiece,
-    '▁' as a space, stripped (MarianTokenizer.convert_tokens_to_string with the SentencePiece model its
-    ``_decode`` picks: the source one unless the vocabularies are separate)."""
-    if type(tok).__name__ != "MarianTokenizer":
+def _marian_join(tok: Any) -> Callable[[list[str]], str]:
+    """MarianTokenizer.convert_tokens_to_string without special tokens: SentencePiece (the source model unless
+    the vocabularies are separate, as its ``_decode`` picks), '▁' as a space, stripped."""
+    decode_pieces = (tok.spm_target if tok.separate_vocabs else tok.spm_source).decode_pieces
+    return lambda pieces: str(decode_pieces(pieces)).replace("\u2581", " ").strip()
+
+
+def _bpe_join(tok: Any) -> Callable[[list[str]], str]:
+    """BlenderbotSmallTokenizer.convert_tokens_to_string: pieces joined by spaces, '@@ ' continuations glued."""
+    return lambda pieces: " ".join(pieces).replace("@@ ", "").strip()
+
+
+# Python tokenizers whose decode (special ids skipped, no clean-up) is their convert_tokens_to_string over the
+# kept pieces: the embedded translation model's and the embedded dialogue model's
+JOINS: dict[str, Callable[[Any], Callable[[list[str]], str]]] = {
+    "MarianTokenizer": _marian_join,
+    "BlenderbotSmallTokenizer": _bpe_join,
+}
+
+
+def _direct(tok: Any, slow: Decode) -> Decode | None:
+    """ids -> pieces (special ids dropped, a table built once) -> the tokenizer's join; None for a tokenizer
+    without a known join."""
+    make = JOINS.get(type(tok).__name__)
+    if make is None:
         return None
     try:
-        sp = tok.spm_target if tok.separate_vocabs else tok.spm_source
-        n = len(tok)
-        pieces = list(tok.convert_ids_to_tokens(list(range(n))))
+        join = make(tok)
+        pieces = list(tok.convert_ids_to_tokens(list(range(len(tok)))))
         special = frozenset(int(i) for i in tok.all_special_ids)
     except (AttributeError, TypeError, ValueError):
         return None
-    decode_pieces = sp.decode_pieces
-    slow = hf_decoder(tok)
 
     def decode(ids: Sequence[int]) -> str:
         try:
             kept = [pieces[i] for i in ids if i not in special]
         except (IndexError, TypeError):  # an id past the table (or not an int): the tokenizer says what it does
             return slow(ids)
-        return str(decode_pieces(kept)).replace("\u2581", " ").strip()
+        return join(kept)
 
     return decode
 

@@ -1,5 +1,6 @@
-"""Token ids to text (testbed.engines.detok): the direct path for Marian's tokenizer gives the tokenizer's own
-decode on every window a stream decodes, and a direct path that disagrees on a probe is not used."""
+"""Token ids to text (testbed.engines.detok): the direct paths for Marian's and BlenderBot-small's tokenizers give
+the tokenizer's own decode on every window a stream decodes, and a direct path that disagrees on a probe is not
+used."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _targets(tok, n: int) -> list[list[int]]:
 
 def test_marian_direct_path_decodes_every_window_as_the_tokenizer(marian_tok):
     fast, slow = text_decoder(marian_tok), hf_decoder(marian_tok)
-    assert fast.__qualname__.startswith("_marian")  # the direct path is the one in use
+    assert fast.__qualname__.startswith("_direct")  # the direct path is the one in use
     specials = sorted(marian_tok.all_special_ids)
     windows = 0
     for ids in _targets(marian_tok, 60):
@@ -48,6 +49,20 @@ def _outcome(dec, ids: list[int]) -> tuple[str, str]:
         return "error", type(exc).__name__
 
 
+def test_dialogue_direct_path_decodes_as_the_tokenizer():
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(resolve_model("chitchat-bbs-10m").local_path())
+    fast, slow = text_decoder(tok), hf_decoder(tok)
+    assert fast.__qualname__.startswith("_direct")
+    for ex in load_dataset("chat", limit=40):
+        text = " ".join(m["content"] for m in ex.messages or ())
+        ids = list(tok(text)["input_ids"])[:40] + sorted(tok.all_special_ids)
+        for i in range(len(ids)):
+            for j in range(i, min(len(ids), i + 12) + 1):
+                assert fast(ids[i:j]) == slow(ids[i:j]), ids[i:j]
+
+
 def test_streamed_pieces_rebuild_the_text_with_either_decoder(marian_tok):
     fast, slow = text_decoder(marian_tok), hf_decoder(marian_tok)
     for ids in _targets(marian_tok, 20):
@@ -65,6 +80,6 @@ def test_a_direct_path_that_disagrees_on_a_probe_is_not_used(marian_tok, monkeyp
 
     monkeypatch.setattr(type(marian_tok), "decode", decode)
     dec = text_decoder(marian_tok)
-    assert not dec.__qualname__.startswith("_marian")
+    assert not dec.__qualname__.startswith("_direct")
     ids = _targets(marian_tok, 1)[0]
     assert dec(ids) == own(marian_tok, ids, skip_special_tokens=True).upper()
