@@ -7,9 +7,11 @@ engine runs pruned models, the settings :data:`VARIANTS` (ONNX Runtime with thre
 with IO binding), ``--add engine/precision[/option=value...]`` configurations, and the references:
 **CTranslate2 called directly** (``ct2-direct``, int8 and fp32: :class:`Direct`), the peer to beat.
 
-Per configuration, after warm-up, interleaved sentence by sentence (every configuration runs
-sentence i before any runs sentence i+1, the starting one rotating; ``--rounds`` passes, each over
-every rounds-th sentence), so a noisy machine's drift hits all alike:
+Each configuration runs in its own process (``--isolate``, the default: :class:`Worker`), as a
+deployment runs one model; ``--no-isolate`` loads them all into this one.  Per configuration, after
+warm-up, interleaved sentence by sentence (every configuration runs sentence i before any runs
+sentence i+1, the starting one rotating; ``--rounds`` passes, each over every rounds-th sentence),
+so a noisy machine's drift hits all alike:
 
 * **streamed** (the testbed's ``Engine.stream``): E2E p50/p90, TTFT p50, TPOT p50 (METRICS.md);
 * **non-streamed** latency: one call for the sentence, wall time from before tokenisation to
@@ -173,10 +175,16 @@ class Row:
     batch_n: int = 0
     batch_ids: list[list[int] | None] = field(default_factory=list)
     batch_text: list[str | None] = field(default_factory=list)
+    worker: Worker | None = None  # --isolate: the process that holds runner and skeleton
 
     @property
     def label(self) -> str:
         return self.cfg.label
+
+    def size(self, n: int) -> None:
+        self.records, self.single_ns, self.first_ns = [None] * n, [None] * n, [None] * n
+        self.single_ids, self.single_text, self.batch_ids, self.batch_text = [None] * n, [None] * n, [None] * n, \
+            [None] * n
 
 
 def make(cfg: Config, model: str, max_new: int) -> Engine | Direct:
@@ -265,6 +273,115 @@ def measure_skeleton(row: Row, ex: Example, tokens: int) -> None:
 
 
 # --------------------------------------------------------------------------- the run
+def load_row(row: Row, model: str, max_new: int, examples: list[Example], reqs: list[GenerationRequest],
+             args: argparse.Namespace, skel: str | None) -> str | None:
+    """Build ``row``'s runner (and skeleton), warm them up; the refusal, if the model cannot have it."""
+    try:
+        row.runner, row.load_s = _timed(make, row.cfg, model, max_new)
+    except ConfigError as e:
+        return str(e)
+    row.load_s /= 1e9
+    _set_threads(row.runner)
+    row.size(len(examples))
+    for ex in examples[: args.warmup]:
+        measure_one(row, ex, 0)
+    row.runner.generate(reqs[: args.batch])
+    if skel:
+        try:
+            row.skeleton = make_skeleton(row, skel, args.skeleton_tokens)
+        except ConfigError as e:  # e.g. int4-lossless: the skeleton's random weights lie on no block grid
+            print(f"{row.label}: no skeleton, its TPOT overhead reads n/a: {e}", file=sys.stderr)
+        measure_skeleton(row, examples[0], args.skeleton_tokens)
+        row.skel_tpot.clear()
+    return None
+
+
+def measure_batch(row: Row, chunk: list[GenerationRequest]) -> tuple[list[tuple[list[int], str]], int]:
+    """One Offline chunk through ``row``: each request's (ids, text), and the call's wall time."""
+    assert row.runner is not None
+    _set_threads(row.runner)
+    gens, ns = _timed(row.runner.generate, chunk)
+    return [(g.token_ids, g.text) if not isinstance(g, tuple) else g for g in gens], ns
+
+
+def close_row(row: Row) -> None:
+    for r in (row.runner, row.skeleton):
+        if r is not None:
+            r.close()
+
+
+class Worker:
+    """``--isolate`` (the default): one configuration in its own process, as a deployment runs one model.
+
+    The process holds the configuration's runner and skeleton and runs :func:`measure_one`,
+    :func:`measure_skeleton` and :func:`measure_batch` when told, one at a time; the driver still
+    interleaves the configurations sentence by sentence, so drift hits all alike, and never runs two
+    at once.  In one shared process the models' memory and allocators interfere: ONNX Runtime's
+    int4-lossless step measured ~6% slower there than alone, CTranslate2's unchanged (README,
+    Benchmarks).  Times are ``time.perf_counter_ns`` (CLOCK_MONOTONIC, one clock for all processes).
+    """
+
+    def __init__(self, row: Row) -> None:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")  # no fork of a process holding other runtimes' threads
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True, name=f"bench {row.label}")
+        self.proc.start()
+        child.close()
+
+    def call(self, *msg: Any) -> Any:
+        self.conn.send(msg)
+        kind, value = self.conn.recv()
+        if kind == "error":
+            raise RuntimeError(f"worker {self.proc.name}: {value}")
+        return value
+
+    def close(self) -> None:
+        try:
+            self.call("close")
+        except (EOFError, OSError, RuntimeError):
+            pass
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+def _serve(conn: Any) -> None:
+    """A worker process's loop (see :class:`Worker`)."""
+    import traceback
+
+    row: Row | None = None
+    while True:
+        op, *a = conn.recv()
+        try:
+            if op == "load":
+                row = Row(a[0])
+                refusal = load_row(row, *a[1:])
+                conn.send(("ok", (refusal, row.load_s)))
+            elif op == "one":
+                assert row is not None
+                i, ex = a
+                measure_one(row, ex, i)
+                conn.send(("ok", (row.records[i], row.single_ns[i], row.first_ns[i], row.single_ids[i],
+                                  row.single_text[i])))
+            elif op == "skeleton":
+                assert row is not None
+                measure_skeleton(row, *a)
+                conn.send(("ok", row.skel_tpot[-1:] if row.skel_tpot else []))
+                row.skel_tpot.clear()
+            elif op == "batch":
+                assert row is not None
+                conn.send(("ok", measure_batch(row, a[0])))
+            elif op == "close":
+                if row is not None:
+                    close_row(row)
+                conn.send(("ok", None))
+                return
+        except Exception:  # noqa: BLE001 - the driver reports it with the configuration's name
+            conn.send(("error", traceback.format_exc()))
+
+
 def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args: argparse.Namespace) -> list[str]:
     """Measure ``rows`` (a configuration the model cannot have is removed from ``rows``: returned, with
     the reason, e.g. int4-lossless on weights that were never GGUF blocks)."""
@@ -277,37 +394,35 @@ def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args
     n, reqs = len(examples), [GenerationRequest(text=ex.text, messages=ex.messages) for ex in examples]
     refused: list[str] = []
     for row in tqdm(list(rows), desc="load + warm-up", disable=args.no_progress):
-        try:
-            row.runner, row.load_s = _timed(make, row.cfg, model, max_new)
-        except ConfigError as e:
-            print(f"{row.label}: refused: {e}", file=sys.stderr)
-            refused.append(f"{row.label} ({e})")
+        if args.isolate:
+            row.worker = Worker(row)
+            refusal, row.load_s = row.worker.call("load", row.cfg, model, max_new, examples, reqs, args, skel)
+            row.size(n)
+        else:
+            refusal = load_row(row, model, max_new, examples, reqs, args, skel)
+        if refusal is not None:
+            print(f"{row.label}: refused: {refusal}", file=sys.stderr)
+            refused.append(f"{row.label} ({refusal})")
             rows.remove(row)
-            continue
-        row.load_s /= 1e9
-        _set_threads(row.runner)
-        row.records, row.single_ns, row.first_ns = [None] * n, [None] * n, [None] * n
-        row.single_ids, row.single_text, row.batch_ids, row.batch_text = [None] * n, [None] * n, [None] * n, [None] * n
-        for ex in examples[: args.warmup]:
-            measure_one(row, ex, 0)
-        row.runner.generate(reqs[: args.batch])
-        if skel:
-            try:
-                row.skeleton = make_skeleton(row, skel, args.skeleton_tokens)
-            except ConfigError as e:  # e.g. int4-lossless: the skeleton's random weights lie on no block grid
-                print(f"{row.label}: no skeleton, its TPOT overhead reads n/a: {e}", file=sys.stderr)
-            measure_skeleton(row, examples[0], args.skeleton_tokens)
-            row.skel_tpot.clear()
+            if row.worker is not None:
+                row.worker.close()
     rounds = min(args.rounds, n)
     bar = tqdm(total=n, desc="batch-1 latency (interleaved)", disable=args.no_progress)
     for r in range(rounds):
         for i in range(r, n, rounds):
             k = i % len(rows)
             for row in rows[k:] + rows[:k]:
-                _set_threads(row.runner)
-                measure_one(row, examples[i], i)
-                if skel and i % args.skeleton_every == 0:
-                    measure_skeleton(row, examples[i], args.skeleton_tokens)
+                skeleton = bool(skel) and i % args.skeleton_every == 0
+                if row.worker is None:
+                    _set_threads(row.runner)
+                    measure_one(row, examples[i], i)
+                    if skeleton:
+                        measure_skeleton(row, examples[i], args.skeleton_tokens)
+                    continue
+                (row.records[i], row.single_ns[i], row.first_ns[i], row.single_ids[i],
+                 row.single_text[i]) = row.worker.call("one", i, examples[i])
+                if skeleton:
+                    row.skel_tpot += row.worker.call("skeleton", examples[i], args.skeleton_tokens)
             bar.update(1)
     bar.close()
     # Offline throughput: each chunk of `batch` sentences through every configuration in turn
@@ -315,13 +430,10 @@ def run(rows: list[Row], examples: list[Example], model: str, max_new: int, args
         chunk = reqs[k : k + args.batch]
         j = c % len(rows)
         for row in rows[j:] + rows[:j]:
-            assert row.runner is not None
-            _set_threads(row.runner)
-            gens, ns = _timed(row.runner.generate, chunk)
+            pairs, ns = row.worker.call("batch", chunk) if row.worker is not None else measure_batch(row, chunk)
             row.batch_ns += ns
             row.batch_n += len(chunk)
-            for j2, g in enumerate(gens):
-                ids, text = (g.token_ids, g.text) if not isinstance(g, tuple) else g
+            for j2, (ids, text) in enumerate(pairs):
                 row.batch_ids[k + j2], row.batch_text[k + j2] = ids, text
     return refused
 
@@ -333,7 +445,7 @@ def _ms(values: list[Any], p: float = 50) -> float | None:
 
 def row_stats(row: Row, refs: list[str | None], translation: bool) -> dict[str, Any]:
     n = len(row.single_ns)
-    if isinstance(row.runner, Direct):
+    if row.cfg.engine == DIRECT:
         ok = [i for i in range(n) if row.single_ns[i] is not None]
         st: dict[str, Any] = {
             "e2e50": None, "e2e90": None, "failed": n - len(ok),
@@ -410,7 +522,9 @@ def header(command: str, model: str, n: int, dataset: str, args: argparse.Namesp
             + result_header(command, rounds=args.rounds, requests=f"{n} of `{dataset}`", batch=args.batch,
                             skeleton=(f"TPOT overhead from every {every}th request, {args.skeleton_tokens} tokens, "
                                       "on the model's skeleton (testbed.skeleton)") if every else "not measured")
-            + f"\nGreedy, max {max_new} new tokens, in one process.  Batch 1 interleaved sentence by sentence "
+            + f"\nGreedy, max {max_new} new tokens, "
+            + ("each configuration in its own process" if args.isolate else "in one process")
+            + ".  Batch 1 interleaved sentence by sentence "
             f"(after warm-up): *streamed* through `Engine.stream` (E2E, TTFT, TPOT as in METRICS.md) and "
             "*non-streamed* (one `Engine.generate([request])` call, tokenizer to text; for `ct2-direct` one "
             "`translate_batch`/`generate_batch` call on the same converted model: its TTFT is the call with 1 new "
@@ -444,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skeleton-tokens", type=int, default=32)
     ap.add_argument("--skip", default="bf16", help="comma-separated label substrings to leave out (default: bf16)")
     ap.add_argument("--only", default="", help="comma-separated label substrings to keep (references always kept)")
+    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
+                    help="each configuration in its own process (default; --no-isolate: all in this one)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
@@ -476,9 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n" + text)
         write_text_atomic(out / fname, text)
         for row in rows:
-            for r in (row.runner, row.skeleton):
-                if r is not None:
-                    r.close()
+            row.worker.close() if row.worker is not None else close_row(row)
     return 0
 
 
