@@ -7,8 +7,8 @@ engine runs pruned models, the settings :data:`VARIANTS` (ONNX Runtime with thre
 with IO binding), ``--add engine/precision[/option=value...]`` configurations, and the references:
 **CTranslate2 called directly** (``ct2-direct``, int8 and fp32: :class:`Direct`), the peer to beat.
 
-Each configuration runs in its own process (``--isolate``, the default: :class:`Worker`), as a
-deployment runs one model; ``--no-isolate`` loads them all into this one.  Per configuration, after
+All configurations are loaded into this one process; with ``--isolate`` each runs in its own
+(:class:`Worker`), as a deployment runs one model.  Per configuration, after
 warm-up, interleaved sentence by sentence (every configuration runs sentence i before any runs
 sentence i+1, the starting one rotating; ``--rounds`` passes, each over every rounds-th sentence),
 so a noisy machine's drift hits all alike:
@@ -311,14 +311,16 @@ def close_row(row: Row) -> None:
 
 
 class Worker:
-    """``--isolate`` (the default): one configuration in its own process, as a deployment runs one model.
+    """``--isolate``: one configuration in its own process, as a deployment runs one model.
 
     The process holds the configuration's runner and skeleton and runs :func:`measure_one`,
     :func:`measure_skeleton` and :func:`measure_batch` when told, one at a time; the driver still
     interleaves the configurations sentence by sentence, so drift hits all alike, and never runs two
-    at once.  In one shared process the models' memory and allocators interfere: ONNX Runtime's
-    int4-lossless step measured ~6% slower there than alone, CTranslate2's unchanged (README,
-    Benchmarks).  Times are ``time.perf_counter_ns`` (CLOCK_MONOTONIC, one clock for all processes).
+    at once.  Why: in one shared process the models' memory interferes (ONNX Runtime's int4-lossless
+    step is slower there than alone, CTranslate2's is not: ``bench/colocation.py``).  Why not by
+    default: a process that sat idle while the others ran starts its next request cold, which a
+    thread hand-off feels most (the CTranslate2 engine's streamed TTFT; README, Benchmarks).  Times
+    are ``time.perf_counter_ns`` (CLOCK_MONOTONIC, one clock for all processes).
     """
 
     def __init__(self, row: Row) -> None:
@@ -558,8 +560,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skeleton-tokens", type=int, default=32)
     ap.add_argument("--skip", default="bf16", help="comma-separated label substrings to leave out (default: bf16)")
     ap.add_argument("--only", default="", help="comma-separated label substrings to keep (references always kept)")
-    ap.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=True,
-                    help="each configuration in its own process (default; --no-isolate: all in this one)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="each configuration in its own process (default: all in this one)")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)

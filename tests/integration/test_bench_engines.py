@@ -1,5 +1,5 @@
-"""bench/engines.py end to end on a few sentences: each configuration in its own process (the default) and
-all in one, the same rows, the same outputs, the header saying which."""
+"""bench/engines.py end to end on a few sentences: all configurations in one process (the default) and each in
+its own (--isolate), the same rows, the same outputs, the header saying which."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def _rows(text: str) -> dict[str, list[str]]:
 
 
 def test_isolated_and_shared_runs_measure_the_same_rows(tmp_path):
-    iso, one = _run(tmp_path / "iso"), _run(tmp_path / "one", "--no-isolate")
+    iso, one = _run(tmp_path / "iso", "--isolate"), _run(tmp_path / "one")
     assert "each configuration in its own process" in iso and "in one process" in one
     a, b = _rows(iso), _rows(one)
     assert set(a) == set(b) == {"ct2-direct/int8/t1", "torch/fp32/t1", "onnxruntime/int8/t1"}
