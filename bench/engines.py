@@ -316,8 +316,9 @@ class Worker:
     The process holds the configuration's runner and skeleton and runs :func:`measure_one`,
     :func:`measure_skeleton` and :func:`measure_batch` when told, one at a time; the driver still
     interleaves the configurations sentence by sentence, so drift hits all alike, and never runs two
-    at once.  Why: in one shared process the models' memory interferes (ONNX Runtime's int4-lossless
-    step is slower there than alone, CTranslate2's is not: ``bench/colocation.py``).  Why not by
+    at once.  Why: in one shared process the models' memory can interfere (SmolLM2, ONNX Runtime fp32:
+    a step 7% slower beside the other models than alone; CTranslate2's unchanged:
+    ``bench/results/colocation.md``).  Why not by
     default: a process that sat idle while the others ran starts its next request cold, which a
     thread hand-off feels most (the CTranslate2 engine's streamed TTFT; README, Benchmarks).  Times
     are ``time.perf_counter_ns`` (CLOCK_MONOTONIC, one clock for all processes).
