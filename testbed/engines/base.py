@@ -90,6 +90,8 @@ class Engine(ABC):
         if not self._loaded:
             t0 = self.clock()
             self._load()
+            if self.tokenizer is not None:  # decode()'s tables are built here, not in the first request
+                self._text, self._text_of = text_decoder(self.tokenizer), self.tokenizer
             self.load_ns = self.clock() - t0
             self._loaded = True
         return self
