@@ -80,14 +80,16 @@ class Config:
     @property
     def label(self) -> str:
         return (f"{self.engine}/{self.precision}" + (f"/{self.pruning}" if self.pruning != "none" else "")
-                + (f"/t{self.threads}" if self.threads else "") + "".join(f" {k}" for k, _ in self.options))
+                + (f"/t{self.threads}" if self.threads else "")
+                + "".join(f" {k}" if v is True else f" {k}={v}" for k, v in self.options))
 
 
 VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("onnxruntime", "int8", {"spinning": True}),
     ("onnxruntime", "int8", {"io_binding": True}),
     ("onnxruntime", "int8", {"greedy_loop": True}),
-    ("onnxruntime", "int8", {"fuse_skip_layernorm": True}),
+    ("onnxruntime", "int8", {"fuse_skip_layernorm": "all"}),
+    ("onnxruntime", "int8", {"fuse_skip_layernorm": "none"}),
 ]
 """Settings variants at ``--threads`` (engine, precision, constructor keywords): extend here."""
 

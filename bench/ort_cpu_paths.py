@@ -4,8 +4,10 @@ On the embedded translation model's ONNX artefact (``--precision``, default int8
 time, each comparison interleaved (the alternatives take turns on the same inputs):
 
 1. **SkipLayerNormFusion** (ONNX Runtime's Add + LayerNormalization -> SkipLayerNormalization): the
-   encoder per sentence at batch 1, and one padded batch of 32, with the fusion on and off (the
-   engine's CPU default is off: ``SessionSettings.fuse_skip_layernorm``);
+   encoder per sentence at batch 1, and one padded batch of 32, with the fusion on and off; then
+   ``Engine.generate`` per sentence (batch 1) with the decoder step fused and not, the encoder
+   unfused in both (the engine's CPU default: the decoder step only,
+   ``SessionSettings.fuse_skip_layernorm="decoder"``);
 2. **the encoder over length groups**: chunks of 32 test sentences encoded as one batch padded to the
    longest vs in :func:`testbed.engines.step.length_groups` (what the seq2seq batches do);
 3. **the greedy choice**: ONNX Runtime's ``ArgMax`` over (B, V) logits vs numpy's ``argmax`` (what the
@@ -64,11 +66,33 @@ def skip_layernorm(art: Path, seqs: list[list[int]], pad: int, rounds: int) -> l
         for k, s in sess.items():
             feed = {"input_ids": batch[0], "attention_mask": batch[1]}
             t[(k, "batch 32 padded")].append(_wall(s.run, None, feed))
-    rows = ["| encoder call | fused us (median) | unfused us (median) | unfused / fused |", "|---|---:|---:|---:|"]
+    rows = ["| call | fused us (median) | unfused us (median) | unfused / fused (median per call) |",
+            "|---|---:|---:|---:|"]
     for w in ("batch 1", "batch 32 padded"):
         f, u = np.median(t[("fused", w)]) / 1e3, np.median(t[("unfused", w)]) / 1e3
-        rows.append(f"| {w} | {f:.1f} | {u:.1f} | {u / f:.3f} |")
+        rows.append(f"| encoder, {w} | {f:.1f} | {u:.1f} | "
+                    f"{np.median(np.array(t[('unfused', w)]) / np.array(t[('fused', w)])):.3f} |")
     return rows
+
+
+def skip_layernorm_decoder(model: str, precision: str, texts: list[str], rounds: int) -> list[str]:
+    """``Engine.generate`` per sentence with the decoder step's graph fused ("decoder") and not ("none")."""
+    from testbed.config import EngineConfig
+    from testbed.engines.onnxruntime.engine import OnnxRuntimeEngine
+    from testbed.engines.types import GenerationRequest
+
+    cfg = EngineConfig(model=model, engine="onnxruntime", precision=precision, threads=1)
+    engines = {k: OnnxRuntimeEngine(cfg, fuse_skip_layernorm=k).load() for k in ("decoder", "none")}
+    reqs = [GenerationRequest(text=t) for t in texts]
+    t: dict[str, list[int]] = {k: [] for k in engines}
+    for r in range(rounds):
+        for i, req in enumerate(reqs):
+            order = list(engines) if (i + r) % 2 == 0 else list(engines)[::-1]
+            for k in order:
+                t[k].append(_wall(engines[k].generate, [req]))
+    f, u = np.median(t["decoder"]) / 1e3, np.median(t["none"]) / 1e3
+    ratio = np.median(np.array(t["none"]) / np.array(t["decoder"]))
+    return [f"| generate, batch 1 (decoder step fused or not) | {f:.1f} | {u:.1f} | {ratio:.3f} |"]
 
 
 def length_groups_encoder(art: Path, seqs: list[list[int]], pad: int, rounds: int) -> list[str]:
@@ -194,9 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     seqs = [list(e.prepare(GenerationRequest(text=t)).input_ids) for t in texts]
     art, pad, vocab = e.ort.dir, e.pad_id, int(e.ort.meta["vocab_size"])
     parts = [
-        ("1. ONNX Runtime's SkipLayerNormFusion on the encoder (first 64 sentences one by one; the first 32 as "
-         "one batch)",
-         skip_layernorm(art, seqs[:64], pad, args.rounds * 3)),
+        ("1. ONNX Runtime's SkipLayerNormFusion: the encoder (first 64 sentences one by one; the first 32 as "
+         "one batch), then the decoder step (Engine.generate, first 100 sentences, the encoder unfused)",
+         skip_layernorm(art, seqs[:64], pad, args.rounds * 3)
+         + skip_layernorm_decoder(args.model, args.precision, texts[:100], args.rounds * 2)),
         ("2. The encoder at batch 32: one pass padded to the longest vs length_groups (at most 10% padding a group)",
          length_groups_encoder(art, seqs, pad, args.rounds)),
         ("3. The greedy choice over the vocabulary", greedy_choice(vocab, args.rounds)),

@@ -78,10 +78,11 @@ class SessionSettings:
     # head on GPU providers only, where it saves the logits' copy to the host
     greedy_in_graph: bool = True
     # ONNX Runtime's SkipLayerNormFusion (Add + LayerNormalization -> SkipLayerNormalization) on the CPU
-    # provider: off by default there, its CPU kernel measured slower than the two nodes it replaces
-    # (Marian int8 encoder, 1 thread: 0.82 of the fused time unfused, bench/results/ort_cpu_paths.md);
-    # GPU providers keep ONNX Runtime's default
-    fuse_skip_layernorm: bool = False
+    # provider, per graph (FUSE_SKIP_LAYERNORM): by default in the decoder step only.  Its CPU kernel
+    # measured slower than the two nodes it replaces in the Marian int8 encoder (many rows a call) and
+    # faster in the decoder step (one row a call; bench/results/ort_cpu_paths.md); GPU providers keep
+    # ONNX Runtime's default (fused)
+    fuse_skip_layernorm: str = "decoder"
     # Engine.generate: the greedy loop inside ONNX Runtime, several steps per run() call
     # (testbed.engines.onnxruntime.loop); CPU provider, seq2seq graphs with a greedy head only
     greedy_loop: bool = False
@@ -92,14 +93,18 @@ class SessionSettings:
 
 
 GRAPH_OPT_LEVELS = ("disable", "basic", "extended", "all")
+FUSE_SKIP_LAYERNORM = ("none", "decoder", "all")  # the CPU sessions whose graphs get SkipLayerNormFusion
 
 
-def make_session(path: Path, s: SessionSettings, model: bytes | None = None) -> Any:
-    """A session for the graph ``path`` (or for ``model``, that graph changed in memory)."""
+def make_session(path: Path, s: SessionSettings, model: bytes | None = None, *, step: bool = False) -> Any:
+    """A session for the graph ``path`` (or for ``model``, that graph changed in memory); ``step``: a
+    decoding step's graph (the decoder, the greedy loop), which ``fuse_skip_layernorm="decoder"`` fuses."""
     import onnxruntime as ort
 
     if s.graph_opt not in GRAPH_OPT_LEVELS:
         raise ConfigError("graph_opt", s.graph_opt, ", ".join(GRAPH_OPT_LEVELS))
+    if s.fuse_skip_layernorm not in FUSE_SKIP_LAYERNORM:
+        raise ConfigError("fuse_skip_layernorm", s.fuse_skip_layernorm, ", ".join(FUSE_SKIP_LAYERNORM))
     so = ort.SessionOptions()
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL, "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -137,7 +142,8 @@ def make_session(path: Path, s: SessionSettings, model: bytes | None = None) -> 
             f"{', '.join(ort.get_available_providers())}); install onnxruntime-gpu (the 'gpu' extra) instead of "
             "onnxruntime, or use --device cpu"
         )
-    disabled = ["SkipLayerNormFusion"] if s.provider == "CPUExecutionProvider" and not s.fuse_skip_layernorm else []
+    fuse = s.fuse_skip_layernorm == "all" or (step and s.fuse_skip_layernorm == "decoder")
+    disabled = ["SkipLayerNormFusion"] if s.provider == "CPUExecutionProvider" and not fuse else []
     sess = ort.InferenceSession(model if model is not None else str(path), sess_options=so, providers=providers,
                                 disabled_optimizers=disabled)
     check_providers(sess, s.provider)
@@ -161,7 +167,8 @@ class OrtModel:
         self.encoder = make_session(art / ENCODER, settings) if self.seq2seq else None
         head = self.meta.get("greedy_head")
         dec = art / DECODER
-        self.decoder = make_session(dec, settings, None if settings.greedy_in_graph or not head else _without_head(dec))
+        self.decoder = make_session(dec, settings, None if settings.greedy_in_graph or not head else _without_head(dec),
+                                    step=True)
         types = {i.name: i.type for i in self.decoder.get_inputs()}
         self.past_dtype = _ORT_TYPES[types[PAST + "k.0"]]
         self.bias_dtype = _ORT_TYPES[types.get("self_bias", "tensor(float)")]
@@ -195,7 +202,8 @@ class OrtModel:
         step = onnx.load(str(dec), load_external_data=False)
         if has_external_data(step):
             return None
-        return make_session(dec.with_name("decoder_loop.onnx"), self.settings, loop_model(step).SerializeToString())
+        return make_session(dec.with_name("decoder_loop.onnx"), self.settings, loop_model(step).SerializeToString(),
+                            step=True)
 
     def head_fits(self, banned: Sequence[int], eos: Sequence[int]) -> bool:
         """Does the graph's greedy head mask exactly these banned and EOS ids (else: choose from logits)?"""
