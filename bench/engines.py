@@ -89,7 +89,7 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("onnxruntime", "int8", {"io_binding": True}),
     ("onnxruntime", "int8", {"greedy_loop": True}),
     ("onnxruntime", "int8", {"fuse_skip_layernorm": "all"}),
-    ("onnxruntime", "int8", {"fuse_skip_layernorm": "none"}),
+    ("onnxruntime", "int8", {"fuse_skip_layernorm": "decoder"}),
 ]
 """Settings variants at ``--threads`` (engine, precision, constructor keywords): extend here."""
 

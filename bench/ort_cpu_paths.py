@@ -6,8 +6,8 @@ time, each comparison interleaved (the alternatives take turns on the same input
 1. **SkipLayerNormFusion** (ONNX Runtime's Add + LayerNormalization -> SkipLayerNormalization): the
    encoder per sentence at batch 1, and one padded batch of 32, with the fusion on and off; then
    ``Engine.generate`` per sentence (batch 1) with the decoder step fused and not, the encoder
-   unfused in both (the engine's CPU default: the decoder step only,
-   ``SessionSettings.fuse_skip_layernorm="decoder"``);
+   unfused in both (the engine's CPU default is off in every graph:
+   ``SessionSettings.fuse_skip_layernorm``);
 2. **the encoder over length groups**: chunks of 32 test sentences encoded as one batch padded to the
    longest vs in :func:`testbed.engines.step.length_groups` (what the seq2seq batches do);
 3. **the greedy choice**: ONNX Runtime's ``ArgMax`` over (B, V) logits vs numpy's ``argmax`` (what the

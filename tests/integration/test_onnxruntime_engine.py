@@ -211,19 +211,19 @@ def test_tensorrt_provider(hundred):
 
 
 def test_skip_layernorm_fusion_per_graph_keeps_fp32_tokens(ort_marian, hundred):
-    """SkipLayerNormFusion in no graph, the decoder step only (the CPU default) or every graph: the same
+    """SkipLayerNormFusion in no graph (the CPU default), the decoder step only or every graph: the same
     fp32 computation, the same greedy tokens; a setting outside none / decoder / all is refused."""
     from testbed.engines.onnxruntime.engine import OnnxRuntimeEngine
     from testbed.errors import ConfigError
 
     cfg = EngineConfig(model="marian-en-de", engine="onnxruntime", threads=2)
-    assert ort_marian.describe()["fuse_skip_layernorm"] == "decoder"
+    assert ort_marian.describe()["fuse_skip_layernorm"] == "none"
     texts = [ex.text for ex in hundred[:24]]
     ref = [g.token_ids for g in ort_marian.generate(texts)]
-    for setting, named in (("none", "none"), ("all", "all"), (True, "all"), (False, "none")):
+    for setting, named in (("decoder", "decoder"), ("all", "all"), (True, "all"), (False, "none")):
         eng = OnnxRuntimeEngine(cfg, fuse_skip_layernorm=setting).load()
         assert eng.describe()["fuse_skip_layernorm"] == named
-        if setting in ("none", "all"):
+        if setting in ("decoder", "all"):
             assert [g.token_ids for g in eng.generate(texts)] == ref, setting
         eng.close()
     with pytest.raises(ConfigError, match="none, decoder, all"):

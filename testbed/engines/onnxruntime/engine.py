@@ -50,13 +50,13 @@ class OnnxRuntimeEngine(Engine):
 
     def __init__(self, config: EngineConfig, clock: Clock = now_ns, *, spinning: bool = False,
                  graph_opt: str = "all", io_binding: bool = False, greedy_in_graph: bool | None = None,
-                 greedy_loop: bool = False, fuse_skip_layernorm: str | bool = "decoder") -> None:
+                 greedy_loop: bool = False, fuse_skip_layernorm: str | bool = "none") -> None:
         super().__init__(config, clock)
         # the greedy choice in the graph's head: on GPU providers by default (see SessionSettings)
         self.greedy_in_graph = config.device != "cpu" if greedy_in_graph is None else greedy_in_graph
         # generate(): the whole greedy loop in one run() call where it applies (CPU, seq2seq; see .loop)
         self.greedy_loop = greedy_loop
-        # ONNX Runtime's SkipLayerNormalization fusion on the CPU: none | decoder (default) | all graphs (see
+        # ONNX Runtime's SkipLayerNormalization fusion on the CPU: none (default) | decoder | all graphs (see
         # SessionSettings); True / False (as `--add .../fuse_skip_layernorm=true` gives it) mean all / none
         fuse = ("all" if fuse_skip_layernorm else "none") if isinstance(fuse_skip_layernorm, bool) \
             else fuse_skip_layernorm

@@ -78,11 +78,10 @@ class SessionSettings:
     # head on GPU providers only, where it saves the logits' copy to the host
     greedy_in_graph: bool = True
     # ONNX Runtime's SkipLayerNormFusion (Add + LayerNormalization -> SkipLayerNormalization) on the CPU
-    # provider, per graph (FUSE_SKIP_LAYERNORM): by default in the decoder step only.  Its CPU kernel
-    # measured slower than the two nodes it replaces in the Marian int8 encoder (many rows a call) and
-    # faster in the decoder step (one row a call; bench/results/ort_cpu_paths.md); GPU providers keep
-    # ONNX Runtime's default (fused)
-    fuse_skip_layernorm: str = "decoder"
+    # provider, per graph (FUSE_SKIP_LAYERNORM): off by default.  Its CPU kernel measured slower than the
+    # two nodes it replaces in the Marian int8 encoder (many rows a call) and no faster in the decoder
+    # step (one row a call; bench/results/ort_cpu_paths.md); GPU providers keep ONNX Runtime's default
+    fuse_skip_layernorm: str = "none"
     # Engine.generate: the greedy loop inside ONNX Runtime, several steps per run() call
     # (testbed.engines.onnxruntime.loop); CPU provider, seq2seq graphs with a greedy head only
     greedy_loop: bool = False
@@ -98,7 +97,7 @@ FUSE_SKIP_LAYERNORM = ("none", "decoder", "all")  # the CPU sessions whose graph
 
 def make_session(path: Path, s: SessionSettings, model: bytes | None = None, *, step: bool = False) -> Any:
     """A session for the graph ``path`` (or for ``model``, that graph changed in memory); ``step``: a
-    decoding step's graph (the decoder, the greedy loop), which ``fuse_skip_layernorm="decoder"`` fuses."""
+    decoding step's graph (the decoder, the greedy loop), which ``fuse_skip_layernorm="decoder"`` fuses too."""
     import onnxruntime as ort
 
     if s.graph_opt not in GRAPH_OPT_LEVELS:
