@@ -210,21 +210,47 @@ def test_tensorrt_provider(hundred):
         eng.close()
 
 
+def _greedy_with_gaps(eng, text: str) -> tuple[list[int], list[float]]:
+    """The engine's fp32 greedy tokens for ``text`` (batch 1) and each step's top-1 / top-2 logit gap."""
+    import numpy as np
+
+    from testbed.engines.base import GenerationRequest
+    from testbed.engines.onnxruntime.runner import ENCODER_DONE_MARK
+
+    p = eng.prepare(GenerationRequest(text=text))
+    ids = np.array([p.input_ids], dtype=np.int64)
+    tokens, gaps = [], []
+    for item in eng.ort.greedy(ids, np.ones_like(ids), p.max_new_tokens, eng.banned, return_logits=True):
+        if item is ENCODER_DONE_MARK:
+            continue
+        nxt, logits = item
+        top = np.sort(logits[0][np.isfinite(logits[0])])[-2:]
+        tokens.append(int(nxt[0]))
+        gaps.append(float(top[1] - top[0]))
+        if tokens[-1] in eng.eos_token_ids:
+            break
+    return tokens, gaps
+
+
 def test_skip_layernorm_fusion_per_graph_keeps_fp32_tokens(ort_marian, hundred):
     """SkipLayerNormFusion in no graph (the CPU default), the decoder step only or every graph: the same
-    fp32 computation, the same greedy tokens; a setting outside none / decoder / all is refused."""
+    fp32 computation up to summation order, so the same greedy tokens up to the first near-tie (a step whose
+    top-2 logits are within 1e-3); a setting outside none / decoder / all is refused."""
     from testbed.engines.onnxruntime.engine import OnnxRuntimeEngine
     from testbed.errors import ConfigError
 
     cfg = EngineConfig(model="marian-en-de", engine="onnxruntime", threads=2)
     assert ort_marian.describe()["fuse_skip_layernorm"] == "none"
     texts = [ex.text for ex in hundred[:24]]
-    ref = [g.token_ids for g in ort_marian.generate(texts)]
+    ref = [_greedy_with_gaps(ort_marian, t) for t in texts]
+    safe = [next((i for i, g in enumerate(gaps) if g < 1e-3), len(toks)) for toks, gaps in ref]
+    assert sum(k == len(toks) for k, (toks, _) in zip(safe, ref)) >= 20  # most sentences have no near-tie
     for setting, named in (("decoder", "decoder"), ("all", "all"), (True, "all"), (False, "none")):
         eng = OnnxRuntimeEngine(cfg, fuse_skip_layernorm=setting).load()
         assert eng.describe()["fuse_skip_layernorm"] == named
         if setting in ("decoder", "all"):
-            assert [g.token_ids for g in eng.generate(texts)] == ref, setting
+            for (toks, _), k, g in zip(ref, safe, eng.generate(texts)):
+                assert g.token_ids[:k] == toks[:k] and (k < len(toks) or g.token_ids == toks), setting
         eng.close()
     with pytest.raises(ConfigError, match="none, decoder, all"):
         OnnxRuntimeEngine(cfg, fuse_skip_layernorm="encoder")
