@@ -197,6 +197,10 @@ class LlamaDecoderGraph(nn.Module):
         self.register_buffer("roll", torch.cat([torch.arange(half, self.dim), torch.arange(half)]), persistent=False)
         self.register_buffer("sign", torch.cat([-torch.ones(half), torch.ones(self.dim - half)]), persistent=False)
 
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of ``x`` (B, H, L, D); ``sin`` carries rotate_half's sign (see __init__)."""
+        return x * cos + x.index_select(3, self.roll) * sin
+
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
@@ -220,8 +224,7 @@ class LlamaDecoderGraph(nn.Module):
             q = _split_heads(att.q_proj(h), self.heads, self.dim)
             k = _split_heads(att.k_proj(h), self.kv_heads, self.dim)
             v = _split_heads(att.v_proj(h), self.kv_heads, self.dim)
-            q = q * cos + q.index_select(3, self.roll) * sin
-            k = k * cos + k.index_select(3, self.roll) * sin
+            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
             k = torch.cat([past[2 * li], k], dim=2)
             v = torch.cat([past[2 * li + 1], v], dim=2)
             presents += [k, v]
