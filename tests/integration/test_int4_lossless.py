@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import tiny_checkpoints as T
+from near_ties import greedy_with_gaps, same_up_to_near_tie
 
 from testbed.config import EngineConfig
 from testbed.engines.registry import create_engine
@@ -47,20 +48,12 @@ def _fp32_steps(art, prompt):
 
     m = OrtModel(art, SessionSettings(threads=1))
     ids = np.array([prompt_ids(AutoTokenizer.from_pretrained(art), prompt, "causal")], dtype=np.int64)
-    tokens, gaps = [], []
-    for nxt, logits in m.greedy(ids, np.ones_like(ids), NEW, m.meta["banned"], return_logits=True):
-        top = np.sort(logits[0][np.isfinite(logits[0])])[-2:]
-        tokens.append(int(nxt[0]))
-        gaps.append(float(top[1] - top[0]))
-        if tokens[-1] in m.meta["eos_token_ids"]:
-            break
-    return tokens, gaps
+    return greedy_with_gaps(m, ids, NEW, m.meta["banned"], m.meta["eos_token_ids"])
 
 
 def _same(got, want, gaps):
     """``got`` equals the fp32 tokens up to the first near-tie (all of them without one)."""
-    k = next((i for i, g in enumerate(gaps) if g < NEAR_TIE), len(want))
-    return got[:k] == want[:k] and (k < len(want) or got == want)
+    return same_up_to_near_tie(got, want, gaps, NEAR_TIE)
 
 
 def test_int4_lossless_decodes_the_fp32_tokens(root):
