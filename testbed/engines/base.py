@@ -91,7 +91,7 @@ class Engine(ABC):
             t0 = self.clock()
             self._load()
             if self.tokenizer is not None:  # decode()'s tables are built here, not in the first request
-                self._text, self._text_of = text_decoder(self.tokenizer), self.tokenizer
+                self._decoder()
             self.load_ns = self.clock() - t0
             self._loaded = True
         return self
@@ -219,9 +219,13 @@ class Engine(ABC):
     def decode(self, ids: Sequence[int]) -> str:
         """The text of ``ids``: the tokenizer's decode (special tokens skipped), by :func:`text_decoder`'s
         direct path where it has one for this tokenizer."""
+        return self._decoder()(ids)
+
+    def _decoder(self) -> Callable[[Sequence[int]], str]:
+        """:func:`text_decoder` for the current tokenizer, built once per tokenizer."""
         if self._text is None or self._text_of is not self.tokenizer:
             self._text, self._text_of = text_decoder(self.tokenizer), self.tokenizer
-        return self._text(ids)
+        return self._text
 
     def describe(self) -> dict[str, Any]:
         """What a result row needs to reproduce this engine (the engine-side signature)."""
