@@ -51,10 +51,13 @@ def _split_heads(x: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
     return x.view(x.shape[0], x.shape[1], heads, dim).transpose(1, 2)
 
 
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(B, heads, L, dim) -> (B, L, heads*dim)."""
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
+def _merge_heads(x: torch.Tensor, b: Any = None, n: Any = None) -> torch.Tensor:
+    """(B, heads, L, dim) -> (B, L, heads*dim).  Pass B and L where the graph already has them (its
+    inputs' shape): the exported reshape then reads one shape computed once a step, not one per layer."""
+    if b is None or n is None:
+        b, h, n, d = x.shape
+        return x.transpose(1, 2).reshape(b, n, h * d)
+    return x.transpose(1, 2).reshape(b, n, -1)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, scale: float) -> torch.Tensor:
@@ -188,18 +191,35 @@ class LlamaDecoderGraph(nn.Module):
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         self.dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.head = _untied_head(model.lm_head.weight, getattr(model.lm_head, "bias", None))
-        half = self.dim // 2
+        # q, k and v in one MatMul a layer, rotated before they are split (below)
+        self.qkv = nn.ModuleList(_fused([ly.self_attn.q_proj, ly.self_attn.k_proj, ly.self_attn.v_proj], [1.0] * 3)
+                                 for ly in self.layers)
         # rotate_half as one Gather over a constant index and the sign folded into sin (computed
         # once a step): x * cos + x[..., roll] * (sign * sin) multiplies by the same numbers as
-        # x * cos + cat(-x2, x1) * sin, so the graph computes the model's values exactly
+        # x * cos + cat(-x2, x1) * sin, so the graph computes the model's values exactly.  Applied to
+        # the fused q|k|v row with cos 1 and sin 0 over v (v * 1 + v[roll] * 0 is v): every layer
+        # rotates q and k together with four nodes (four each before)
+        half = self.dim // 2
+        roll = torch.cat([torch.arange(half, self.dim), torch.arange(half)])
+        rotated = self.heads + self.kv_heads
         self.roll: torch.Tensor
         self.sign: torch.Tensor
-        self.register_buffer("roll", torch.cat([torch.arange(half, self.dim), torch.arange(half)]), persistent=False)
+        self.register_buffer("roll", torch.cat([roll + i * self.dim for i in range(rotated + self.kv_heads)]),
+                             persistent=False)
         self.register_buffer("sign", torch.cat([-torch.ones(half), torch.ones(self.dim - half)]), persistent=False)
+        self.rotated = rotated
 
     def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotary embedding of ``x`` (B, H, L, D); ``sin`` carries rotate_half's sign (see __init__)."""
-        return x * cos + x.index_select(3, self.roll) * sin
+        """Rotary embedding of the fused q|k|v rows ``x`` (B, L, W); ``cos``/``sin`` (B, L, W) from
+        :meth:`_rope_tables`."""
+        return x * cos + x.index_select(2, self.roll) * sin
+
+    def _rope_tables(self, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) cos and sin -> (B, L, W) over q|k|v: tiled over the q and k heads, 1 and 0 over v;
+        ``sin`` carries rotate_half's sign."""
+        v = self.kv_heads
+        return (torch.cat([cos.repeat(1, 1, self.rotated), torch.ones_like(cos).repeat(1, 1, v)], dim=2),
+                torch.cat([(sin * self.sign).repeat(1, 1, self.rotated), torch.zeros_like(sin).repeat(1, 1, v)], dim=2))
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
@@ -207,8 +227,7 @@ class LlamaDecoderGraph(nn.Module):
         b, length = input_ids.shape
         t = past[0].shape[2]
         x = self.embed(input_ids)
-        cos, sin = self.rotary(x, position_ids)
-        cos, sin = cos.unsqueeze(1), (sin * self.sign).unsqueeze(1)
+        cos, sin = self._rope_tables(*self.rotary(x, position_ids))
         i = torch.arange(length).unsqueeze(1)
         j = torch.arange(t + length).unsqueeze(0)
         allowed = (j <= i + t).view(1, 1, length, t + length) & attention_mask.bool().view(b, 1, 1, t + length)
@@ -220,16 +239,16 @@ class LlamaDecoderGraph(nn.Module):
         presents: list[torch.Tensor] = []
         for li, layer in enumerate(self.layers):
             att = layer.self_attn
-            h = layer.input_layernorm(x)
-            q = _split_heads(att.q_proj(h), self.heads, self.dim)
-            k = _split_heads(att.k_proj(h), self.kv_heads, self.dim)
-            v = _split_heads(att.v_proj(h), self.kv_heads, self.dim)
-            q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+            q, k, v = self._rope(self.qkv[li](layer.input_layernorm(x)), cos, sin).split(
+                [self.heads * self.dim, self.kv_heads * self.dim, self.kv_heads * self.dim], dim=2)
+            q = _split_heads(q, self.heads, self.dim)
+            k = _split_heads(k, self.kv_heads, self.dim)
+            v = _split_heads(v, self.kv_heads, self.dim)
             k = torch.cat([past[2 * li], k], dim=2)
             v = torch.cat([past[2 * li + 1], v], dim=2)
             presents += [k, v]
             o = _attend(q.reshape(b, self.kv_heads, rep * length, self.dim), k, v, bias, att.scaling)
-            x = x + att.o_proj(_merge_heads(o.view(b, self.heads, length, self.dim)))
+            x = x + att.o_proj(_merge_heads(o.view(b, self.heads, length, self.dim), b, length))
             x = x + layer.mlp(layer.post_attention_layernorm(x))
         logits = self.head(self.norm(x[:, -1:, :])).squeeze(1)
         return (logits, *presents)
