@@ -297,6 +297,8 @@ def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
         extra["calibration"] = _quantize_static(base, out, meta, say)
     elif precision == "int4-lossless":
         extra["packed"] = _pack_lossless(base, out, say)
+        if any(c["bounded_head"] for c in extra["packed"].values()):  # the runner decodes with it on the CPU
+            meta["greedy_head"] = {**meta["greedy_head"], "bounded": True}
     elif precision == "fp16":
         import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -327,7 +329,8 @@ def _pack_lossless(base: Path, out: Path, say: Log) -> dict[str, dict[str, int]]
         info[g] = pack_graph(m)
         say(f"int4-lossless: {g}: {info[g]['q4']} MatMuls on Q4_1 blocks, {info[g]['q8']} on Q8_0 blocks, "
             f"{info[g]['float']} left in fp32 ({info[g]['nbits_nodes']} MatMulNBits nodes); "
-            f"{info[g]['gather_q8']} embedding table(s) on Q8_0 blocks")
+            f"{info[g]['gather_q8']} embedding table(s) on Q8_0 blocks"
+            + ("; the greedy head bounded (approximate logits, candidates in fp32)" if info[g]["bounded_head"] else ""))
         onnx.save(m, str(out / g))
     if not any(c["q4"] + c["q8"] for c in info.values()):
         raise ConfigError("precision", "int4-lossless",

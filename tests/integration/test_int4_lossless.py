@@ -70,8 +70,10 @@ def test_int4_lossless_decodes_the_fp32_tokens(root):
         eng.close()
     # 2 layers x 5 weight MatMuls on Q4_1 blocks (the graph computes q/k/v in one), the tied head on
     # Q8_0; gate/up share a call; the embedding gathered from its Q8_0 bytes
-    assert manifest["packed"]["decoder.onnx"] == {"q4": 10, "q8": 1, "float": 0, "nbits_nodes": 9, "gather_q8": 1}
-    assert manifest["quantized_matmuls"]["decoder.onnx"]["MatMulNBits"] == 9
+    assert manifest["packed"]["decoder.onnx"] == {"q4": 10, "q8": 1, "float": 0, "nbits_nodes": 9, "gather_q8": 1,
+                                                  "bounded_head": 1}
+    # the nine, and the bounded head's approximate pass over the head's blocks
+    assert manifest["quantized_matmuls"]["decoder.onnx"]["MatMulNBits"] == 10
     # the exporter's strict check (fp32's: the same greedy tokens as torch, logits within 1e-3) passed
     assert manifest["validation"]["identical_greedy_outputs"] == manifest["validation"]["sentences"]
     assert all(len(t) >= 2 for t, _ in steps)
@@ -83,3 +85,107 @@ def test_int4_lossless_decodes_the_fp32_tokens(root):
 def test_int4_lossless_refuses_weights_without_blocks(root):
     with pytest.raises(ConfigError, match=r"int4-lossless.*GGUF Q4_1 / Q8_0 blocks.*No weight MatMul"):
         _engine(T.build("llama", root), "onnxruntime", "int4-lossless")
+
+
+def _lossless_art(root):
+    eng = _engine(T.build_gguf_like(root), "onnxruntime", "int4-lossless")
+    try:
+        return eng.artifact
+    finally:
+        eng.close()
+
+
+def _decode_feeds(art, prompt, steps):
+    """The decoder's feeds for ``prompt`` and then ``steps`` greedy steps of it (batch 1), from the
+    whole graph's own choices: (feed, logits) per run."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    from testbed.export.validation import prompt_ids
+
+    meta = json.loads((art / "onnx_config.json").read_text())
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(str(art / "decoder.onnx"), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in s.get_outputs()]
+    presents = [n for n in names if n.startswith("present_")]
+    ids = np.array([prompt_ids(AutoTokenizer.from_pretrained(art), prompt, "causal")], dtype=np.int64)
+    past = {n.replace("present_", "past_"): np.zeros((1, meta["kv_heads"], 0, meta["head_dim"]), np.float32)
+            for n in presents}
+    t = 0
+    for _ in range(steps):
+        feed = {"input_ids": ids, "attention_mask": np.ones((1, t + ids.shape[1]), np.int64),
+                "position_ids": np.arange(t, t + ids.shape[1], dtype=np.int64)[None], "no_eos": np.zeros(1, bool),
+                **past}
+        out = dict(zip(names, s.run(None, feed)))
+        yield feed, out["logits"]
+        t += ids.shape[1]
+        past = {n.replace("present_", "past_"): out[n] for n in presents}
+        ids = out["logits"].argmax(-1).reshape(1, 1).astype(np.int64)
+
+
+def test_bounded_head_bound_holds_and_chooses_the_fp32_argmax(root):
+    """The head's approximate logits lie within its bound of the fp32 logits at every step, and its
+    choice is the fp32 logits' argmax (up to a near-tie: the candidates are summed in another order)."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    art = _lossless_art(root)
+    m = onnx.load(str(art / "decoder.onnx"))
+    extra = ["greedy_head/bounded/approx", "greedy_head/bounded/err", "greedy_head/bounded/cand"]
+    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in extra)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    seen = 0
+    for prompt in PROMPTS:
+        for feed, logits in _decode_feeds(art, prompt, NEW):
+            nxt, approx, err, cand = s.run(["next_ids", *extra], feed)
+            assert np.all(err >= 0)
+            off = np.abs(approx - logits)
+            assert np.all(off <= err), float(np.max(off - err))
+            top = np.sort(logits[0])[-2:]
+            if top[1] - top[0] > NEAR_TIE:
+                assert nxt[0] == logits[0].argmax()
+            assert cand[0, nxt[0]] and cand.sum() < cand.size  # fewer candidates than ids
+            seen += 1
+    assert seen == len(PROMPTS) * NEW
+
+
+def test_bounded_head_decodes_without_logits_and_gives_them_when_asked(root):
+    """On the CPU the decoding session leaves the fp32 head out (no ``logits``; one MatMulNBits fewer),
+    and a caller who asks for logits (or bans ids the head does not mask) gets the whole graph's."""
+    import onnx
+
+    from testbed.engines.onnxruntime.runner import OrtModel, SessionSettings, drop_logits
+    from testbed.export.validation import prompt_ids
+
+    art = _lossless_art(root)
+    whole = onnx.load(str(art / "decoder.onnx"))
+    kept = drop_logits(onnx.load(str(art / "decoder.onnx")))
+    assert "logits" not in [o.name for o in kept.graph.output]
+    assert [o.name for o in kept.graph.output] == [o.name for o in whole.graph.output if o.name != "logits"]
+    nbits = [[n.name for n in g.graph.node if n.op_type == "MatMulNBits"] for g in (whole, kept)]
+    assert set(nbits[0]) - set(nbits[1]) == {"head_MatMul.nbits"}
+    assert "greedy_head/bounded/approx" in nbits[1]
+
+    m = OrtModel(art, SessionSettings(threads=1, greedy_in_graph=False))
+    assert m.logits_dropped and m.head
+    assert "logits" not in [o.name for o in m.decoder.get_outputs()]
+    from transformers import AutoTokenizer
+
+    ids = np.array([prompt_ids(AutoTokenizer.from_pretrained(art), PROMPTS[1], "causal")], dtype=np.int64)
+    banned = m.meta["banned"]
+    plain = [int(n[0]) for n in m.greedy(ids, np.ones_like(ids), NEW, banned)]
+    with_logits = list(m.greedy(ids, np.ones_like(ids), NEW, banned, return_logits=True))
+    assert [int(n[0]) for n, _ in with_logits] == plain
+    assert m._whole is not None  # the logits came from a session over the whole graph
+    for n, logits in with_logits:
+        top = np.sort(logits[0])[-2:]
+        assert logits.shape == (1, m.meta["vocab_size"]) and np.all(np.isfinite(logits))
+        if top[1] - top[0] > NEAR_TIE:
+            assert int(n[0]) == int(logits[0].argmax())
+    # an id the head does not mask: chosen over the whole graph's logits, without that id
+    other = [int(n[0]) for n in m.greedy(ids, np.ones_like(ids), NEW, [*banned, plain[0]])]
+    assert other and plain[0] not in other

@@ -69,7 +69,7 @@ def test_packed_graph_computes_the_fp32_graph():
     model.ir_version = 9
     ref = model.SerializeToString()
     counts = pack_graph(model)
-    assert counts == {"q4": 2, "q8": 1, "float": 1, "nbits_nodes": 2, "gather_q8": 1}
+    assert counts == {"q4": 2, "q8": 1, "float": 1, "nbits_nodes": 2, "gather_q8": 1, "bounded_head": 0}
     assert sum(n.op_type == "MatMulNBits" for n in model.graph.node) == 2
     assert sum(n.op_type == "GatherBlockQuantized" for n in model.graph.node) == 1
     names = {i.name for i in model.graph.initializer}
@@ -89,3 +89,45 @@ def test_packed_graph_computes_the_fp32_graph():
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
             exact = x.astype(np.float64) @ weights[name].T.astype(np.float64)
             np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="pip install 'testbed[cpu]'")
+def test_bounded_head_chooses_the_masked_argmax_of_the_fp32_logits():
+    """A Q8_0 head (its own rows: no tied table) under the greedy head: next_ids from the approximate
+    logits, the bound and the candidates in fp32 equal the ArgMax of the masked fp32 logits for
+    every row of a batch, with banned ids and EOS masked per row as the plain head masks them."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from testbed.export.greedy_head import add_greedy_head
+
+    k, vocab, eos, banned = 96, 300, 2, [0, 7]
+    w = T.ggml_q8_0(_w(vocab, k))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["scores"], name="/head/MatMul"),
+         helper.make_node("Squeeze", ["scores", "axis"], ["logits"], name="/Squeeze")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", 1, k])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["b", vocab])],
+        initializer=[numpy_helper.from_array(w.T.copy(), "w"), numpy_helper.from_array(np.array([1]), "axis")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    add_greedy_head(model, banned, [eos], vocab)
+    assert pack_graph(model)["bounded_head"] == 1
+    assert [n.op_type for n in model.graph.node].count("MatMulNBits") == 2  # the fp32 head and the approximate
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    rows = 256
+    x = (RNG.standard_normal((rows, 1, k)) * RNG.uniform(0.1, 30, (rows, 1, 1))).astype(np.float32)
+    x[::7, 0, 5] *= 40  # outlier dimensions, as a real model's hidden states have
+    no_eos = RNG.random(rows) < 0.5
+    nxt, logits = s.run(["next_ids", "logits"], {"x": x, "no_eos": no_eos})
+    masked = logits.copy()
+    masked[:, banned] = -np.inf
+    masked[no_eos, eos] = -np.inf
+    want = masked.argmax(-1)
+    top = np.sort(masked, axis=-1)[:, -2:]
+    clear = top[:, 1] - top[:, 0] > 1e-4  # rows without a near-tie (the candidates sum in another order)
+    assert clear.sum() > rows * 0.9
+    assert np.array_equal(nxt[clear], want[clear])
+    assert not np.isin(nxt, banned).any() and not np.any(nxt[no_eos] == eos)

@@ -15,7 +15,8 @@ The other input names (``input_ids``, ``attention_mask``, ``position_ids``, ``se
 ``encoder_bias``) and every shape are described in :mod:`testbed.export.wrappers`.  Besides the
 names below, the runner reads from :data:`META`: ``architecture`` (``seq2seq`` or
 ``causal``), ``num_layers``, ``kv_heads``, ``head_dim``, ``decoder_start_token_id`` (seq2seq) and
-``greedy_head`` (``banned`` and ``eos``: the ids the head masks; absent if the graph has none).
+``greedy_head`` (``banned`` and ``eos``: the ids the head masks; ``bounded``: its ``next_ids`` do
+not read ``logits`` (:mod:`testbed.export.lossless`); absent if the graph has none).
 """
 
 from __future__ import annotations

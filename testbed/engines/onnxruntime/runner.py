@@ -166,8 +166,18 @@ class OrtModel:
         self.encoder = make_session(art / ENCODER, settings) if self.seq2seq else None
         head = self.meta.get("greedy_head")
         dec = art / DECODER
-        self.decoder = make_session(dec, settings, None if settings.greedy_in_graph or not head else _without_head(dec),
-                                    step=True)
+        # a bounded head (int4-lossless) chooses without the fp32 logits: on the CPU the decoding session
+        # keeps the head and drops the logits' nodes; a run that asks for logits gets them from a
+        # session over the whole graph, built when first asked (validation, or banned ids the head
+        # does not mask)
+        self.logits_dropped = bool(head and head.get("bounded")) and not (settings.on_gpu or settings.io_binding)
+        graph: bytes | None = None
+        if self.logits_dropped:
+            graph = _without_logits(dec)
+        else:
+            graph = None if settings.greedy_in_graph or not head else _without_head(dec)
+        self.decoder = make_session(dec, settings, graph, step=True)
+        self._whole: Any = None
         types = {i.name: i.type for i in self.decoder.get_inputs()}
         self.past_dtype = _ORT_TYPES[types[PAST + "k.0"]]
         self.bias_dtype = _ORT_TYPES[types.get("self_bias", "tensor(float)")]
@@ -243,7 +253,8 @@ class OrtModel:
         want = ([NEXT_IDS] if ids else []) + ([LOGITS] if logits or not ids else [])
         if not self.io_binding:
             feed = {**fixed, **inputs, **dict(zip(self.past_names, past))}
-            outs = self._decoder_run([*want, *self.present_names], feed, None)
+            run = self._whole_run() if self.logits_dropped and LOGITS in want else self._decoder_run
+            outs = run([*want, *self.present_names], feed, None)
         else:
             io = self.decoder.io_binding()
             for name, ov in fixed.items():
@@ -261,6 +272,12 @@ class OrtModel:
             outs = [o.numpy() for o in got[: len(want)]] + list(got[len(want):])
         k = len(want)
         return (outs[0] if ids else None), (outs[k - 1] if LOGITS in want else None), list(outs[k:])
+
+    def _whole_run(self) -> Any:
+        """run() of a session over the whole decoder graph, logits included (built when first needed)."""
+        if self._whole is None:
+            self._whole = make_session(self.dir / DECODER, self.settings, step=True)
+        return getattr(self._whole, "_sess", self._whole).run
 
     def _encode(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         assert self.encoder is not None
@@ -347,6 +364,39 @@ def strip_greedy_head(model: Any) -> Any:
                 del field[i]
                 break
     return model
+
+
+def drop_logits(model: Any) -> Any:
+    """The decoder graph without its ``logits`` output and the nodes only it needed (``model``, an
+    ``onnx.ModelProto``, changed in place and returned).  ONNX Runtime runs every node whose output
+    the graph returns, asked for or not: a step that chooses with a bounded head
+    (:mod:`testbed.export.lossless`) would otherwise compute every logit in fp32 as well."""
+    g = model.graph
+    for i, v in enumerate(g.output):
+        if v.name == LOGITS:
+            del g.output[i]
+            break
+    needed = {o.name for o in g.output}
+    keep = []
+    for node in reversed(g.node):  # graph order is topological: a node's readers come after it
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(node.input)
+            for a in node.attribute:  # subgraphs (If) read outer names
+                for sub in [a.g, *a.graphs]:
+                    needed.update(i for n in sub.node for i in n.input)
+    del g.node[:]
+    g.node.extend(reversed(keep))
+    inits = [i for i in g.initializer if i.name in needed]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    return model
+
+
+def _without_logits(path: Path) -> bytes:
+    import onnx
+
+    return bytes(drop_logits(onnx.load(str(path))).SerializeToString())
 
 
 def _without_head(path: Path) -> bytes:
