@@ -85,6 +85,11 @@ class SessionSettings:
     # Engine.generate: the greedy loop inside ONNX Runtime, several steps per run() call
     # (testbed.engines.onnxruntime.loop); CPU provider, seq2seq graphs with a greedy head only
     greedy_loop: bool = False
+    # an artefact whose greedy head is bounded (int4-lossless: testbed.export.lossless) decodes with
+    # it on the CPU, its fp32 logits left out of the session; False: the session keeps the fp32
+    # logits (and, with greedy_in_graph off, chooses over them in numpy as for any other artefact;
+    # bench/bounded_head.py measures one against the other)
+    bounded_head: bool = True
 
     @property
     def on_gpu(self) -> bool:
@@ -170,7 +175,8 @@ class OrtModel:
         # keeps the head and drops the logits' nodes; a run that asks for logits gets them from a
         # session over the whole graph, built when first asked (validation, or banned ids the head
         # does not mask)
-        self.logits_dropped = bool(head and head.get("bounded")) and not (settings.on_gpu or settings.io_binding)
+        self.logits_dropped = (settings.bounded_head and bool(head and head.get("bounded"))
+                               and not (settings.on_gpu or settings.io_binding))
         graph: bytes | None = None
         if self.logits_dropped:
             graph = _without_logits(dec)
