@@ -22,15 +22,15 @@ kind of difference as between two fp32 kernels), and reads about 6 bits per weig
 (4-bit values, an fp32 scale and minimum per 32 weights).
 
 **The bounded greedy head.**  Where the graph has the greedy head (:mod:`testbed.export.greedy_head`)
-and its logits come from a Q8_0 MatMul (the embedded chat model's 28 M-weight head: a third of a
-step), ``next_ids`` is chosen without computing every logit in fp32: one pass of the same 4-bit
+and its logits come from a Q8_0 MatMul (the embedded chat model's 28 M-weight head: about a fifth
+of a step in fp32), ``next_ids`` is chosen without computing every logit in fp32: one pass of the same 4-bit
 blocks at accuracy level 4 (activations quantized to int8 per block of 32, integer products)
 gives every logit to within a bound, ``|approx - exact| <= sum_b amax_b / 127 * sum_{k in b} |W[n, k]|``
 (twice the largest error of rounding to the nearest step ``amax_b / 127``, which also covers the
 fp32 rounding of the approximate sum); the ids whose upper bound reaches the largest lower bound
-among the ids the head allows are the only ones that can be the greedy choice, and only those
-(on 452 positions of the embedded chat model's replies: median 14 of 49,152, 90th percentile
-~140, at most ~1,000) are computed exactly in fp32 from the Q8_0 rows (gathered from the tied
+among the ids the head allows are the only ones that can be the greedy choice, and only those (a
+few dozen of 49,152 on the embedded chat model's replies: ``bench/bounded_head.py``) are computed
+exactly in fp32 from the Q8_0 rows (gathered from the tied
 embedding table's 8-bit values where it is the same table).  ``next_ids`` is then the ArgMax over
 exact values, as the plain head's; ``logits`` stays the fp32 output for whoever asks for it (the
 runner leaves it out of the decoding session, :class:`testbed.engines.onnxruntime.runner.OrtModel`).
@@ -192,7 +192,7 @@ def pack_graph(model: Any) -> dict[str, int]:
         elif out in q8:
             _q8(node, q8[out], new_nodes, new_inits)
             counts["nbits_nodes"] += 1
-    head = _head_matmul(new_nodes, q8)
+    head = _head_matmul(new_nodes, q8, inits)
     if head is not None:
         same = [_name(n) for n in g.node if n.op_type == "Gather" and n.output[0] in tables
                 and np.array_equal(tables[n.output[0]].q, q8[head.output[0]].q)
@@ -289,19 +289,17 @@ def _q8(node: Any, q8: Q8Blocks, out_nodes: list[Any], out_inits: list[Any]) -> 
     ]
 
 
-def _head_matmul(nodes: list[Any], q8: dict[str, Q8Blocks]) -> Any:
-    """The Q8_0 MatMul whose output is the greedy head's logits (the packed graph's ``name.nbits``
-    node), if the graph has a greedy head and exactly one Q8_0 MatMul as wide as its vocabulary."""
+def _head_matmul(nodes: list[Any], q8: dict[str, Q8Blocks], inits: dict[str, Any]) -> Any:
+    """The packed Q8_0 MatMul (its ``name.nbits`` node) that computes the greedy head's logits: the
+    graph's only Q8_0 MatMul as wide as the head's vocabulary; None without a greedy head or one such."""
     from testbed.engines.onnxruntime.contract import HEAD_PREFIX, LOGITS
 
-    where = next((n for n in nodes if n.name == HEAD_PREFIX + "where" and n.input[2] == LOGITS), None)
-    if where is None:
+    flags = inits.get(HEAD_PREFIX + "banned")  # the head's (V,) mask: its vocabulary
+    if flags is None or not any(n.name == HEAD_PREFIX + "where" and n.input[2] == LOGITS for n in nodes):
         return None
-    wide = [n for n in nodes if n.op_type == "MatMulNBits" and n.output[0] in q8]
-    vocab = {q8[n.output[0]].d.shape[0] for n in wide}
-    if len(wide) != 1 or len(vocab) != 1:
-        return None
-    return wide[0]
+    wide = [n for n in nodes if n.op_type == "MatMulNBits" and n.output[0] in q8
+            and q8[n.output[0]].d.shape[0] == flags.dims[0]]
+    return wide[0] if len(wide) == 1 else None
 
 
 def _bounded_head(head: Any, q8: Q8Blocks, table: str | None, out_nodes: list[Any], out_inits: list[Any]) -> None:
