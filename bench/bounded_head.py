@@ -35,8 +35,7 @@ from testbed.config import EngineConfig  # noqa: E402
 from testbed.datasets import load_dataset  # noqa: E402
 from testbed.engines.base import GenerationRequest  # noqa: E402
 from testbed.engines.registry import create_engine  # noqa: E402
-from testbed.io import write_text_atomic  # noqa: E402
-from testbed.signature import git_sha, result_header  # noqa: E402
+from testbed.signature import git_sha, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = "greedy_head/bounded/"
@@ -140,14 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         f"- largest |approx - fp32 logit| / bound: {worst:.3f} (must be <= 1)",
         f"- steps where the head's choice differs from the masked fp32 argmax: {differ} of {len(cands)}",
     ]
-    command = "python bench/bounded_head.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    text = (f"# The bounded greedy head vs the fp32 head: `{args.model}` int4-lossless\n\n"
-            + result_header(command, rounds=args.rounds, prompts=len(prompts), tokens=args.tokens, threads=1,
-                            batch=1)
-            + "\nSee the script's docstring.  TPOT: first token to last over the steps between, per prompt the "
-            "median over the rounds; the two choices interleaved prompt by prompt.\n\n" + "\n".join(lines) + "\n")
-    print(text)
-    write_text_atomic(Path(args.out), text)
+    write_result(Path(args.out), f"The bounded greedy head vs the fp32 head: `{args.model}` int4-lossless",
+                 "python bench/bounded_head.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+                 "See the script's docstring.  TPOT: first token to last over the steps between, per prompt the "
+                 "median over the rounds; the two choices interleaved prompt by prompt.", "\n".join(lines),
+                 rounds=args.rounds, prompts=len(prompts), tokens=args.tokens, threads=1, batch=1)
     return 0
 
 

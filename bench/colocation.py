@@ -34,10 +34,9 @@ from testbed.clock import now_ns  # noqa: E402
 from testbed.config import EngineConfig  # noqa: E402
 from testbed.engines.base import GenerationRequest  # noqa: E402
 from testbed.engines.registry import create_engine  # noqa: E402
-from testbed.io import write_text_atomic  # noqa: E402
 from testbed.metrics import summary as S  # noqa: E402
 from testbed.metrics.steps import call_tpot_ms  # noqa: E402
-from testbed.signature import git_sha, result_header  # noqa: E402
+from testbed.signature import git_sha, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PROMPT = "Tell me about the moon and the stars."
@@ -120,13 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         lines += ["", "| configuration | TPOT / CT2 int8 direct, each alone "
                   "| in one process, after another's request |", "|---|---:|---:|"]
         lines += [f"| {s} | {a / ref[1]:.2f} | {c / ref[3]:.2f} |" for s, a, _, c in rows if s != ref[0]]
-    command = "python bench/colocation.py " + shlex.join(argv if argv is not None else sys.argv[1:])
-    text = (f"# Other models in the same process: `{args.model}`\n\n"
-            + result_header(command, rounds=1, reps=args.reps, tokens=args.tokens, others=args.others)
-            + "\nOne request's TPOT (1 thread, EOS ignored) per state, each configuration measured in a fresh "
-            "process of its own; see the script's docstring.\n\n" + "\n".join(lines) + "\n")
-    print(text)
-    write_text_atomic(Path(args.out), text)
+    write_result(Path(args.out), f"Other models in the same process: `{args.model}`",
+                 "python bench/colocation.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+                 "One request's TPOT (1 thread, EOS ignored) per state, each configuration measured in a fresh "
+                 "process of its own; see the script's docstring.", "\n".join(lines),
+                 rounds=1, reps=args.reps, tokens=args.tokens, others=args.others)
     return 0
 
 

@@ -108,5 +108,16 @@ def result_header(command: str, at_end: bool = True, **facts: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_result(out: Path, title: str, command: str, intro: str, body: str, **facts: Any) -> str:
+    """A bench script's result file: ``# title``, :func:`result_header` for ``command`` (with
+    ``facts``), an introductory paragraph, the body; printed and written atomically.  Returns the text."""
+    from testbed.io import write_text_atomic
+
+    text = f"# {title}\n\n" + result_header(command, **facts) + "\n" + intro + "\n\n" + body + "\n"
+    print(text)
+    write_text_atomic(out, text)
+    return text
+
+
 def signature(**fields: Any) -> dict[str, Any]:
     return {**fields, "versions": package_versions(), "git_sha": git_sha(), "machine": machine()}
