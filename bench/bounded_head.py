@@ -35,10 +35,10 @@ from testbed.config import EngineConfig  # noqa: E402
 from testbed.datasets import load_dataset  # noqa: E402
 from testbed.engines.base import GenerationRequest  # noqa: E402
 from testbed.engines.registry import create_engine  # noqa: E402
+from testbed.export.lossless import trace_bounded_head  # noqa: E402
 from testbed.signature import git_sha, write_result  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PREFIX = "greedy_head/bounded/"
 
 
 def _decode(m: Any, ids: np.ndarray, new: int) -> tuple[list[int], float]:
@@ -48,47 +48,6 @@ def _decode(m: Any, ids: np.ndarray, new: int) -> tuple[list[int], float]:
         stamps.append(now_ns())
         toks.append(int(nxt[0]))
     return toks, (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1) / 1e6
-
-
-def _bound_stats(art: Path, meta: dict[str, Any], prompts: list[np.ndarray], new: int) -> tuple[list[int], float, int]:
-    """Candidates per step, the largest |approx - logits| / bound, and steps where the head's choice
-    differs from the fp32 logits' masked argmax, over the greedy steps of ``prompts``."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-
-    graph = onnx.load(str(art / "decoder.onnx"))
-    extra = [PREFIX + "approx", PREFIX + "err", PREFIX + "cand", "greedy_head/masked"]
-    graph.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in extra)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    s = ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in s.get_outputs()]
-    presents = [n for n in names if n.startswith("present_")]
-    eos = set(meta["eos_token_ids"])
-    cands, worst, differ = [], 0.0, 0
-    for ids in prompts:
-        t = 0
-        past = {n.replace("present_", "past_"): np.zeros((1, meta["kv_heads"], 0, meta["head_dim"]), np.float32)
-                for n in presents}
-        step = ids
-        for _ in range(new):
-            feed = {"input_ids": step, "attention_mask": np.ones((1, t + step.shape[1]), np.int64),
-                    "position_ids": np.arange(t, t + step.shape[1], dtype=np.int64)[None],
-                    "no_eos": np.zeros(1, bool), **past}
-            out = dict(zip(names, s.run(None, feed)))
-            logits = np.where(out["greedy_head/masked"], -np.inf, out["logits"])
-            err = out[PREFIX + "err"]
-            off = np.abs(out[PREFIX + "approx"] - out["logits"])
-            worst = max(worst, float(np.max(np.divide(off, err, out=np.zeros_like(off), where=err > 0))))
-            cands.append(int(out[PREFIX + "cand"].sum()))
-            differ += int(out["next_ids"][0] != logits[0].argmax())
-            t += step.shape[1]
-            past = {n.replace("present_", "past_"): out[n] for n in presents}
-            step = out["next_ids"].reshape(1, 1)
-            if int(step[0, 0]) in eos:
-                break
-    return cands, worst, differ
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: [statistics.median(v) for v in tpot[k]] for k in models}
     ratios = [b / x for b, x in zip(med["bounded"], med["fp32 head"])]
     same = sum(a == b for a, b in zip(toks["bounded"], toks["fp32 head"]))
-    cands, worst, differ = _bound_stats(art, models["bounded"].meta, prompts, args.tokens)
+    trace = trace_bounded_head(art, [p[0].tolist() for p in prompts], args.tokens)
+    cands = [r["candidates"] for r in trace]
+    worst, differ = max(r["ratio"] for r in trace), sum(not r["agrees"] for r in trace)
     q = np.quantile(cands, [0.5, 0.9, 1.0])
     lines = [
         "| choice | median TPOT ms (over prompts) | TPOT / fp32 head (median of per-prompt ratios) |",

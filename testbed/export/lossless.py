@@ -34,6 +34,9 @@ exactly in fp32 from the Q8_0 rows (gathered from the tied
 embedding table's 8-bit values where it is the same table).  ``next_ids`` is then the ArgMax over
 exact values, as the plain head's; ``logits`` stays the fp32 output for whoever asks for it (the
 runner leaves it out of the decoding session, :class:`testbed.engines.onnxruntime.runner.OrtModel`).
+The bound rests on how ONNX Runtime quantizes the activations, so the exporter checks it with
+:func:`trace_bounded_head` on the CPU that builds the artefact and packs without the bounded head
+where it fails.
 
 A MatMul whose weight is not exactly on such a grid stays as it was; a graph where none is raises a
 ConfigError (the precision needs a checkpoint dequantised from GGUF blocks).
@@ -42,13 +45,15 @@ ConfigError (the precision needs a checkpoint dequantised from GGUF blocks).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 BLOCK = 32
 # part of the artefact's cache key: a change to the packing re-builds int4-lossless artefacts
-VERSION = 3  # 2: Q8_0 embedding tables gathered from their 8-bit values; 3: the bounded greedy head
+VERSION = 4  # 2: Q8_0 embedding tables gathered from their 8-bit values; 3: the bounded greedy head;
+# 4: its bound checked at export on the building CPU
 MS_DOMAIN = "com.microsoft"
 
 
@@ -130,7 +135,7 @@ def _zero_points(n: int, blocks: int, value: np.ndarray | int) -> np.ndarray:
     return _pack_nibbles(z).reshape(-1)
 
 
-def pack_graph(model: Any) -> dict[str, int]:
+def pack_graph(model: Any, bound_head: bool = True) -> dict[str, int]:
     """Replace the weight MatMuls of ``model`` (an onnx.ModelProto, changed in place) whose weights
     lie exactly on Q4_1 / Q8_0 blocks; return counts ``{"q4": .., "q8": .., "float": .., "nbits_nodes": ..,
     "gather_q8": ..}``.
@@ -192,7 +197,7 @@ def pack_graph(model: Any) -> dict[str, int]:
         elif out in q8:
             _q8(node, q8[out], new_nodes, new_inits)
             counts["nbits_nodes"] += 1
-    head = _head_matmul(new_nodes, q8, inits)
+    head = _head_matmul(new_nodes, q8, inits) if bound_head else None
     if head is not None:
         same = [_name(n) for n in g.node if n.op_type == "Gather" and n.output[0] in tables
                 and np.array_equal(tables[n.output[0]].q, q8[head.output[0]].q)
@@ -367,3 +372,52 @@ def _bounded_head(head: Any, q8: Q8Blocks, table: str | None, out_nodes: list[An
     argmax = next(nd for nd in out_nodes if nd.output[0] == NEXT_IDS)
     argmax.input[0] = p + "scores"
     out_nodes[:] = [nd for nd in out_nodes if nd.name != HEAD_PREFIX + "where" and nd is not argmax] + [argmax]
+
+
+def trace_bounded_head(art: Path, prompts: list[list[int]], steps: int) -> list[dict[str, Any]]:
+    """The bounded head at each greedy step of ``prompts`` (token ids, batch 1) through the artefact's
+    whole decoder graph (ONNX Runtime, CPU, 1 thread): per step ``ratio`` (the largest
+    ``|approx - fp32 logit| / bound``; it must stay <= 1), ``candidates`` and ``agrees`` (the head's
+    choice is the masked fp32 logits' argmax).  The exporter checks the bound with it on the CPU that
+    builds the artefact; ``bench/bounded_head.py`` reports it."""
+    import json
+
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    from testbed.engines.onnxruntime.contract import DECODER, HEAD_PREFIX, LOGITS, META, NEXT_IDS, NO_EOS
+
+    p = HEAD_PREFIX + "bounded/"
+    meta = json.loads((art / META).read_text())
+    graph = onnx.load(str(art / DECODER))
+    extra = [p + "approx", p + "err", p + "cand", HEAD_PREFIX + "masked"]
+    graph.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in extra)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in s.get_outputs()]
+    presents = [n for n in names if n.startswith("present_")]
+    eos = set(meta["eos_token_ids"])
+    out: list[dict[str, Any]] = []
+    for ids in prompts:
+        step = np.array([ids], dtype=np.int64)
+        past = {n.replace("present_", "past_"): np.zeros((1, meta["kv_heads"], 0, meta["head_dim"]), np.float32)
+                for n in presents}
+        t = 0
+        for _ in range(steps):
+            feed = {"input_ids": step, "attention_mask": np.ones((1, t + step.shape[1]), np.int64),
+                    "position_ids": np.arange(t, t + step.shape[1], dtype=np.int64)[None],
+                    NO_EOS: np.zeros(1, bool), **past}
+            r = dict(zip(names, s.run(None, feed)))
+            err, off = r[p + "err"], np.abs(r[p + "approx"] - r[LOGITS])
+            ratio = np.divide(off, err, out=np.where(off > 0, np.inf, 0.0).astype(np.float32), where=err > 0)
+            masked = np.where(r[HEAD_PREFIX + "masked"], -np.inf, r[LOGITS])
+            out.append({"ratio": float(ratio.max()), "candidates": int(r[p + "cand"].sum()),
+                        "agrees": bool(r[NEXT_IDS][0] == masked[0].argmax())})
+            t += step.shape[1]
+            past = {n.replace("present_", "past_"): r[n] for n in presents}
+            step = r[NEXT_IDS].reshape(1, 1)
+            if int(step[0, 0]) in eos:
+                break
+    return out

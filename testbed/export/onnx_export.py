@@ -36,7 +36,7 @@ from testbed.export.int8_auto import SearchSettings, parse_search, search_key
 from testbed.export.int8_auto import search as auto_search
 from testbed.export.lossless import BLOCK as BLOCK_SIZE
 from testbed.export.lossless import VERSION as LOSSLESS_VERSION
-from testbed.export.validation import prompt_ids, validate, validate_if_possible
+from testbed.export.validation import VALIDATION_TEXTS, prompt_ids, validate, validate_if_possible
 from testbed.registry import ModelInfo, content_hash, resolve_model, tokenizer_hash
 
 EXPORTER_VERSION = 3
@@ -308,6 +308,10 @@ def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
             m = convert_float_to_float16(onnx.load(str(base / g)), keep_io_types=False)
             onnx.save(m, str(out / g))
     (out / META).write_text(json.dumps({**meta, "precision": precision}, indent=2) + "\n")
+    if meta.get("greedy_head", {}).get("bounded"):
+        extra["bounded_head"] = _check_bounded_head(base, src, out, meta, say)
+        if not extra["bounded_head"]["kept"]:
+            extra["packed"] = extra["bounded_head"].pop("packed")
     extra["quantized_matmuls"] = _count_ops(out)
     if precision == "fp16":
         extra["validation"] = validate_if_possible(out, src)
@@ -317,7 +321,33 @@ def _build_from_fp32(base: Path, src: Path, precision: str, out: Path, say: Log,
     return extra
 
 
-def _pack_lossless(base: Path, out: Path, say: Log) -> dict[str, dict[str, int]]:
+def _check_bounded_head(base: Path, src: Path, out: Path, meta: dict[str, Any], say: Log) -> dict[str, Any]:
+    """The bounded head's bound checked on this CPU over the validation texts' greedy steps (it rests
+    on how ONNX Runtime quantizes activations at accuracy level 4); where it fails, the graphs are
+    packed again without it, the plain head chooses over the fp32 logits, and the manifest says so."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from testbed.export.lossless import trace_bounded_head
+
+    tok = AutoTokenizer.from_pretrained(src)
+    prompts = [prompt_ids(tok, t, meta["architecture"]) for t in VALIDATION_TEXTS]
+    trace = trace_bounded_head(out, prompts, steps=20)
+    report = {"steps": len(trace), "worst_error_to_bound": round(max(r["ratio"] for r in trace), 4),
+              "median_candidates": int(np.median([r["candidates"] for r in trace])),
+              "choices_agreeing": sum(r["agrees"] for r in trace), "kept": True}
+    if report["worst_error_to_bound"] > 1:
+        report["kept"] = False
+        say(f"int4-lossless: the bounded head's bound failed on this CPU ({report}); packing without it")
+        report["packed"] = _pack_lossless(base, out, say, bound_head=False)
+        meta["greedy_head"] = {k: v for k, v in meta["greedy_head"].items() if k != "bounded"}
+        (out / META).write_text(json.dumps({**meta, "precision": "int4-lossless"}, indent=2) + "\n")
+    else:
+        say(f"int4-lossless: the bounded head's bound holds on this CPU: {report}")
+    return report
+
+
+def _pack_lossless(base: Path, out: Path, say: Log, bound_head: bool = True) -> dict[str, dict[str, int]]:
     """``int4-lossless``: each graph's weight MatMuls on exact Q4_1 / Q8_0 blocks -> MatMulNBits."""
     import onnx
 
@@ -326,7 +356,7 @@ def _pack_lossless(base: Path, out: Path, say: Log) -> dict[str, dict[str, int]]
     info = {}
     for g in _graphs(base):
         m = onnx.load(str(base / g))
-        info[g] = pack_graph(m)
+        info[g] = pack_graph(m, bound_head=bound_head)
         say(f"int4-lossless: {g}: {info[g]['q4']} MatMuls on Q4_1 blocks, {info[g]['q8']} on Q8_0 blocks, "
             f"{info[g]['float']} left in fp32 ({info[g]['nbits_nodes']} MatMulNBits nodes); "
             f"{info[g]['gather_q8']} embedding table(s) on Q8_0 blocks"

@@ -189,3 +189,46 @@ def test_bounded_head_decodes_without_logits_and_gives_them_when_asked(root):
     # an id the head does not mask: chosen over the whole graph's logits, without that id
     other = [int(n[0]) for n in m.greedy(ids, np.ones_like(ids), NEW, [*banned, plain[0]])]
     assert other and plain[0] not in other
+
+
+def test_export_checks_the_bound_on_this_cpu(root):
+    """The exporter traces the bounded head over the validation texts on the CPU that builds it and
+    records it in the manifest; here the bound holds and the head is kept."""
+    manifest = json.loads((_lossless_art(root) / "manifest.json").read_text())
+    report = manifest["bounded_head"]
+    assert report["kept"] and report["steps"] > 0 and 0 <= report["worst_error_to_bound"] <= 1
+    assert report["choices_agreeing"] >= report["steps"] - 1  # (a near-tie may go either way)
+
+
+def test_a_bound_that_fails_on_this_cpu_packs_without_the_bounded_head(root, tmp_path, monkeypatch):
+    """Where the trace finds an approximate logit outside its bound (an ONNX Runtime that quantized
+    activations otherwise), the artefact is packed again without the bounded head: the plain head,
+    the fp32 logits in the decoding session, and the fp32 tokens."""
+    import testbed.export.lossless as lossless
+
+    real = lossless.trace_bounded_head
+
+    def failing(art, prompts, steps):
+        return [{**r, "ratio": 2.0} for r in real(art, prompts, steps)]
+
+    monkeypatch.setattr(lossless, "trace_bounded_head", failing)
+    monkeypatch.setenv("TESTBED_CACHE", str(tmp_path / "cache"))
+    model = T.build_gguf_like(root)
+    eng = _engine(model, "onnxruntime", "int4-lossless")
+    ref = _engine(model, "onnxruntime", "fp32")
+    try:
+        art = eng.artifact
+        manifest = json.loads((art / "manifest.json").read_text())
+        meta = json.loads((art / "onnx_config.json").read_text())
+        got = [g.token_ids for g in eng.generate(list(PROMPTS))]
+        steps = [_fp32_steps(ref.artifact, p) for p in PROMPTS]
+        assert not eng.ort.logits_dropped
+    finally:
+        eng.close()
+        ref.close()
+    assert manifest["bounded_head"]["kept"] is False and manifest["bounded_head"]["worst_error_to_bound"] == 2.0
+    assert manifest["packed"]["decoder.onnx"]["bounded_head"] == 0
+    assert "bounded" not in meta["greedy_head"]
+    assert manifest["quantized_matmuls"]["decoder.onnx"]["MatMulNBits"] == 9  # no approximate pass
+    for batch_ids, (want, gaps) in zip(got, steps):
+        assert _same(batch_ids, want, gaps), (batch_ids, want)
