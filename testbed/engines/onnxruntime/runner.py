@@ -177,11 +177,12 @@ class OrtModel:
         # does not mask)
         self.logits_dropped = (settings.bounded_head and bool(head and head.get("bounded"))
                                and not (settings.on_gpu or settings.io_binding))
-        graph: bytes | None = None
         if self.logits_dropped:
-            graph = _without_logits(dec)
+            graph: bytes | None = _edited(dec, drop_logits)
+        elif head and not settings.greedy_in_graph:
+            graph = _edited(dec, strip_greedy_head)
         else:
-            graph = None if settings.greedy_in_graph or not head else _without_head(dec)
+            graph = None
         self.decoder = make_session(dec, settings, graph, step=True)
         self._whole: Any = None
         types = {i.name: i.type for i in self.decoder.get_inputs()}
@@ -399,16 +400,12 @@ def drop_logits(model: Any) -> Any:
     return model
 
 
-def _without_logits(path: Path) -> bytes:
+def _edited(path: Path, edit: Any) -> bytes:
+    """The graph file ``path`` after ``edit`` (:func:`drop_logits`, :func:`strip_greedy_head`), serialized
+    for a session."""
     import onnx
 
-    return bytes(drop_logits(onnx.load(str(path))).SerializeToString())
-
-
-def _without_head(path: Path) -> bytes:
-    import onnx
-
-    return bytes(strip_greedy_head(onnx.load(str(path))).SerializeToString())
+    return bytes(edit(onnx.load(str(path))).SerializeToString())
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
