@@ -222,16 +222,24 @@ def _axis(node: Any) -> int:
     return next((int(a.i) for a in node.attribute if a.name == "axis"), 0)
 
 
+def _q8_rows(q8: Q8Blocks, name: str) -> list[Any]:
+    """Q8_0 blocks as rows for ``GatherBlockQuantized`` (8 bits, zero point 128): initializers
+    ``name.q8`` (N, K) uint8 ``q + 128``, ``name.scale`` (N, K/32) and ``name.zp``."""
+    from onnx import numpy_helper
+
+    n, nb = q8.d.shape
+    return [numpy_helper.from_array((q8.q.astype(np.int16) + 128).astype(np.uint8).reshape(n, nb * BLOCK),
+                                    f"{name}.q8"),
+            numpy_helper.from_array(q8.d, f"{name}.scale"),
+            numpy_helper.from_array(np.full((n, nb), 128, dtype=np.uint8), f"{name}.zp")]
+
+
 def _gather_q8(node: Any, q8: Q8Blocks, out_nodes: list[Any], out_inits: list[Any]) -> None:
     """A Gather of rows from a Q8_0 table as GatherBlockQuantized over the 8-bit values (zero point 128)."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     base = _name(node)
-    n, nb = q8.d.shape
-    out_inits += [numpy_helper.from_array((q8.q.astype(np.int16) + 128).astype(np.uint8).reshape(n, nb * BLOCK),
-                                          f"{base}.q8"),
-                  numpy_helper.from_array(q8.d, f"{base}.scale"),
-                  numpy_helper.from_array(np.full((n, nb), 128, dtype=np.uint8), f"{base}.zp")]
+    out_inits += _q8_rows(q8, base)
     out_nodes.append(helper.make_node("GatherBlockQuantized", [f"{base}.q8", node.input[1], f"{base}.scale",
                                                                f"{base}.zp"], [node.output[0]], name=f"{base}.q8",
                                       domain=MS_DOMAIN, bits=8, block_size=BLOCK, gather_axis=0, quantize_axis=1))
@@ -325,9 +333,7 @@ def _bounded_head(head: Any, q8: Q8Blocks, table: str | None, out_nodes: list[An
     mag = (16 * np.abs((u >> 4) - 8) + (u & 15)).sum(axis=-1).astype(np.float64) * q8.d
     if table is None:
         table = p + "rows"
-        out_inits += [numpy_helper.from_array(u.astype(np.uint8).reshape(n, k), f"{table}.q8"),
-                      numpy_helper.from_array(q8.d, f"{table}.scale"),
-                      numpy_helper.from_array(np.full((n, nb), 128, dtype=np.uint8), f"{table}.zp")]
+        out_inits += _q8_rows(q8, table)
     out_inits += [numpy_helper.from_array((mag.T / 127).astype(np.float32), p + "bound"),
                   numpy_helper.from_array(np.array([-1, k], dtype=np.int64), p + "rows_shape"),
                   numpy_helper.from_array(np.array([-1, nb, BLOCK], dtype=np.int64), p + "blocks"),
