@@ -117,6 +117,34 @@ def test_onnxruntime_fp32_equals_torch(tiny, family):
     check_engine(tiny, family, "onnxruntime")
 
 
+@pytest.mark.parametrize("family", T.SEQ2SEQ)
+def test_onnxruntime_single_request_decodes_as_a_batch_of_one(tiny, family):
+    """generate() of one seq2seq request runs OrtModel.decode_one (the steps without the batch's
+    bookkeeping): the batch path's tokens for a batch of one, forced language prefixes, banned ids
+    and the max_new_tokens stop included (the same feeds to the same sessions: exact equality)."""
+    from testbed.engines.base import Engine
+
+    eng = engine(tiny, family, "onnxruntime")
+    try:
+        eng.load()
+        assert eng.ort.lean_fits()
+        calls = []
+        real = eng.ort.decode_one
+        eng.ort.decode_one = lambda *a: calls.append(1) or real(*a)
+        for text in TEXTS:
+            for new in (1, 3, NEW):
+                p = eng.prepare(GenerationRequest(text=text, max_new_tokens=new))
+                assert eng.generate([p.request])[0].token_ids == Engine._generate_batch(eng, [p])[0], (text, new)
+        assert len(calls) == 3 * len(TEXTS)
+        eng.generate(list(TEXTS[:2]))  # two requests: the batch
+        assert len(calls) == 3 * len(TEXTS)
+        ids = eng.prepare(GenerationRequest(text=TEXTS[0])).input_ids
+        first = real(ids, 1, eng.prefix, [], eng.eos_token_ids)
+        assert len(first) == 1 and real(ids, 1, eng.prefix, first, eng.eos_token_ids) != first  # banned ids
+    finally:
+        eng.close()
+
+
 def test_onnx_exporter_has_graphs_for_every_family_and_refuses_other_model_types(tmp_path):
     """The exporter's table is the families' table; a model_type outside it is refused naming it."""
     from testbed.export.onnx_export import GRAPHS, model_type

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from testbed.clock import Clock, now_ns
 from testbed.config import EngineConfig
-from testbed.engines.base import Capabilities, Engine, StepBatch
+from testbed.engines.base import Capabilities, Engine, Prepared, StepBatch
 from testbed.engines.onnxruntime.runner import FUSE_SKIP_LAYERNORM
 from testbed.errors import ConfigError
 from testbed.spec import load_spec
@@ -106,6 +106,14 @@ class OnnxRuntimeEngine(Engine):
         return d
 
     # ------------------------------------------------------------------ decoding
+    def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
+        """One seq2seq request on the plain CPU path decodes in :meth:`OrtModel.decode_one` (the batch's
+        steps on one row without its bookkeeping); anything else as a batch."""
+        p = prepared[0]
+        if len(prepared) == 1 and not p.min_new_tokens and self.ort.lean_fits():
+            return [self.ort.decode_one(p.input_ids, p.max_new_tokens, self.prefix, self.banned, self.eos_token_ids)]
+        return super()._generate_batch(prepared)
+
     def _open_batch(self) -> StepBatch:
         from testbed.engines.onnxruntime.batch import OrtBatch
 

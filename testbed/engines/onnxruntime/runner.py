@@ -11,7 +11,7 @@ request and stay bound for every step.
 from __future__ import annotations
 
 import json
-from collections.abc import Generator, Sequence
+from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,6 +169,8 @@ class OrtModel:
         self.kv_heads = int(self.meta["kv_heads"])
         self.head_dim = int(self.meta["head_dim"])
         self.encoder = make_session(art / ENCODER, settings) if self.seq2seq else None
+        self.encoder_outputs = [o.name for o in self.encoder.get_outputs()] if self.encoder is not None else []
+        self._encoder_run: Any = getattr(self.encoder, "_sess", self.encoder).run if self.encoder is not None else None
         head = self.meta.get("greedy_head")
         dec = art / DECODER
         # a bounded head (int4-lossless) chooses without the fp32 logits: on the CPU the decoding session
@@ -280,6 +282,47 @@ class OrtModel:
         k = len(want)
         return (outs[0] if ids else None), (outs[k - 1] if LOGITS in want else None), list(outs[k:])
 
+    def lean_fits(self) -> bool:
+        """Can :meth:`decode_one` decode here: a seq2seq artefact on the plain CPU path (numpy feeds, the
+        logits out, no greedy head or loop in the session)?"""
+        return (self.seq2seq and not (self.io_binding or self.head or self.logits_dropped)
+                and self.loop is None)
+
+    def decode_one(self, ids: Sequence[int], max_new: int, prefix: Sequence[int], banned: Sequence[int],
+                   eos: Collection[int]) -> list[int]:
+        """One source sentence decoded greedily to its end, without timestamps (``Engine.generate`` of
+        one request, where :meth:`lean_fits`): the encoder, the forced ``prefix`` (the decoder start
+        token, then any forced language token), then one step per token until an ``eos`` id (kept) or
+        ``max_new`` tokens.  The same runs, feeds and choice as the batch's steps on one row (its tokens
+        are the batch's); one feed dictionary kept across the steps, the rest of the batch's
+        bookkeeping (admission, the padding count, eviction) skipped: about a twentieth of a small
+        int8 model's sentence."""
+        assert self.encoder is not None
+        src = np.asarray([ids], dtype=np.int64)
+        feed = dict(zip(self.encoder_outputs,
+                        self._encoder_run(self.encoder_outputs, {"input_ids": src, "attention_mask": np.ones_like(src)},
+                                          None)))
+        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
+        feed.update((name, empty) for name in self.past_names)
+        run, outs, names = self._decoder_run, self._logits_out, self.past_names
+        idx: Any = banned[0] if len(banned) == 1 else list(banned)
+        forced, out = list(prefix), list[int]()
+        for t in range(len(forced) + max_new - 1):
+            feed["input_ids"] = np.array([[forced[t] if t < len(forced) else out[-1]]], dtype=np.int64)
+            feed["position_ids"] = np.array([[t]], dtype=np.int64)
+            feed["self_bias"] = np.zeros((1, 1, 1, t + 1), dtype=self.bias_dtype)
+            got = run(outs, feed, None)
+            feed.update(zip(names, got[1:]))
+            if t + 1 < len(forced):
+                continue
+            logits = got[0]
+            if banned:
+                logits[0, idx] = -np.inf
+            out.append(int(logits.argmax()))
+            if out[-1] in eos:
+                break
+        return out
+
     def _whole_run(self) -> Any:
         """run() of a session over the whole decoder graph, logits included (built when first needed)."""
         if self._whole is None:
@@ -288,7 +331,7 @@ class OrtModel:
 
     def _encode(self, ids: np.ndarray, mask: np.ndarray) -> dict[str, Any]:
         assert self.encoder is not None
-        names = [o.name for o in self.encoder.get_outputs()]
+        names = self.encoder_outputs
         if not self.io_binding:
             return dict(zip(names, self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})))
         io = self.encoder.io_binding()
