@@ -44,8 +44,9 @@ EXPORTER_VERSION = 3
 # (seq2seq 4: the decoder takes position_ids and self_bias, so rows join a running batch; causal 4:
 # grouped-query attention without K/V copies, rotate_half as one Gather; 5: the same attention through
 # the shared _attend / _merge_heads, the mask repeated once a step; 6: q/k/v in one MatMul, rotated
-# before the split, the merged heads' shape from the inputs')
-GRAPH_VERSION = {"seq2seq": 4, "causal": 6}
+# before the split, the merged heads' shape from the inputs; seq2seq 5: the decoder step's q/k/v heads from one
+# Reshape and one Split, its embeddings gathered from the (B, 1) ids)
+GRAPH_VERSION = {"seq2seq": 5, "causal": 6}
 OPSET = 17
 PRECISIONS = ("fp32", "int8", "int8-static", "int8-auto", "int4-lossless", "fp16")
 # model_type -> architecture and graph classes (module.Class under testbed.export): encoder, decoder

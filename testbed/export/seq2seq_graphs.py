@@ -41,7 +41,8 @@ import torch
 from torch import nn
 
 from testbed.engines.onnxruntime.contract import MASK_VALUE
-from testbed.export.wrappers import _attend, _fused, _lin, _merge_heads, _split_heads, _untied_head
+from testbed.export.wrappers import (_attend, _fused, _lin, _merge_heads, _self_attention_step, _split_heads,
+                                    _step_attention, _untied_head)
 
 
 def cache_dims(config: Any) -> tuple[int, int, int]:
@@ -64,22 +65,6 @@ def _cross_kv(x: torch.Tensor, projections: list[tuple[Any, Any]], heads: int, d
         outs.append(_split_heads(k(x), heads, dim).transpose(2, 3))
         outs.append(_split_heads(v(x), heads, dim))
     return outs
-
-
-def _step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
-                    dim: int) -> torch.Tensor:
-    """One query per row: q (B, H*D) against k (B,H,D,S) (already transposed) and v (B,H,S,D) -> (B, H*D)."""
-    w = torch.softmax(torch.matmul(q.reshape(-1, heads, 1, dim), k) + bias, dim=-1)
-    return torch.matmul(w, v).reshape(-1, heads * dim)
-
-
-def _self_attention_step(x: torch.Tensor, qkv: Any, past_k: torch.Tensor, past_v: torch.Tensor,
-                         bias: torch.Tensor, heads: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The new token's fused q/k/v, the cache grown by its k/v, and the attention output (B, H*D)."""
-    q, k, v = _lin(x, qkv).split(heads * dim, dim=-1)
-    k = torch.cat([past_k, k.reshape(-1, heads, 1, dim)], dim=2)
-    v = torch.cat([past_v, v.reshape(-1, heads, 1, dim)], dim=2)
-    return _step_attention(q, k.transpose(2, 3), v, bias, heads, dim), k, v
 
 
 # --------------------------------------------------------------------------- BART-like

@@ -151,22 +151,38 @@ class MarianDecoderGraph(nn.Module):
         h, d, dm = self.heads, self.dim, self.d_model
         # rows stay 2-D (B, d_model): projections export as MatMul + Add, which ONNX Runtime fuses
         # into Gemm in fp32 and the int8 quantizer turns into one quantized MatMul with bias
-        x = (nn.functional.embedding(input_ids.reshape(-1), self.embed_w)
-             + nn.functional.embedding(position_ids.reshape(-1), self.pos_w))
+        # (B, 1) ids and positions gathered as they come, one reshape to rows after the sum
+        x = (nn.functional.embedding(input_ids, self.embed_w)
+             + nn.functional.embedding(position_ids, self.pos_w)).reshape(-1, dm)
         presents: list[torch.Tensor] = []
         for li, layer in enumerate(self.layers):
-            q, k, v = _lin(x, self.qkv[li]).split(dm, dim=-1)
-            k = torch.cat([past[2 * li], k.reshape(-1, h, 1, d)], dim=2)
-            v = torch.cat([past[2 * li + 1], v.reshape(-1, h, 1, d)], dim=2)
+            a, k, v = _self_attention_step(x, self.qkv[li], past[2 * li], past[2 * li + 1], self_bias, h, d)
             presents += [k, v]
-            w = torch.softmax(torch.matmul(q.reshape(-1, h, 1, d), k.transpose(2, 3)) + self_bias, dim=-1)
-            x = layer.self_attn_layer_norm(x + _lin(torch.matmul(w, v).reshape(-1, dm), layer.self_attn.out_proj))
-            q = _lin(x, self.cross_q[li]).reshape(-1, h, 1, d)
-            w = torch.softmax(torch.matmul(q, cross[2 * li]) + encoder_bias, dim=-1)
-            y = torch.matmul(w, cross[2 * li + 1]).reshape(-1, dm)
+            x = layer.self_attn_layer_norm(x + _lin(a, layer.self_attn.out_proj))
+            y = _step_attention(_lin(x, self.cross_q[li]), cross[2 * li], cross[2 * li + 1], encoder_bias, h, d)
             x = layer.encoder_attn_layer_norm(x + _lin(y, layer.encoder_attn.out_proj))
             x = layer.final_layer_norm(x + _lin(layer.activation_fn(_lin(x, layer.fc1)), layer.fc2))
         return (_lin(x, self.head), *presents)
+
+
+def _step_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, heads: int,
+                    dim: int) -> torch.Tensor:
+    """One query per row: q (B, H*D) against k (B,H,D,S) (already transposed) and v (B,H,S,D) -> (B, H*D)."""
+    w = torch.softmax(torch.matmul(q.reshape(-1, heads, 1, dim), k) + bias, dim=-1)
+    return torch.matmul(w, v).reshape(-1, heads * dim)
+
+
+def _self_attention_step(x: torch.Tensor, qkv: Any, past_k: torch.Tensor, past_v: torch.Tensor,
+                         bias: torch.Tensor, heads: int, dim: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The new token's fused q/k/v, the cache grown by its k/v, and the attention output (B, H*D).
+
+    One token a row: the fused (B, 3*H*D) row is (B, 3H, 1, D) in memory, so one Reshape and one Split
+    give q, k and v with their heads (not a Split and a Reshape each)."""
+    q, k, v = _lin(x, qkv).reshape(-1, 3 * heads, 1, dim).split(heads, dim=1)
+    k = torch.cat([past_k, k], dim=2)
+    v = torch.cat([past_v, v], dim=2)
+    w = torch.softmax(torch.matmul(q, k.transpose(2, 3)) + bias, dim=-1)
+    return torch.matmul(w, v).reshape(-1, heads * dim), k, v
 
 
 def _lin(x: torch.Tensor, lin: Any) -> torch.Tensor:
