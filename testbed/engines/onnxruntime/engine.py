@@ -17,7 +17,9 @@ dev set, :mod:`testbed.export.int8_auto`; the recipe is in :meth:`describe`); ``
 and computed in fp32: the fp32 model's values, :mod:`testbed.export.lossless`, CPU); ``fp16`` (GPU
 providers only).  Greedy decoding, the same as the torch engine: Marian's pad token (its decoder
 start token) is never emitted.  Decoding is :class:`testbed.engines.onnxruntime.batch.OrtBatch`:
-rows join and leave between steps.
+rows join and leave between steps; ``generate()`` of one seq2seq request on the plain CPU path runs
+the same steps in :meth:`testbed.engines.onnxruntime.runner.OrtModel.decode_one`, without the batch's
+bookkeeping (``bench/single_request.py``).
 """
 
 from __future__ import annotations

@@ -295,8 +295,8 @@ class OrtModel:
         token, then any forced language token), then one step per token until an ``eos`` id (kept) or
         ``max_new`` tokens.  The same runs, feeds and choice as the batch's steps on one row (its tokens
         are the batch's); one feed dictionary kept across the steps, the rest of the batch's
-        bookkeeping (admission, the padding count, eviction) skipped: about a twentieth of a small
-        int8 model's sentence."""
+        bookkeeping (admission, the prefill, the padding count, eviction) skipped (measured by
+        ``bench/single_request.py``)."""
         assert self.encoder is not None
         src = np.asarray([ids], dtype=np.int64)
         feed = dict(zip(self.encoder_outputs,
