@@ -41,8 +41,16 @@ import torch
 from torch import nn
 
 from testbed.engines.onnxruntime.contract import MASK_VALUE
-from testbed.export.wrappers import (_attend, _fused, _lin, _merge_heads, _self_attention_step, _split_heads,
-                                    _step_attention, _untied_head)
+from testbed.export.wrappers import (
+    _attend,
+    _fused,
+    _lin,
+    _merge_heads,
+    _self_attention_step,
+    _split_heads,
+    _step_attention,
+    _untied_head,
+)
 
 
 def cache_dims(config: Any) -> tuple[int, int, int]:
