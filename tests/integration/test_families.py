@@ -119,9 +119,9 @@ def test_onnxruntime_fp32_equals_torch(tiny, family):
 
 @pytest.mark.parametrize("family", T.SEQ2SEQ)
 def test_onnxruntime_single_request_decodes_as_a_batch_of_one(tiny, family):
-    """generate() of one seq2seq request runs OrtModel.decode_one (the steps without the batch's
-    bookkeeping): the batch path's tokens for a batch of one, forced language prefixes, banned ids
-    and the max_new_tokens stop included (the same feeds to the same sessions: exact equality)."""
+    """generate() of one seq2seq request, and a stream of one, run OrtModel.decode_one (the steps without
+    the batch's bookkeeping): the batch path's tokens for a batch of one, forced language prefixes, banned
+    ids and the max_new_tokens stop included (the same feeds to the same sessions: exact equality)."""
     from testbed.engines.base import Engine
 
     eng = engine(tiny, family, "onnxruntime")
@@ -134,13 +134,22 @@ def test_onnxruntime_single_request_decodes_as_a_batch_of_one(tiny, family):
         for text in TEXTS:
             for new in (1, 3, NEW):
                 p = eng.prepare(GenerationRequest(text=text, max_new_tokens=new))
-                assert eng.generate([p.request])[0].token_ids == Engine._generate_batch(eng, [p])[0], (text, new)
-        assert len(calls) == 3 * len(TEXTS)
+                batch = Engine._generate_batch(eng, [p])[0]
+                assert eng.generate([p.request])[0].token_ids == batch, (text, new)
+                s = eng.stream(p.request).run()
+                assert s.token_ids == batch, (text, new)
+                assert s.encoder_done_ns is not None and s.encoder_done_ns <= s.events[0].t_ns
+                assert s.finish_reason == ("eos" if batch[-1] in eng.eos_token_ids else "length")
+        assert len(calls) == 2 * 3 * len(TEXTS)
         eng.generate(list(TEXTS[:2]))  # two requests: the batch
-        assert len(calls) == 3 * len(TEXTS)
-        ids = eng.prepare(GenerationRequest(text=TEXTS[0])).input_ids
-        first = real(ids, 1, eng.prefix, [], eng.eos_token_ids)
-        assert len(first) == 1 and real(ids, 1, eng.prefix, first, eng.eos_token_ids) != first  # banned ids
+        assert len(calls) == 2 * 3 * len(TEXTS)
+
+        def tokens(banned):
+            ids = eng.prepare(GenerationRequest(text=TEXTS[0])).input_ids
+            return [t for t in real(ids, 1, eng.prefix, banned, eng.eos_token_ids) if not isinstance(t, str)]
+
+        first = tokens([])
+        assert len(first) == 1 and tokens(first) != first  # banned ids are never chosen
     finally:
         eng.close()
 

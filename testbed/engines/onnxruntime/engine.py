@@ -17,13 +17,14 @@ dev set, :mod:`testbed.export.int8_auto`; the recipe is in :meth:`describe`); ``
 and computed in fp32: the fp32 model's values, :mod:`testbed.export.lossless`, CPU); ``fp16`` (GPU
 providers only).  Greedy decoding, the same as the torch engine: Marian's pad token (its decoder
 start token) is never emitted.  Decoding is :class:`testbed.engines.onnxruntime.batch.OrtBatch`:
-rows join and leave between steps; ``generate()`` of one seq2seq request on the plain CPU path runs
-the same steps in :meth:`testbed.engines.onnxruntime.runner.OrtModel.decode_one`, without the batch's
-bookkeeping (``bench/single_request.py``).
+rows join and leave between steps; one seq2seq request on the plain CPU path (``generate()`` of one,
+a stream of one) runs the same steps in :meth:`testbed.engines.onnxruntime.runner.OrtModel.decode_one`,
+without the batch's bookkeeping (``bench/single_request.py``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ from testbed.clock import Clock, now_ns
 from testbed.config import EngineConfig
 from testbed.engines.base import Capabilities, Engine, Prepared, StepBatch
 from testbed.engines.onnxruntime.runner import FUSE_SKIP_LAYERNORM
+from testbed.engines.types import ENCODER_DONE
 from testbed.errors import ConfigError
 from testbed.spec import load_spec
 
@@ -108,12 +110,25 @@ class OnnxRuntimeEngine(Engine):
         return d
 
     # ------------------------------------------------------------------ decoding
+    def _lean(self, p: Prepared) -> bool:
+        """Does one request decode in :meth:`OrtModel.decode_one` (the batch's steps on one row without its
+        bookkeeping): a seq2seq artefact on the plain CPU path, no minimum length?"""
+        return not p.min_new_tokens and self.ort.lean_fits()
+
+    def _decode(self, prepared: Prepared) -> Generator[object, None, None]:
+        if not self._lean(prepared):
+            yield from super()._decode(prepared)
+            return
+        for item in self.ort.decode_one(prepared.input_ids, prepared.max_new_tokens, self.prefix, self.banned,
+                                        self.eos_token_ids):
+            yield ENCODER_DONE if isinstance(item, str) else item
+
     def _generate_batch(self, prepared: list[Prepared]) -> list[list[int]]:
-        """One seq2seq request on the plain CPU path decodes in :meth:`OrtModel.decode_one` (the batch's
-        steps on one row without its bookkeeping); anything else as a batch."""
+        """One request where :meth:`_lean` holds decodes in :meth:`OrtModel.decode_one`; anything else as a batch."""
         p = prepared[0]
-        if len(prepared) == 1 and not p.min_new_tokens and self.ort.lean_fits():
-            return [self.ort.decode_one(p.input_ids, p.max_new_tokens, self.prefix, self.banned, self.eos_token_ids)]
+        if len(prepared) == 1 and self._lean(p):
+            return [[t for t in self.ort.decode_one(p.input_ids, p.max_new_tokens, self.prefix, self.banned,
+                                                    self.eos_token_ids) if not isinstance(t, str)]]
         return super()._generate_batch(prepared)
 
     def _open_batch(self) -> StepBatch:

@@ -289,26 +289,28 @@ class OrtModel:
                 and self.loop is None)
 
     def decode_one(self, ids: Sequence[int], max_new: int, prefix: Sequence[int], banned: Sequence[int],
-                   eos: Collection[int]) -> list[int]:
-        """One source sentence decoded greedily to its end, without timestamps (``Engine.generate`` of
-        one request, where :meth:`lean_fits`): the encoder, the forced ``prefix`` (the decoder start
-        token, then any forced language token), then one step per token until an ``eos`` id (kept) or
-        ``max_new`` tokens.  The same runs, feeds and choice as the batch's steps on one row (its tokens
-        are the batch's); one feed dictionary kept across the steps, the rest of the batch's
-        bookkeeping (admission, the prefill, the padding count, eviction) skipped (measured by
-        ``bench/single_request.py``)."""
+                   eos: Collection[int]) -> Generator[int | str, None, None]:
+        """One source sentence decoded greedily, where :meth:`lean_fits` (``Engine.generate`` of one request,
+        and a stream of one): yields ``ENCODER_DONE_MARK`` once the encoder has run, then each token id as
+        it is chosen -- after the forced ``prefix`` (the decoder start token, then any forced language
+        token) -- until an ``eos`` id (yielded) or ``max_new`` tokens.  The same runs, feeds and choice as
+        the batch's steps on one row (its tokens are the batch's); one feed dictionary kept across the
+        steps, the rest of the batch's bookkeeping (admission, the prefill, the padding count, eviction)
+        skipped (measured by ``bench/single_request.py``)."""
         assert self.encoder is not None
         src = np.asarray([ids], dtype=np.int64)
         feed = dict(zip(self.encoder_outputs,
                         self._encoder_run(self.encoder_outputs, {"input_ids": src, "attention_mask": np.ones_like(src)},
                                           None)))
+        yield ENCODER_DONE_MARK
         empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
         feed.update((name, empty) for name in self.past_names)
         run, outs, names = self._decoder_run, self._logits_out, self.past_names
         idx: Any = banned[0] if len(banned) == 1 else list(banned)
-        forced, out = list(prefix), list[int]()
+        forced = list(prefix)
+        tid = forced[0]
         for t in range(len(forced) + max_new - 1):
-            feed["input_ids"] = np.array([[forced[t] if t < len(forced) else out[-1]]], dtype=np.int64)
+            feed["input_ids"] = np.array([[forced[t] if t < len(forced) else tid]], dtype=np.int64)
             feed["position_ids"] = np.array([[t]], dtype=np.int64)
             feed["self_bias"] = np.zeros((1, 1, 1, t + 1), dtype=self.bias_dtype)
             got = run(outs, feed, None)
@@ -318,10 +320,10 @@ class OrtModel:
             logits = got[0]
             if banned:
                 logits[0, idx] = -np.inf
-            out.append(int(logits.argmax()))
-            if out[-1] in eos:
-                break
-        return out
+            tid = int(logits.argmax())
+            yield tid
+            if tid in eos:
+                return
 
     def _whole_run(self) -> Any:
         """run() of a session over the whole decoder graph, logits included (built when first needed)."""
