@@ -127,8 +127,7 @@ class OnnxRuntimeEngine(Engine):
         """One request where :meth:`_lean` holds decodes in :meth:`OrtModel.decode_one`; anything else as a batch."""
         p = prepared[0]
         if len(prepared) == 1 and self._lean(p):
-            return [[t for t in self.ort.decode_one(p.input_ids, p.max_new_tokens, self.prefix, self.banned,
-                                                    self.eos_token_ids) if not isinstance(t, str)]]
+            return [[t for t in self._decode(p) if isinstance(t, int)]]  # the tokens, not the encoder mark
         return super()._generate_batch(prepared)
 
     def _open_batch(self) -> StepBatch:

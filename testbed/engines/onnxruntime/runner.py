@@ -170,6 +170,7 @@ class OrtModel:
         self.head_dim = int(self.meta["head_dim"])
         self.encoder = make_session(art / ENCODER, settings) if self.seq2seq else None
         self.encoder_outputs = [o.name for o in self.encoder.get_outputs()] if self.encoder is not None else []
+        # the encoder's run() without InferenceSession.run's per-call feed checks, as the decoder's below
         self._encoder_run: Any = getattr(self.encoder, "_sess", self.encoder).run if self.encoder is not None else None
         head = self.meta.get("greedy_head")
         dec = art / DECODER
@@ -303,8 +304,7 @@ class OrtModel:
                         self._encoder_run(self.encoder_outputs, {"input_ids": src, "attention_mask": np.ones_like(src)},
                                           None)))
         yield ENCODER_DONE_MARK
-        empty = np.zeros((1, self.kv_heads, 0, self.head_dim), dtype=self.past_dtype)
-        feed.update((name, empty) for name in self.past_names)
+        feed.update(zip(self.past_names, self._empty_past(1)))
         run, outs, names = self._decoder_run, self._logits_out, self.past_names
         idx: Any = banned[0] if len(banned) == 1 else list(banned)
         forced = list(prefix)
@@ -335,7 +335,7 @@ class OrtModel:
         assert self.encoder is not None
         names = self.encoder_outputs
         if not self.io_binding:
-            return dict(zip(names, self.encoder.run(None, {"input_ids": ids, "attention_mask": mask})))
+            return dict(zip(names, self._encoder_run(names, {"input_ids": ids, "attention_mask": mask}, None)))
         io = self.encoder.io_binding()
         io.bind_ortvalue_input("input_ids", self._ov(ids))
         io.bind_ortvalue_input("attention_mask", self._ov(mask))
