@@ -392,7 +392,7 @@ def trace_bounded_head(art: Path, prompts: list[list[int]], steps: int) -> list[
     import onnxruntime as ort
     from onnx import helper
 
-    from testbed.engines.onnxruntime.contract import DECODER, HEAD_PREFIX, LOGITS, META, NEXT_IDS, NO_EOS
+    from testbed.engines.onnxruntime.contract import DECODER, HEAD_PREFIX, LOGITS, META, NEXT_IDS, NO_EOS, PAST, PRESENT
 
     p = HEAD_PREFIX + "bounded/"
     meta = json.loads((art / META).read_text())
@@ -403,12 +403,12 @@ def trace_bounded_head(art: Path, prompts: list[list[int]], steps: int) -> list[
     so.intra_op_num_threads = 1
     s = ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in s.get_outputs()]
-    presents = [n for n in names if n.startswith("present_")]
+    presents = [n for n in names if n.startswith(PRESENT)]
     eos = set(meta["eos_token_ids"])
     out: list[dict[str, Any]] = []
     for ids in prompts:
         step = np.array([ids], dtype=np.int64)
-        past = {n.replace("present_", "past_"): np.zeros((1, meta["kv_heads"], 0, meta["head_dim"]), np.float32)
+        past = {PAST + n.removeprefix(PRESENT): np.zeros((1, meta["kv_heads"], 0, meta["head_dim"]), np.float32)
                 for n in presents}
         t = 0
         for _ in range(steps):
@@ -422,7 +422,7 @@ def trace_bounded_head(art: Path, prompts: list[list[int]], steps: int) -> list[
             out.append({"ratio": float(ratio.max()), "candidates": int(r[p + "cand"].sum()),
                         "agrees": bool(r[NEXT_IDS][0] == masked[0].argmax())})
             t += step.shape[1]
-            past = {n.replace("present_", "past_"): r[n] for n in presents}
+            past = {PAST + n.removeprefix(PRESENT): r[n] for n in presents}
             step = r[NEXT_IDS].reshape(1, 1)
             if int(step[0, 0]) in eos:
                 break
